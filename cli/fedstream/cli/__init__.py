@@ -1,0 +1,1 @@
+"""The `fedstream` command: each service on its own, a local federation, the simulation."""

@@ -1,0 +1,3 @@
+from fedstream.cli.main import main
+
+raise SystemExit(main())

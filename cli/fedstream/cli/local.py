@@ -1,0 +1,205 @@
+"""`fedstream run`: a whole federation on this machine, every service its own OS process.
+
+Starts a data pool, a coordinator and K workers with `python -m fedstream.cli`, exactly as a
+user would on separate hosts but on loopback ports chosen by the services themselves (port 0,
+published through a file in the run folder). Shows progress from the coordinator's metrics
+file, prints the final test accuracy and stops every process, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+
+from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
+                                          federation_argv, federation_config_from_args)
+from fedstream.datapool.server import DataPoolConfig
+from fedstream.datapool.server import add_arguments as add_data_arguments
+from fedstream.datapool.server import config_from_args as data_config
+
+START_TIMEOUT_S = 300.0  # first start may fetch MNIST and load TensorFlow
+STOP_GRACE_S = 15.0
+
+
+@dataclass(frozen=True)
+class LocalRunConfig:
+    data: DataPoolConfig = field(default_factory=DataPoolConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    workers: int = 2  # worker processes
+    worker_threads: int = 0  # TensorFlow threads per worker (0: cores / workers)
+    coordinator_threads: int = 1  # TensorFlow threads of the coordinator
+    device: str | None = None  # worker device; None: first GPU, else CPU
+    out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
+    quiet: bool = False  # print only the final line
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    add_data_arguments(p)
+    p.add_argument("--workers", type=int, default=2, help="worker processes")
+    p.add_argument("--worker-threads", type=int, default=0,
+                   help="TensorFlow threads per worker (0: cores / workers)")
+    p.add_argument("--coordinator-threads", type=int, default=1)
+    p.add_argument("--device", default=None, help="workers' device: /CPU:0 or /GPU:<n>")
+    p.add_argument("--out", default="", help="run folder (default: runs/<timestamp>)")
+    p.add_argument("--quiet", action="store_true")
+    add_federation_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
+    return LocalRunConfig(
+        data=replace(data_config(args), listen="127.0.0.1:0"),
+        federation=federation_config_from_args(args, workers=args.workers),
+        workers=args.workers, worker_threads=args.worker_threads,
+        coordinator_threads=args.coordinator_threads, device=args.device,
+        out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet)
+
+
+class Processes:
+    """Child processes in their own sessions (Ctrl-C reaches only us), stopped in order."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.children: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str]) -> subprocess.Popen:
+        log_file = open(os.path.join(self.out, f"{name}.log"), "w")
+        proc = subprocess.Popen([sys.executable, "-m", "fedstream.cli", *argv],
+                                stdout=log_file, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        log_file.close()
+        self.children.append((name, proc))
+        return proc
+
+    def address(self, name: str, proc: subprocess.Popen) -> str:
+        """Wait for the service to publish its bound address; fail fast if it dies."""
+        port_file = os.path.join(self.out, f"{name}.addr")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if os.path.exists(port_file):
+                with open(port_file) as f:
+                    return f.read().strip()
+            if proc.poll() is not None:
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start within {START_TIMEOUT_S:.0f} s")
+
+    def failed(self) -> str | None:
+        for name, proc in self.children:
+            if proc.poll() not in (None, 0):
+                return f"{name} exited with code {proc.returncode}:\n{self.tail(name)}"
+        return None
+
+    def tail(self, name: str, lines: int = 15) -> str:
+        with open(os.path.join(self.out, f"{name}.log")) as f:
+            return "".join(f.readlines()[-lines:])
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """SIGTERM whatever still runs (workers first, data pool last), SIGKILL after grace."""
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for _, proc in reversed(self.children):
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class MetricsTail:
+    """Reads the rows the coordinator appended to its metrics file since the last call."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._offset = 0
+        self._partial = ""
+
+    def rows(self) -> list[dict]:
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            f.seek(self._offset)
+            text = self._partial + f.read()
+            self._offset = f.tell()
+        *lines, self._partial = text.split("\n")
+        return [json.loads(line) for line in lines if line]
+
+
+def progress_line(row: dict, rounds: int) -> str:
+    line = (f"round {row['round']:>4}/{rounds}  train_loss {row['train_loss']:.4f}  "
+            f"{row['rounds_per_s']:.1f} rounds/s")
+    if "test_acc" in row:
+        line += f"  test_acc {row['test_acc']:.4f}  test_loss {row['test_loss']:.4f}"
+    return line
+
+
+def run(config: LocalRunConfig) -> int:
+    os.makedirs(config.out, exist_ok=True)
+    with open(os.path.join(config.out, "config.json"), "w") as f:
+        json.dump(asdict(config), f, indent=1)
+    say = (lambda *a: None) if config.quiet else print
+    threads = config.worker_threads or max(1, (os.cpu_count() or 1) // config.workers)
+    procs = Processes(config.out)
+    metrics_path = os.path.join(config.out, "metrics.jsonl")
+    tail = MetricsTail(metrics_path)
+    started = time.monotonic()
+    last = None
+    try:
+        d = config.data
+        data_argv = ["datapool", "--listen", d.listen, "--clients", str(d.clients),
+                     "--partitioner", d.partitioner, "--data-seed", str(d.seed),
+                     "--port-file", os.path.join(config.out, "datapool.addr")]
+        if d.data:
+            data_argv += ["--data", d.data]
+        datapool = procs.address("datapool", procs.start("datapool", data_argv))
+        say(f"datapool     {datapool}")
+        coordinator_proc = procs.start("coordinator", [
+            "coordinator", "--listen", "127.0.0.1:0", "--datapool", datapool,
+            "--threads", str(config.coordinator_threads), "--metrics", metrics_path,
+            "--save-weights", os.path.join(config.out, "weights.npz"),
+            "--port-file", os.path.join(config.out, "coordinator.addr"),
+            *federation_argv(config.federation)])
+        coordinator = procs.address("coordinator", coordinator_proc)
+        say(f"coordinator  {coordinator}")
+        for i in range(config.workers):
+            argv = ["worker", "--coordinator", coordinator, "--datapool", datapool,
+                    "--threads", str(threads), "--name", f"worker-{i}"]
+            if config.device:
+                argv += ["--device", config.device]
+            procs.start(f"worker-{i}", argv)
+        say(f"{config.workers} workers   {threads} TensorFlow thread(s) each; logs in {config.out}")
+        while coordinator_proc.poll() is None:
+            for row in tail.rows():
+                last = row
+                if "test_acc" in row or row["round"] % 10 == 0:
+                    say(progress_line(row, config.federation.rounds))
+            problem = procs.failed()
+            if problem:
+                raise RuntimeError(problem)
+            time.sleep(0.1)
+        for row in tail.rows():
+            last = row
+        if coordinator_proc.returncode != 0 or last is None:
+            raise RuntimeError(f"coordinator exited with code {coordinator_proc.returncode}:\n"
+                               f"{procs.tail('coordinator')}")
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process", file=sys.stderr)
+        return 130
+    except RuntimeError as e:
+        print(f"fedstream run failed: {e}", file=sys.stderr)
+        return 1
+    finally:
+        procs.stop()
+    summary = {**last, "wall_s": time.monotonic() - started, "out": config.out}
+    with open(os.path.join(config.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    print(f"final test accuracy {last.get('test_acc', float('nan')):.4f} after round "
+          f"{last['round']} ({summary['wall_s']:.1f} s); metrics in {metrics_path}")
+    return 0

@@ -1,0 +1,111 @@
+"""`fedstream <command>`: argument parsing and dispatch only; the work lives in libraries.
+
+    fedstream run                 # datapool + coordinator + 2 workers as processes, on MNIST
+    fedstream simulate            # the same federation in one process, no network
+    fedstream datapool | coordinator | worker   # one service, for separate hosts
+    fedstream fetch-mnist         # download, verify and cache MNIST
+    fedstream status HOST:PORT    # ask a running coordinator where it is
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from fedstream.common.logs import setup_logging
+
+
+def _datapool(args) -> int:
+    from fedstream.datapool import server
+    server.serve(server.config_from_args(args))
+    return 0
+
+
+def _coordinator(args) -> int:
+    from fedstream.coordinator import config, server
+    server.serve(config.config_from_args(args))
+    return 0
+
+
+def _worker(args) -> int:
+    from fedstream.worker import config, main
+    main.run(config.config_from_args(args))
+    return 0
+
+
+def _simulate(args) -> int:
+    from fedstream.cli import simulate
+    simulate.run(simulate.config_from_args(args))
+    return 0
+
+
+def _run(args) -> int:
+    from fedstream.cli import local
+    return local.run(local.config_from_args(args))
+
+
+def _fetch_mnist(args) -> int:
+    from fedstream.datapool.mnist import fetch_mnist, load_mnist
+    path = fetch_mnist(args.to) if args.force or args.to else None
+    load_mnist(path)
+    print(f"MNIST verified at {path or 'the cache'}")
+    return 0
+
+
+def _status(args) -> int:
+    from fedstream.common.clients import CoordinatorClient
+    client = CoordinatorClient(args.address, connect_timeout_s=10.0)
+    print(client.status())
+    client.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fedstream.cli import local, simulate
+    from fedstream.coordinator import config as coordinator
+    from fedstream.datapool import server as datapool
+    from fedstream.worker import config as worker
+
+    parser = argparse.ArgumentParser(prog="fedstream", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = [
+        ("run", "a local federation: datapool, coordinator and workers as processes",
+         local.add_arguments, _run),
+        ("simulate", "the same federation in one process without a network",
+         simulate.add_arguments, _simulate),
+        ("datapool", "serve client batches", datapool.add_arguments, _datapool),
+        ("coordinator", "serve the center model", coordinator.add_arguments, _coordinator),
+        ("worker", "compute client updates", worker.add_arguments, _worker),
+    ]
+    for name, help_text, add_arguments, handler in commands:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(handler=handler)
+    p = sub.add_parser("fetch-mnist", help="download, verify and cache MNIST")
+    p.add_argument("--to", default=None, help="write mnist.npz here instead of the cache")
+    p.add_argument("--force", action="store_true", help="download even if cached")
+    p.set_defaults(handler=_fetch_mnist)
+    p = sub.add_parser("status", help="a running coordinator's round, version and workers")
+    p.add_argument("address", help="coordinator host:port")
+    p.set_defaults(handler=_status)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # the last line of defence: one readable line, details at DEBUG
+        from fedstream.common.errors import FedstreamError
+        from fedstream.datapool.mnist import DatasetError
+        if isinstance(e, (FedstreamError, DatasetError, ValueError)):
+            logging.getLogger("fedstream").debug("details", exc_info=True)
+            print(f"fedstream {args.command}: error: {e}", file=sys.stderr)
+            return 2
+        raise

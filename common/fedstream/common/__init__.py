@@ -1,0 +1,1 @@
+"""Pieces every fedstream service shares: tensor codec, wire serde, errors, gRPC plumbing."""

@@ -1,0 +1,181 @@
+"""One gRPC server factory for every service: options, health, reflection, graceful stop."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import signal
+import threading
+from concurrent import futures
+from typing import Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fedstream.common import errors
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # gRPC's default, stated: tensors arrive in 1 MiB chunks
+
+SERVER_OPTIONS = [
+    # Chunked tensor streams keep every message small; keep the default limit explicit.
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Let idle workers keep their connection alive across long rounds and evaluation.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    # Refuse to share a port with a stale process: a second bind must fail loudly.
+    ("grpc.so_reuseport", 0),
+]
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+_STATUS = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def grpc_status(error: errors.FedstreamError) -> grpc.StatusCode:
+    for kind, code in _STATUS.items():
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def error_from_rpc(error: grpc.RpcError) -> errors.FedstreamError:
+    """The domain error for a failed call, so clients raise the same types servers do."""
+    code = error.code()
+    kind = next((k for k, c in _STATUS.items() if c == code), errors.FedstreamError)
+    return kind(f"{code.name}: {error.details()}")
+
+
+def handles_errors(method: Callable) -> Callable:
+    """Servicer decorator: domain errors become `context.abort(code, message)`."""
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def unary(self, request, context):
+        try:
+            return method(self, request, context)
+        except errors.FedstreamError as e:
+            log.info("[%s] refused: %s", name, e)
+            context.abort(grpc_status(e), str(e))
+
+    return unary
+
+
+def handles_stream_errors(method: Callable) -> Callable:
+    """As `handles_errors`, for server-streaming methods (generators)."""
+    name = method.__qualname__
+
+    @functools.wraps(method)
+    def streaming(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except errors.FedstreamError as e:
+            log.info("[%s] refused: %s", name, e)
+            context.abort(grpc_status(e), str(e))
+
+    return streaming
+
+
+class Server:
+    """A started gRPC server with health and reflection, and the port it bound."""
+
+    def __init__(self, grpc_server: grpc.Server, port: int, health_servicer: health.HealthServicer,
+                 service_names: Iterable[str]):
+        self.grpc_server = grpc_server
+        self.port = port
+        self.health = health_servicer
+        self.service_names = list(service_names)
+
+    def set_serving(self) -> None:
+        for name in [*self.service_names, ""]:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace_s: float = 5.0) -> None:
+        """Health NOT_SERVING first, then let in-flight RPCs finish within the grace period."""
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace_s).wait()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def create_server(address: str, register: Callable[[grpc.Server], None],
+                  service_names: Iterable[str], *, max_workers: int = 64) -> Server:
+    """Bind `address` ("host:port", port 0 picks a free one), register services, start."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
+                                                    thread_name_prefix="rpc"),
+                         options=SERVER_OPTIONS)
+    register(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as e:
+        raise errors.Unavailable(f"cannot listen on {address}: {e}") from e
+    if port == 0:
+        raise errors.Unavailable(f"cannot listen on {address}: address in use or invalid")
+    server.start()
+    return Server(server, port, health_servicer, names)
+
+
+def stop_on_signals(server: Server, on_stop: Callable[[], None] = lambda: None,
+                    grace_s: float = 5.0) -> threading.Event:
+    """SIGTERM/SIGINT: run `on_stop`, then stop the server gracefully. Returns the stop event."""
+    stopping = threading.Event()
+
+    def handle(signum, _frame):
+        if stopping.is_set():
+            return
+        stopping.set()
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        threading.Thread(target=lambda: (on_stop(), server.stop(grace_s)), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return stopping
+
+
+def publish_address(path: str | None, address: str) -> None:
+    """Atomically write the bound address to `path`, so a launcher never reads half a line."""
+    if path:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w") as f:
+            f.write(address + "\n")
+        os.replace(tmp, path)
+
+
+def bound_address(listen: str, port: int) -> str:
+    return f"{listen.rsplit(':', 1)[0]}:{port}"
+
+
+def channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def wait_ready(ch: grpc.Channel, address: str, timeout_s: float) -> None:
+    try:
+        grpc.channel_ready_future(ch).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError as e:
+        raise errors.Unavailable(
+            f"no server answered at {address} within {timeout_s:.0f} s: is it running?") from e

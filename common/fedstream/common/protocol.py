@@ -1,0 +1,128 @@
+"""The protocol's domain types: what crosses between coordinator, worker and data pool,
+as plain dataclasses and numpy arrays. `serde` converts them to and from protobuf."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from fedstream.common.tensors import TensorSpec
+
+
+class UpdateKind(enum.Enum):
+    GRADIENT = "gradient"  # FedSGD: gradient of the mean loss over one client batch
+
+
+class Weighting(enum.Enum):
+    UNIFORM = "uniform"  # every client weighs 1: the reference's plain mean of gradients
+    EXAMPLES = "examples"  # every client weighs its number of examples
+
+
+class Action(enum.Enum):
+    TRAIN = "train"
+    WAIT = "wait"
+    STOP = "stop"
+
+
+@dataclass(frozen=True)
+class Task:
+    """Everything a worker needs to compute updates, so it needs no model code."""
+    model_json: str
+    loss: str
+    num_classes: int
+    update_kind: UpdateKind
+    weighting: Weighting
+    batch_size: int
+    dropout: bool  # run the model with training=True; the reference never does
+    input_divisor: float  # examples become float32(x) / input_divisor
+    update_specs: tuple[TensorSpec, ...]
+    rounds: int
+
+
+@dataclass(frozen=True)
+class Assignment:
+    action: Action
+    round: int = 0
+    version: int = 0
+    unit: int = 0
+    client_ids: tuple[int, ...] = ()
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class UpdateMeta:
+    """The header of one pushed update; its tensors are the weighted sum over its clients."""
+    worker_id: str
+    round: int
+    base_version: int
+    unit: int
+    client_ids: tuple[int, ...]
+    weight: float
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PushResult:
+    accepted: bool
+    duplicate: bool
+    round: int
+    version: int
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A version of the center model; `arrays` is None when the caller already holds it."""
+    version: int
+    specs: tuple[TensorSpec, ...]
+    arrays: list[np.ndarray] | None
+
+
+@dataclass(frozen=True)
+class Batch:
+    client_id: int
+    step: int
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class DatasetSummary:
+    dataset: str
+    partitioner: str
+    seed: int
+    client_sizes: tuple[int, ...]
+    example_shape: tuple[int, ...]
+    example_dtype: np.dtype
+    num_classes: int
+    num_test: int
+    max_batch_size: int
+    max_clients_per_request: int
+
+    @property
+    def num_clients(self) -> int:
+        return len(self.client_sizes)
+
+
+class CoordinatorPort(Protocol):
+    """What a worker calls on the coordinator: the gRPC client and the in-process
+    federation both provide it, so one worker loop serves both run modes."""
+
+    def join(self, worker_name: str, device: str) -> tuple[str, Task]: ...
+
+    def assignment(self, worker_id: str, wait_s: float) -> Assignment: ...
+
+    def pull_weights(self, worker_id: str, have_version: int) -> Weights: ...
+
+    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult: ...
+
+    def leave(self, worker_id: str) -> None: ...
+
+
+class DataPort(Protocol):
+    """What a worker calls on the data pool (gRPC client or the in-process store)."""
+
+    def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]: ...

@@ -1,0 +1,186 @@
+"""Protobuf <-> plain Python for tensor sets: the one place that knows both sides.
+
+Streams of tensor sets share one framing: a message whose `kind` oneof is `header` (holding
+a TensorSetHeader under `.tensors`) followed by `chunk` messages. `frame` produces such a
+stream; `read_one` and `read_many` consume one and raise InvalidArgument on any breach.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from fedstream.common.errors import InvalidArgument
+from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
+                                       UpdateMeta, Weighting)
+from fedstream.common.tensors import (CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSetAssembler,
+                                      TensorSpec, iter_chunks)
+from fedstream.v1 import coordinator_pb2, tensor_pb2
+
+_DTYPE_TO_PROTO = {
+    np.dtype("<f4"): tensor_pb2.DTYPE_FLOAT32,
+    np.dtype("<f8"): tensor_pb2.DTYPE_FLOAT64,
+    np.dtype("<f2"): tensor_pb2.DTYPE_FLOAT16,
+    np.dtype("i1"): tensor_pb2.DTYPE_INT8,
+    np.dtype("<i2"): tensor_pb2.DTYPE_INT16,
+    np.dtype("<i4"): tensor_pb2.DTYPE_INT32,
+    np.dtype("<i8"): tensor_pb2.DTYPE_INT64,
+    np.dtype("u1"): tensor_pb2.DTYPE_UINT8,
+    np.dtype("<u2"): tensor_pb2.DTYPE_UINT16,
+    np.dtype("<u4"): tensor_pb2.DTYPE_UINT32,
+    np.dtype("<u8"): tensor_pb2.DTYPE_UINT64,
+    np.dtype("bool"): tensor_pb2.DTYPE_BOOL,
+}
+_PROTO_TO_DTYPE = {code: dtype for dtype, code in _DTYPE_TO_PROTO.items()}
+
+M = TypeVar("M")
+
+
+def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(name=spec.name, dtype=_DTYPE_TO_PROTO[spec.dtype],
+                                 shape=list(spec.shape))
+
+
+def spec_from_proto(msg: tensor_pb2.TensorSpec) -> TensorSpec:
+    dtype = _PROTO_TO_DTYPE.get(msg.dtype)
+    if dtype is None:
+        raise InvalidArgument(
+            f"tensor {msg.name!r} has unknown dtype code {msg.dtype}; see DType in "
+            "fedstream/v1/tensor.proto for the codes this server reads")
+    if any(d < 0 for d in msg.shape):
+        raise InvalidArgument(f"tensor {msg.name!r} has a negative dimension: {list(msg.shape)}")
+    return TensorSpec(msg.name, dtype, tuple(int(d) for d in msg.shape))
+
+
+def header_to_proto(specs: Sequence[TensorSpec], total_bytes: int) -> tensor_pb2.TensorSetHeader:
+    return tensor_pb2.TensorSetHeader(tensors=[spec_to_proto(s) for s in specs],
+                                      encoding=tensor_pb2.ENCODING_RAW, total_bytes=total_bytes)
+
+
+def header_from_proto(msg: tensor_pb2.TensorSetHeader) -> tuple[list[TensorSpec], int]:
+    if msg.encoding != tensor_pb2.ENCODING_RAW:
+        raise InvalidArgument(f"unknown tensor encoding {msg.encoding}; this server reads "
+                              "ENCODING_RAW (0) only")
+    return [spec_from_proto(t) for t in msg.tensors], int(msg.total_bytes)
+
+
+def frame(header: M, payload: bytes, make: Callable[..., M],
+          chunk_bytes: int = CHUNK_BYTES) -> Iterator[M]:
+    """The header message (already built with `make(header=...)`), then one message per chunk."""
+    yield header
+    for offset, data in iter_chunks(payload, chunk_bytes):
+        yield make(chunk=tensor_pb2.Chunk(offset=offset, data=data))
+
+
+def _assembler(header, max_bytes: int) -> TensorSetAssembler:
+    specs, total = header_from_proto(header.tensors)
+    return TensorSetAssembler(specs, total, max_bytes=max_bytes)
+
+
+def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
+             validate_header: Callable[[object], None] | None = None) -> tuple[object, list[np.ndarray]]:
+    """Consume a stream holding exactly one tensor set; return (header message, arrays).
+
+    `validate_header` runs before any buffer is allocated, so a header the caller would
+    refuse (unknown worker, wrong round) costs nothing more.
+    """
+    it = iter(messages)
+    first = next(it, None)
+    if first is None or first.WhichOneof("kind") != "header":
+        raise InvalidArgument("stream must start with a header message before any chunk")
+    header = first.header
+    if validate_header is not None:
+        validate_header(header)
+    assembler = _assembler(header, max_bytes)
+    for msg in it:
+        if msg.WhichOneof("kind") != "chunk":
+            raise InvalidArgument("a second header arrived in a one-tensor-set stream")
+        assembler.add(msg.chunk.offset, msg.chunk.data)
+    return header, assembler.finish()
+
+
+def read_many(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES
+              ) -> Iterator[tuple[object, list[np.ndarray]]]:
+    """Consume a stream of header+chunks groups; yield (header message, arrays) per group."""
+    header, assembler = None, None
+    for msg in messages:
+        kind = msg.WhichOneof("kind")
+        if kind == "header":
+            if assembler is not None:
+                yield header, assembler.finish()
+            header, assembler = msg.header, _assembler(msg.header, max_bytes)
+        elif kind == "chunk" and assembler is not None:
+            assembler.add(msg.chunk.offset, msg.chunk.data)
+        else:
+            raise InvalidArgument("stream must start with a header message before any chunk")
+    if assembler is not None:
+        yield header, assembler.finish()
+
+
+_UPDATE_KIND = {UpdateKind.GRADIENT: coordinator_pb2.UPDATE_KIND_GRADIENT}
+_WEIGHTING = {Weighting.UNIFORM: coordinator_pb2.CLIENT_WEIGHTING_UNIFORM,
+              Weighting.EXAMPLES: coordinator_pb2.CLIENT_WEIGHTING_EXAMPLES}
+_ACTION = {Action.TRAIN: coordinator_pb2.Assignment.TRAIN,
+           Action.WAIT: coordinator_pb2.Assignment.WAIT,
+           Action.STOP: coordinator_pb2.Assignment.STOP}
+
+
+def _lookup(table: dict, code, what: str):
+    for value, c in table.items():
+        if c == code:
+            return value
+    raise InvalidArgument(f"unknown {what} code {code}")
+
+
+def task_to_proto(task: Task) -> coordinator_pb2.Task:
+    return coordinator_pb2.Task(
+        model_json=task.model_json, loss=task.loss, num_classes=task.num_classes,
+        update_kind=_UPDATE_KIND[task.update_kind], weighting=_WEIGHTING[task.weighting],
+        batch_size=task.batch_size, dropout=task.dropout, input_divisor=task.input_divisor,
+        update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds)
+
+
+def task_from_proto(msg: coordinator_pb2.Task) -> Task:
+    return Task(
+        model_json=msg.model_json, loss=msg.loss, num_classes=msg.num_classes,
+        update_kind=_lookup(_UPDATE_KIND, msg.update_kind, "update kind"),
+        weighting=_lookup(_WEIGHTING, msg.weighting, "client weighting"),
+        batch_size=msg.batch_size, dropout=msg.dropout, input_divisor=msg.input_divisor,
+        update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds)
+
+
+def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:
+    return coordinator_pb2.Assignment(action=_ACTION[a.action], round=a.round, version=a.version,
+                                      unit=a.unit, client_ids=list(a.client_ids), step=a.step)
+
+
+def assignment_from_proto(msg: coordinator_pb2.Assignment) -> Assignment:
+    return Assignment(action=_lookup(_ACTION, msg.action, "assignment action"), round=msg.round,
+                      version=msg.version, unit=msg.unit, client_ids=tuple(msg.client_ids),
+                      step=msg.step)
+
+
+def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec],
+                         total_bytes: int) -> coordinator_pb2.UpdateHeader:
+    return coordinator_pb2.UpdateHeader(
+        worker_id=meta.worker_id, round=meta.round, base_version=meta.base_version,
+        unit=meta.unit, client_ids=list(meta.client_ids), weight=meta.weight,
+        num_examples=meta.num_examples, metrics=meta.metrics,
+        tensors=header_to_proto(specs, total_bytes))
+
+
+def update_meta_from_proto(msg: coordinator_pb2.UpdateHeader) -> UpdateMeta:
+    return UpdateMeta(worker_id=msg.worker_id, round=msg.round, base_version=msg.base_version,
+                      unit=msg.unit, client_ids=tuple(msg.client_ids), weight=msg.weight,
+                      num_examples=msg.num_examples, metrics=dict(msg.metrics))
+
+
+def push_result_to_proto(r: PushResult) -> coordinator_pb2.PushUpdateReply:
+    return coordinator_pb2.PushUpdateReply(accepted=r.accepted, duplicate=r.duplicate,
+                                           round=r.round, version=r.version)
+
+
+def push_result_from_proto(msg: coordinator_pb2.PushUpdateReply) -> PushResult:
+    return PushResult(accepted=msg.accepted, duplicate=msg.duplicate, round=msg.round,
+                      version=msg.version)

@@ -1,0 +1,1 @@
+"""The coordinator service: center model, rounds, aggregation, server optimizer, evaluation."""

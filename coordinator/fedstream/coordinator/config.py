@@ -1,0 +1,126 @@
+"""Coordinator configuration: dataclasses, their flags and validation. No TensorFlow here,
+so the CLI parses arguments without loading it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field, fields
+
+from fedstream.common.protocol import Weighting
+MODELS = ("reference",)
+SERVER_OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = 57  # rounds to train (19 rounds = one pass over the reference's client data)
+    units: int = 2  # work units per round; the same units give bit-identical models
+    min_workers: int = 1  # workers that must join before the first round opens
+    batch_size: int = 32  # client batch size
+    weighting: str = "uniform"  # "uniform" (reference mean) or "examples"
+    server_optimizer: str = "adam"  # "adam" or "sgd"
+    server_lr: float = 1e-4  # server learning rate (the reference: Adam 1e-4)
+    dropout: bool = False  # apply dropout in client training (the reference never does)
+    normalize: bool = False  # divide pixels by 255 (the reference feeds raw 0..255)
+    eval_every: int = 0  # rounds between test evaluations; 0: after every pass over the data
+    lease_s: float = 120.0  # a unit not pushed this long after its lease goes to another worker
+    model: str = "reference"  # model from the zoo
+    model_seed: int = 0  # initial-weights seed
+
+    @property
+    def input_divisor(self) -> float:
+        return 255.0 if self.normalize else 1.0
+
+    def __post_init__(self):
+        problems = []
+        if self.rounds < 1:
+            problems.append(f"rounds={self.rounds} must be >= 1")
+        if self.units < 1:
+            problems.append(f"units={self.units} must be >= 1")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} must be >= 1")
+        if self.weighting not in {w.value for w in Weighting}:
+            problems.append(f"weighting={self.weighting!r}: choose uniform or examples")
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            problems.append(f"server_optimizer={self.server_optimizer!r}: choose "
+                            f"{' or '.join(SERVER_OPTIMIZERS)}")
+        if not self.server_lr > 0:
+            problems.append(f"server_lr={self.server_lr} must be > 0")
+        if problems:
+            raise ValueError("invalid federation config: " + "; ".join(problems))
+
+
+def add_federation_arguments(p: argparse.ArgumentParser) -> None:
+    d = FederationConfig()
+    g = p.add_argument_group("federation (defaults: the reference recipe)")
+    g.add_argument("--rounds", type=int, default=d.rounds, help="rounds to train (19 = one pass)")
+    g.add_argument("--units", type=int, default=None,
+                   help="work units per round (default: the number of workers); equal units "
+                        "give bit-identical models in every run mode")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--weighting", choices=[w.value for w in Weighting], default=d.weighting)
+    g.add_argument("--server-optimizer", choices=SERVER_OPTIMIZERS, default=d.server_optimizer)
+    g.add_argument("--server-lr", type=float, default=d.server_lr)
+    g.add_argument("--dropout", action="store_true",
+                   help="apply dropout in client training (the reference never does)")
+    g.add_argument("--normalize", action="store_true", help="divide pixels by 255")
+    g.add_argument("--eval-every", type=int, default=d.eval_every,
+                   help="rounds between evaluations (0: after each pass over the data)")
+    g.add_argument("--lease-s", type=float, default=d.lease_s)
+    g.add_argument("--model", choices=MODELS, default=d.model)
+    g.add_argument("--model-seed", type=int, default=d.model_seed, help="initial-weights seed")
+
+
+def federation_config_from_args(args: argparse.Namespace, *, workers: int) -> FederationConfig:
+    values = {f.name: getattr(args, f.name) for f in fields(FederationConfig)
+              if hasattr(args, f.name)}
+    values["units"] = args.units or workers
+    values["min_workers"] = workers
+    return FederationConfig(**values)
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str = "127.0.0.1:50051"  # host:port to serve on; port 0 picks a free port
+    datapool: str = "127.0.0.1:50052"  # data pool address
+    threads: int = 0  # TensorFlow threads (0: TensorFlow's default)
+    metrics: str | None = None  # per-round metrics JSONL file
+    save_weights: str | None = None  # final weights as .npz
+    port_file: str | None = None  # write the bound host:port here once serving
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = CoordinatorConfig()
+    p.add_argument("--listen", default=os.environ.get("FEDSTREAM_COORDINATOR_LISTEN", d.listen))
+    p.add_argument("--datapool", default=os.environ.get("FEDSTREAM_DATAPOOL", d.datapool))
+    p.add_argument("--workers", type=int, default=1,
+                   help="workers to wait for before the first round")
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--metrics", default=None, help="write per-round metrics (JSONL) here")
+    p.add_argument("--save-weights", default=None, help="save the final weights (.npz) here")
+    p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
+    add_federation_arguments(p)
+
+
+def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
+    return CoordinatorConfig(
+        listen=args.listen, datapool=args.datapool, threads=args.threads, metrics=args.metrics,
+        save_weights=args.save_weights, port_file=args.port_file,
+        federation=federation_config_from_args(args, workers=args.workers))
+
+
+def federation_argv(config: FederationConfig) -> list[str]:
+    """The coordinator flags that reproduce `config` (min_workers travels as --workers)."""
+    argv = []
+    for f in fields(FederationConfig):
+        value = getattr(config, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "min_workers":
+            argv += ["--workers", str(value)]
+        elif isinstance(value, bool):
+            argv += [flag] if value else []
+        else:
+            argv += [flag, str(value)]
+    return argv

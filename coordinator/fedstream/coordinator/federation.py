@@ -1,0 +1,306 @@
+"""The coordinator's domain logic: rounds, work units, leases, validation, aggregation.
+
+No protobuf and no network here: the gRPC servicer and the in-process simulation both drive
+this class, which is how both run modes compute the same model.
+
+A round asks every client for the update of its next batch. The round's clients are split
+into `units` contiguous work units; a worker leases one unit at a time and pushes one update
+for it: the weighted sum of its clients' updates plus the sum of their weights. When every
+unit is in, the partial sums are added in unit order (so arrival order never changes a bit),
+divided by the total weight and handed to the server optimizer; the version advances.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from fedstream.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
+                                     PermissionDenied)
+from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
+                                       UpdateMeta, Weighting, Weights)
+from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
+from fedstream.coordinator.aggregate import weighted_mean_of_sums
+from fedstream.coordinator.config import FederationConfig
+
+log = logging.getLogger(__name__)
+
+MAX_WAIT_S = 30.0  # longest a GetAssignment long-poll is held
+
+
+@dataclass
+class _Worker:
+    name: str
+    device: str
+    last_seen: float
+    accepted: int = 0
+    stopped: bool = False
+
+
+@dataclass
+class _Unit:
+    index: int
+    client_ids: tuple[int, ...]
+    leased_to: str | None = None
+    lease_deadline: float = 0.0
+    partial: tuple[list[np.ndarray], float] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def make_server_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate=lr)
+    return keras.optimizers.SGD(learning_rate=lr)
+
+
+def rounds_per_pass(client_sizes: Sequence[int], batch_size: int) -> int:
+    return max(math.ceil(n / batch_size) for n in client_sizes)
+
+
+class Federation:
+    def __init__(self, config: FederationConfig, model: keras.Model, client_sizes: Sequence[int],
+                 *, loss: str = "categorical_crossentropy", num_classes: int = 10,
+                 evaluator: Callable[[keras.Model], dict[str, float]] | None = None,
+                 on_metrics: Callable[[dict], None] = lambda m: None,
+                 clock: Callable[[], float] = time.monotonic):
+        self.config = config
+        self.model = model
+        self._client_sizes = tuple(client_sizes)
+        self._evaluator = evaluator
+        self._on_metrics = on_metrics
+        self._clock = clock
+        self._optimizer = make_server_optimizer(config.server_optimizer, config.server_lr)
+        self._trainable = list(model.trainable_variables)
+        self.task = Task(
+            model_json=model.to_json(), loss=loss, num_classes=num_classes,
+            update_kind=UpdateKind.GRADIENT, weighting=Weighting(config.weighting),
+            batch_size=config.batch_size, dropout=config.dropout,
+            input_divisor=config.input_divisor,
+            update_specs=tuple(spec_of(v.path, np.zeros(v.shape, np.float32))
+                               for v in self._trainable),
+            rounds=config.rounds)
+        self.eval_every = config.eval_every or rounds_per_pass(client_sizes, config.batch_size)
+        self._cond = threading.Condition()
+        self._workers: dict[str, _Worker] = {}
+        self.phase = "waiting_for_workers"
+        self.round = 0
+        self.version = 1
+        self._units: list[_Unit] = []
+        self._round_started = 0.0
+        self._started = 0.0
+        self.last_metrics: dict[str, float] = {}
+        self._snapshot()
+
+    # -- weights ---------------------------------------------------------------------------
+    def _snapshot(self) -> None:
+        names = [v.path for v in self.model.weights]
+        specs, payload = pack(names, [np.asarray(v.numpy()) for v in self.model.weights])
+        self._weights = (self.version, tuple(specs), payload)
+
+    def weights_payload(self, worker_id: str, have_version: int
+                        ) -> tuple[int, tuple[TensorSpec, ...], bytes | None]:
+        """(version, specs, payload); payload None when `have_version` is current."""
+        with self._cond:
+            self._touch(worker_id)
+            version, specs, payload = self._weights
+        return version, specs, (None if have_version == version else payload)
+
+    def pull_weights(self, worker_id: str, have_version: int) -> Weights:
+        version, specs, payload = self.weights_payload(worker_id, have_version)
+        return Weights(version, specs, None if payload is None else unpack(specs, payload))
+
+    # -- membership ------------------------------------------------------------------------
+    def join(self, worker_name: str, device: str) -> tuple[str, Task]:
+        with self._cond:
+            worker_id = f"w{len(self._workers) + 1}-{uuid.uuid4().hex[:8]}"
+            self._workers[worker_id] = _Worker(worker_name, device, self._clock())
+            log.info("[Join] worker %s (%s on %s) joined; %d connected", worker_id, worker_name,
+                     device, len(self._workers))
+            if self.phase == "waiting_for_workers" and len(self._workers) >= self.config.min_workers:
+                self._started = self._clock()
+                self._open_round(1)
+            return worker_id, self.task
+
+    def leave(self, worker_id: str) -> None:
+        with self._cond:
+            worker = self._touch(worker_id)
+            worker.stopped = True
+            for unit in self._units:
+                if unit.leased_to == worker_id and unit.partial is None:
+                    unit.leased_to = None
+            self._cond.notify_all()
+
+    def _touch(self, worker_id: str) -> _Worker:
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"unknown worker id {worker_id!r}: call Join first and use the id "
+                           "it returns")
+        worker.last_seen = self._clock()
+        return worker
+
+    # -- rounds ----------------------------------------------------------------------------
+    def _open_round(self, number: int) -> None:
+        self.round = number
+        self.phase = "training"
+        groups = np.array_split(np.arange(len(self._client_sizes)), self.config.units)
+        self._units = [_Unit(i, tuple(int(c) for c in g)) for i, g in enumerate(groups) if len(g)]
+        self._round_started = self._clock()
+        self._cond.notify_all()
+
+    def assignment(self, worker_id: str, wait_s: float) -> Assignment:
+        """The next unit to compute, waiting up to `wait_s` for one; STOP when training is over."""
+        with self._cond:
+            worker = self._touch(worker_id)
+            deadline = self._clock() + min(max(wait_s, 0.0), MAX_WAIT_S)
+            while True:
+                if self.phase == "done":
+                    worker.stopped = True
+                    self._cond.notify_all()
+                    return Assignment(Action.STOP, round=self.round, version=self.version)
+                unit = self._free_unit() if self.phase == "training" else None
+                if unit is not None:
+                    unit.leased_to = worker_id
+                    unit.lease_deadline = self._clock() + self.config.lease_s
+                    return Assignment(Action.TRAIN, round=self.round, version=self.version,
+                                      unit=unit.index, client_ids=unit.client_ids,
+                                      step=self.round - 1)
+                remaining = deadline - self._clock()
+                if remaining <= 0:
+                    return Assignment(Action.WAIT, round=self.round, version=self.version)
+                self._cond.wait(min(remaining, self.config.lease_s))
+
+    def _free_unit(self) -> _Unit | None:
+        now = self._clock()
+        for unit in self._units:
+            if unit.partial is None and (unit.leased_to is None or unit.lease_deadline < now):
+                if unit.leased_to is not None:
+                    log.warning("lease of unit %d (round %d) held by %s expired: reassigning",
+                                unit.index, self.round, unit.leased_to)
+                return unit
+        return None
+
+    # -- updates ---------------------------------------------------------------------------
+    def check_update(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> None:
+        """Everything about an update that its header decides; raises on the first problem."""
+        with self._cond:
+            self._check_meta(meta)
+            self._check_specs(specs)
+
+    def _check_meta(self, meta: UpdateMeta) -> _Unit:
+        self._touch(meta.worker_id)
+        if self.phase != "training":
+            raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
+                                     "for work before pushing")
+        if meta.round != self.round:
+            raise FailedPrecondition(
+                f"update for round {meta.round} but round {self.round} is open: the round was "
+                "closed; drop this update and ask GetAssignment for new work")
+        if meta.base_version != self.version:
+            raise FailedPrecondition(
+                f"update computed from version {meta.base_version} but the model is at "
+                f"version {self.version}: pull the weights again and recompute")
+        if not 0 <= meta.unit < len(self._units):
+            raise InvalidArgument(f"unit {meta.unit} does not exist in round {self.round} "
+                                  f"(units 0..{len(self._units) - 1})")
+        unit = self._units[meta.unit]
+        if tuple(meta.client_ids) != unit.client_ids:
+            raise PermissionDenied(f"unit {meta.unit} holds other clients than the update lists: "
+                                   "push exactly the client ids of your assignment")
+        if unit.partial is None and unit.leased_to != meta.worker_id:
+            raise PermissionDenied(f"unit {meta.unit} is leased to another worker (your lease "
+                                   "expired or it was never yours): ask GetAssignment for work")
+        if not (math.isfinite(meta.weight) and meta.weight > 0):
+            raise InvalidArgument(f"update weight {meta.weight} must be a positive finite number")
+        if meta.num_examples < 1:
+            raise InvalidArgument("num_examples must be >= 1")
+        return unit
+
+    def _check_specs(self, specs: Sequence[TensorSpec]) -> None:
+        expected = self.task.update_specs
+        if len(specs) != len(expected):
+            raise InvalidArgument(f"update carries {len(specs)} tensors, the model has "
+                                  f"{len(expected)} trainable variables")
+        for got, want in zip(specs, expected):
+            if (got.name, got.dtype, got.shape) != (want.name, want.dtype, want.shape):
+                raise InvalidArgument(
+                    f"update tensor {got.name!r} {got.dtype.name}{list(got.shape)} does not "
+                    f"match {want.name!r} {want.dtype.name}{list(want.shape)}: send one tensor "
+                    "per trainable variable in the task's order")
+
+    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult:
+        """Validate and store one unit's update; the last unit of a round closes it."""
+        for spec, array in zip(self.task.update_specs, arrays):
+            if not np.all(np.isfinite(array)):
+                raise InvalidArgument(f"update tensor {spec.name!r} contains NaN or Inf: the "
+                                      "client diverged or the tensor is corrupt; not applied")
+        with self._cond:
+            unit = self._check_meta(meta)
+            self._check_specs([spec_of(s.name, a) for s, a in zip(self.task.update_specs, arrays)])
+            if unit.partial is not None:
+                return PushResult(False, True, self.round, self.version)
+            unit.partial = ([np.asarray(a) for a in arrays], float(meta.weight))
+            unit.metrics = {**meta.metrics, "_weight": float(meta.weight)}
+            self._workers[meta.worker_id].accepted += 1
+            if all(u.partial is not None for u in self._units):
+                self._close_round()
+            return PushResult(True, False, self.round, self.version)
+
+    def _close_round(self) -> None:
+        mean = weighted_mean_of_sums([u.partial for u in self._units])
+        self._optimizer.apply_gradients(
+            [(tf.convert_to_tensor(g), v) for g, v in zip(mean, self._trainable)])
+        self.version += 1
+        self._snapshot()
+        now = self._clock()
+        round_s = now - self._round_started
+        total_weight = sum(u.metrics["_weight"] for u in self._units)
+        metrics = {
+            "round": self.round, "version": self.version, "round_s": round_s,
+            "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
+            "elapsed_s": now - self._started,
+            "train_loss": sum(u.metrics.get("loss", 0.0) * u.metrics["_weight"]
+                              for u in self._units) / total_weight,
+            "clients": sum(len(u.client_ids) for u in self._units),
+        }
+        if self._evaluator is not None and (self.round % self.eval_every == 0
+                                            or self.round == self.config.rounds):
+            metrics.update(self._evaluator(self.model))
+        self.last_metrics = metrics
+        self._on_metrics(metrics)
+        if self.round >= self.config.rounds:
+            self.phase = "done"
+            self._units = []
+            self._cond.notify_all()
+        else:
+            self._open_round(self.round + 1)
+
+    # -- status ----------------------------------------------------------------------------
+    def status(self) -> dict:
+        with self._cond:
+            now = self._clock()
+            return {
+                "phase": self.phase, "round": self.round, "version": self.version,
+                "total_rounds": self.config.rounds, "last_metrics": dict(self.last_metrics),
+                "workers": [{"worker_id": wid, "worker_name": w.name, "device": w.device,
+                             "last_seen_s_ago": now - w.last_seen, "updates_accepted": w.accepted}
+                            for wid, w in self._workers.items()],
+            }
+
+    def wait_until_done(self, timeout_s: float | None = None) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.phase == "done", timeout_s)
+
+    def wait_for_workers_to_stop(self, timeout_s: float) -> bool:
+        """After training: give every joined worker the chance to receive STOP."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: all(w.stopped for w in self._workers.values()), timeout_s)

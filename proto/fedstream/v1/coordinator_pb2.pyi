@@ -1,0 +1,225 @@
+from fedstream.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UPDATE_KIND_UNSPECIFIED: _ClassVar[UpdateKind]
+    UPDATE_KIND_GRADIENT: _ClassVar[UpdateKind]
+
+class ClientWeighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CLIENT_WEIGHTING_UNSPECIFIED: _ClassVar[ClientWeighting]
+    CLIENT_WEIGHTING_UNIFORM: _ClassVar[ClientWeighting]
+    CLIENT_WEIGHTING_EXAMPLES: _ClassVar[ClientWeighting]
+UPDATE_KIND_UNSPECIFIED: UpdateKind
+UPDATE_KIND_GRADIENT: UpdateKind
+CLIENT_WEIGHTING_UNSPECIFIED: ClientWeighting
+CLIENT_WEIGHTING_UNIFORM: ClientWeighting
+CLIENT_WEIGHTING_EXAMPLES: ClientWeighting
+
+class JoinRequest(_message.Message):
+    __slots__ = ("worker_name", "device")
+    WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    worker_name: str
+    device: str
+    def __init__(self, worker_name: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+
+class JoinReply(_message.Message):
+    __slots__ = ("worker_id", "task")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    task: Task
+    def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+
+class Task(_message.Message):
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds")
+    MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_KIND_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTING_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DIVISOR_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    model_json: str
+    loss: str
+    num_classes: int
+    update_kind: UpdateKind
+    weighting: ClientWeighting
+    batch_size: int
+    dropout: bool
+    input_divisor: float
+    update_tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
+    rounds: int
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ...) -> None: ...
+
+class AssignmentRequest(_message.Message):
+    __slots__ = ("worker_id", "wait_ms")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    wait_ms: int
+    def __init__(self, worker_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("action", "round", "version", "unit", "client_ids", "step")
+    class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+        __slots__ = ()
+        ACTION_UNSPECIFIED: _ClassVar[Assignment.Action]
+        TRAIN: _ClassVar[Assignment.Action]
+        WAIT: _ClassVar[Assignment.Action]
+        STOP: _ClassVar[Assignment.Action]
+    ACTION_UNSPECIFIED: Assignment.Action
+    TRAIN: Assignment.Action
+    WAIT: Assignment.Action
+    STOP: Assignment.Action
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    action: Assignment.Action
+    round: int
+    version: int
+    unit: int
+    client_ids: _containers.RepeatedScalarFieldContainer[int]
+    step: int
+    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ...) -> None: ...
+
+class PullWeightsRequest(_message.Message):
+    __slots__ = ("worker_id", "have_version")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    HAVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    have_version: int
+    def __init__(self, worker_id: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
+
+class WeightsHeader(_message.Message):
+    __slots__ = ("version", "unchanged", "tensors")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    unchanged: bool
+    tensors: _tensor_pb2.TensorSetHeader
+    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
+
+class WeightsMessage(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: WeightsHeader
+    chunk: _tensor_pb2.Chunk
+    def __init__(self, header: _Optional[_Union[WeightsHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ...) -> None: ...
+
+class UpdateHeader(_message.Message):
+    __slots__ = ("worker_id", "round", "base_version", "unit", "client_ids", "weight", "num_examples", "metrics", "tensors")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    TENSORS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    round: int
+    base_version: int
+    unit: int
+    client_ids: _containers.RepeatedScalarFieldContainer[int]
+    weight: float
+    num_examples: int
+    metrics: _containers.ScalarMap[str, float]
+    tensors: _tensor_pb2.TensorSetHeader
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., weight: _Optional[float] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
+
+class UpdateMessage(_message.Message):
+    __slots__ = ("header", "chunk")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    header: UpdateHeader
+    chunk: _tensor_pb2.Chunk
+    def __init__(self, header: _Optional[_Union[UpdateHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ...) -> None: ...
+
+class PushUpdateReply(_message.Message):
+    __slots__ = ("accepted", "duplicate", "round", "version")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    duplicate: bool
+    round: int
+    version: int
+    def __init__(self, accepted: _Optional[bool] = ..., duplicate: _Optional[bool] = ..., round: _Optional[int] = ..., version: _Optional[int] = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WorkerInfo(_message.Message):
+    __slots__ = ("worker_id", "worker_name", "device", "last_seen_s_ago", "updates_accepted")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_S_AGO_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    worker_name: str
+    device: str
+    last_seen_s_ago: float
+    updates_accepted: int
+    def __init__(self, worker_id: _Optional[str] = ..., worker_name: _Optional[str] = ..., device: _Optional[str] = ..., last_seen_s_ago: _Optional[float] = ..., updates_accepted: _Optional[int] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("phase", "round", "version", "total_rounds", "workers", "last_metrics")
+    class LastMetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    LAST_METRICS_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    round: int
+    version: int
+    total_rounds: int
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerInfo]
+    last_metrics: _containers.ScalarMap[str, float]
+    def __init__(self, phase: _Optional[str] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., total_rounds: _Optional[int] = ..., workers: _Optional[_Iterable[_Union[WorkerInfo, _Mapping]]] = ..., last_metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class LeaveRequest(_message.Message):
+    __slots__ = ("worker_id",)
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    def __init__(self, worker_id: _Optional[str] = ...) -> None: ...
+
+class LeaveReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -1,0 +1,69 @@
+"""Client updates on one device: the FedSGD gradient of many clients in one device call.
+
+The coordinator wants, per work unit, sum_c w_c * g_c where g_c is the gradient of client c's
+mean loss over its batch. That equals the gradient of one loss over the concatenated batches
+with per-example weights w_c / n_c, so a unit of any number of clients, equal batch sizes or
+not, costs one forward and one backward pass (exact up to float summation order).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from fedstream.common.learning import model_from_json, per_example_loss, preprocess
+from fedstream.common.protocol import Batch, Task, Weighting
+
+
+@dataclass(frozen=True)
+class UnitUpdate:
+    arrays: list[np.ndarray]  # sum over clients of weight * gradient, one per trainable variable
+    weight: float  # sum of the clients' weights
+    num_examples: int
+    loss: float  # the clients' weighted mean training loss
+
+
+class GradientComputer:
+    def __init__(self, task: Task, device: str):
+        self.task = task
+        self.device = device
+        with tf.device(device):
+            self.model = model_from_json(task.model_json)
+        self._trainable = self.model.trainable_variables
+        shapes = [tuple(v.shape) for v in self._trainable]
+        expected = [s.shape for s in task.update_specs]
+        if shapes != expected:
+            raise ValueError(f"the task's model has trainable shapes {shapes}, but its update "
+                             f"spec lists {expected}")
+        self._step = tf.function(self._weighted_gradient, reduce_retracing=True)
+
+    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        for variable, array in zip(self.model.weights, arrays, strict=True):
+            variable.assign(array)
+
+    def client_weights(self, batches: Sequence[Batch]) -> np.ndarray:
+        if self.task.weighting is Weighting.EXAMPLES:
+            return np.array([len(b.y) for b in batches], np.float32)
+        return np.ones(len(batches), np.float32)
+
+    def compute(self, batches: Sequence[Batch]) -> UnitUpdate:
+        weights = self.client_weights(batches)
+        sizes = [len(b.y) for b in batches]
+        x = np.concatenate([b.x for b in batches])
+        y = np.concatenate([b.y for b in batches])
+        example_weights = np.repeat(weights / np.array(sizes, np.float32), sizes)
+        with tf.device(self.device):
+            grads, weighted_loss = self._step(x, y, example_weights)
+        total = float(weights.sum())
+        return UnitUpdate([g.numpy() for g in grads], total, int(sum(sizes)),
+                          float(weighted_loss) / total)
+
+    def _weighted_gradient(self, x, y, example_weights):
+        with tf.GradientTape() as tape:
+            outputs = self.model(preprocess(x, self.task.input_divisor), training=self.task.dropout)
+            losses = per_example_loss(self.task.loss, y, outputs, self.task.num_classes)
+            weighted = tf.reduce_sum(losses * example_weights)
+        return tape.gradient(weighted, self._trainable), weighted

@@ -1,0 +1,41 @@
+"""The worker process:
+`fedstream worker --coordinator HOST:50051 --datapool HOST:50052 [--device /GPU:0]`."""
+
+from __future__ import annotations
+
+import logging
+import signal
+
+from fedstream.common.clients import CoordinatorClient, DataPoolClient
+from fedstream.common.learning import configure_threads
+from fedstream.common.logs import log_config
+from fedstream.worker.config import WorkerConfig
+from fedstream.worker.device import select_device
+from fedstream.worker.loop import WorkerLoop
+
+log = logging.getLogger(__name__)
+
+
+class Shutdown(BaseException):
+    """Raised by SIGTERM in the main thread, so the loop unwinds and leaves cleanly."""
+
+
+def run(config: WorkerConfig) -> None:
+    log_config(log, "worker", config)
+    configure_threads(config.threads)
+    device = select_device(config.device, config.gpu_memory_mb)
+    log.info("worker %s computes on %s", config.name, device)
+
+    def shutdown(signum, _frame):
+        raise Shutdown(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, shutdown)
+    coordinator = CoordinatorClient(config.coordinator, connect_timeout_s=120.0)
+    data = DataPoolClient(config.datapool, connect_timeout_s=120.0)
+    try:
+        WorkerLoop(coordinator, data, name=config.name, device=device).run()
+    except Shutdown as e:
+        log.info("received %s: left the federation", e)
+    finally:
+        coordinator.close()
+        data.close()
