@@ -75,3 +75,18 @@ def test_model_loaded_from_json_refuses_a_mismatched_spec():
     wrong = Task(**{**task.__dict__, "update_specs": task.update_specs[:-1]})
     with pytest.raises(ValueError, match="trainable shapes"):
         GradientComputer(wrong, "/CPU:0")
+
+
+def test_large_units_are_computed_in_bounded_slices():
+    model = tiny_model(seed=4)
+    task = make_task(model)
+    whole = GradientComputer(task, "/CPU:0")
+    sliced = GradientComputer(task, "/CPU:0", max_examples_per_call=7)
+    for c in (whole, sliced):
+        c.set_weights([v.numpy() for v in model.weights])
+    bs = batches([8, 8, 5, 3], seed=5)
+    a, b = whole.compute(bs), sliced.compute(bs)
+    assert (a.weight, a.num_examples) == (b.weight, b.num_examples)
+    assert abs(a.loss - b.loss) < 1e-5
+    for x, y in zip(a.arrays, b.arrays):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)

@@ -196,3 +196,15 @@ def test_evaluation_runs_after_each_pass_and_at_the_end():
     for _ in range(5):
         fed.push(meta_for(wid, fed.assignment(wid, 0)), ones_update(fed, 0.0))
     assert fed.eval_every == 2 and evaluated == [2, 4, 5]
+
+
+def test_a_worker_gets_its_last_unit_again_so_its_prefetch_is_used():
+    fed, _ = make_federation(units=2, rounds=3)
+    w1, _ = fed.join("a", "cpu")
+    w2, _ = fed.join("b", "cpu")
+    first = {w: fed.assignment(w, 0) for w in (w2, w1)}  # w2 asks first: takes unit 0
+    for w, a in first.items():
+        fed.push(meta_for(w, a), ones_update(fed))
+    again = {w: fed.assignment(w, 0) for w in (w1, w2)}  # w1 asks first this time
+    assert {w: a.unit for w, a in again.items()} == {w: a.unit for w, a in first.items()}
+    assert all(a.step == 1 for a in again.values())

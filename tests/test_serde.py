@@ -56,25 +56,25 @@ def test_update_meta_and_push_result_roundtrip():
     assert serde.push_result_from_proto(serde.push_result_to_proto(r)) == r
 
 
-def _batch_stream(sets, chunk_bytes=10):
-    for i, arrays in enumerate(sets):
-        specs, payload = pack(["x", "y"], arrays)
-        header = datapool_pb2.BatchMessage(header=datapool_pb2.BatchHeader(
-            client_id=i, tensors=serde.header_to_proto(specs, len(payload))))
-        yield from serde.frame(header, payload, datapool_pb2.BatchMessage, chunk_bytes)
+def _batch_stream(arrays, chunk_bytes=10):
+    specs, payload = pack(["x", "y"], arrays)
+    header = datapool_pb2.BatchMessage(header=datapool_pb2.BatchHeader(
+        client_ids=[4], sizes=[len(arrays[1])], tensors=serde.header_to_proto(specs, len(payload))))
+    yield from serde.frame(header, payload, datapool_pb2.BatchMessage, chunk_bytes)
 
 
-def test_read_many_splits_on_headers():
-    sets = [[np.full((2, 3), i, np.uint8), np.array([i, i], np.uint8)] for i in range(3)]
-    got = list(serde.read_many(_batch_stream(sets)))
-    assert [h.client_id for h, _ in got] == [0, 1, 2]
-    for (_, arrays), want in zip(got, sets):
-        for a, b in zip(arrays, want):
-            np.testing.assert_array_equal(a, b)
+def test_framed_stream_roundtrip_in_small_chunks():
+    arrays = [np.arange(60, dtype=np.uint8).reshape(2, 30), np.array([7, 8], np.uint8)]
+    messages = list(_batch_stream(arrays))
+    assert len(messages) == 1 + 7  # header, then 62 bytes in chunks of 10
+    header, got = serde.read_one(messages)
+    assert list(header.client_ids) == [4]
+    for a, b in zip(got, arrays):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_read_one_refuses_chunk_first_and_second_header():
-    messages = list(_batch_stream([[np.zeros(30, np.uint8), np.zeros(1, np.uint8)]]))
+    messages = list(_batch_stream([np.zeros(30, np.uint8), np.zeros(1, np.uint8)]))
     with pytest.raises(InvalidArgument, match="start with a header"):
         serde.read_one(messages[1:])
     with pytest.raises(InvalidArgument, match="second header"):

@@ -33,7 +33,8 @@ class LocalRunConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     workers: int = 2  # worker processes
     worker_threads: int = 0  # TensorFlow threads per worker (0: cores / workers)
-    coordinator_threads: int = 1  # TensorFlow threads of the coordinator
+    coordinator_threads: int = 0  # TensorFlow threads of the coordinator (0: all cores; it
+    # computes only while the workers wait for the next round, so it oversubscribes nothing)
     device: str | None = None  # worker device; None: first GPU, else CPU
     out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
     quiet: bool = False  # print only the final line
@@ -44,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--worker-threads", type=int, default=0,
                    help="TensorFlow threads per worker (0: cores / workers)")
-    p.add_argument("--coordinator-threads", type=int, default=1)
+    p.add_argument("--coordinator-threads", type=int, default=0,
+                   help="TensorFlow threads of the coordinator (0: TensorFlow's default)")
     p.add_argument("--device", default=None, help="workers' device: /CPU:0 or /GPU:<n>")
     p.add_argument("--out", default="", help="run folder (default: runs/<timestamp>)")
     p.add_argument("--quiet", action="store_true")

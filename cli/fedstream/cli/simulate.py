@@ -67,7 +67,7 @@ def run(config: SimulateConfig) -> dict:
     metrics = MetricsLog(config.metrics)
     federation = create_federation(config.federation, store.summary,
                                    (store.x_test, store.y_test), metrics)
-    WorkerLoop(federation, store, name="simulate", device=device).run()
+    WorkerLoop(federation, store, name="simulate", device=device, prefetch=False).run()
     metrics.close()
     if config.save_weights:
         save_weights(config.save_weights, federation)

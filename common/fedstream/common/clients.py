@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from fedstream.common import serde
+from fedstream.common.errors import InvalidArgument
 from fedstream.common.grpc_server import channel, error_from_rpc, wait_ready
 from fedstream.common.protocol import (Assignment, Batch, DatasetSummary, PushResult, Task,
                                        UpdateMeta, Weights)
@@ -117,7 +118,12 @@ class DataPoolClient:
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:
         stream = self._stub.StreamBatches(datapool_pb2.BatchRequest(
             client_ids=list(client_ids), step=step, batch_size=batch_size))
-        return [Batch(h.client_id, h.step, x, y) for h, (x, y) in serde.read_many(stream)]
+        header, (x, y) = serde.read_one(stream)
+        if list(header.client_ids) != list(client_ids) or sum(header.sizes) != len(y):
+            raise InvalidArgument("the data pool answered for other clients or sizes than asked")
+        ends = np.cumsum(header.sizes)
+        return [Batch(c, header.step, x[e - n:e], y[e - n:e])
+                for c, n, e in zip(header.client_ids, header.sizes, ends)]
 
     @_domain_errors
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
+
 from fedstream.common import serde
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
 from fedstream.common.tensors import TensorSpec, pack
@@ -13,11 +15,17 @@ from fedstream.v1 import datapool_pb2, datapool_pb2_grpc
 log = logging.getLogger(__name__)
 
 
-def _batch_messages(client_id: int, step: int, x, y):
-    specs, payload = pack(["x", "y"], [x, y])
+def _batch_messages(client_ids, sizes, step: int, xs, ys):
+    """One header and the chunks of the batches concatenated (one copy, into the payload)."""
+    specs, payload = pack(["x", "y"], [_concat(xs), _concat(ys)])
     header = datapool_pb2.BatchMessage(header=datapool_pb2.BatchHeader(
-        client_id=client_id, step=step, tensors=serde.header_to_proto(specs, len(payload))))
+        client_ids=client_ids, sizes=sizes, step=step,
+        tensors=serde.header_to_proto(specs, len(payload))))
     return serde.frame(header, payload, datapool_pb2.BatchMessage)
+
+
+def _concat(arrays):
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 class DataPoolServicer(datapool_pb2_grpc.DataPoolServicer):
@@ -37,9 +45,10 @@ class DataPoolServicer(datapool_pb2_grpc.DataPoolServicer):
     @handles_stream_errors
     def StreamBatches(self, request, context):
         batches = self._store.batches(list(request.client_ids), request.step, request.batch_size)
-        for b in batches:
-            yield from _batch_messages(b.client_id, b.step, b.x, b.y)
+        yield from _batch_messages([b.client_id for b in batches], [len(b.y) for b in batches],
+                                   request.step, [b.x for b in batches], [b.y for b in batches])
 
     @handles_stream_errors
     def StreamTestSet(self, request, context):
-        yield from _batch_messages(0, 0, self._store.x_test, self._store.y_test)
+        x, y = self._store.x_test, self._store.y_test
+        yield from _batch_messages([], [len(y)], 0, [x], [y])

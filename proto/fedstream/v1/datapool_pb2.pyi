@@ -46,14 +46,16 @@ class BatchRequest(_message.Message):
     def __init__(self, client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class BatchHeader(_message.Message):
-    __slots__ = ("client_id", "step", "tensors")
-    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    __slots__ = ("client_ids", "sizes", "step", "tensors")
+    CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
+    SIZES_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
-    client_id: int
+    client_ids: _containers.RepeatedScalarFieldContainer[int]
+    sizes: _containers.RepeatedScalarFieldContainer[int]
     step: int
     tensors: _tensor_pb2.TensorSetHeader
-    def __init__(self, client_id: _Optional[int] = ..., step: _Optional[int] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
+    def __init__(self, client_ids: _Optional[_Iterable[int]] = ..., sizes: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
 
 class BatchMessage(_message.Message):
     __slots__ = ("header", "chunk")

@@ -62,10 +62,11 @@ class DataPoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StreamBatches(self, request, context):
-        """For each requested client in request order: one BatchMessage header (client id, tensor
-        specs of "x" and "y"), then the chunks of that batch.
-        Errors: INVALID_ARGUMENT for an unknown client id, a zero or oversized batch size, or
-        more clients than the request limit.
+        """One BatchMessage header (client ids, their batch sizes, specs of "x" and "y"), then the
+        chunks: the requested clients' batches concatenated in request order, so a worker gets
+        one ready-to-use array however many clients it asked for.
+        Errors: INVALID_ARGUMENT for an unknown client id or a zero or oversized batch size;
+        RESOURCE_EXHAUSTED for more clients than max_clients_per_request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

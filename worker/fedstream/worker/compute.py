@@ -3,7 +3,9 @@
 The coordinator wants, per work unit, sum_c w_c * g_c where g_c is the gradient of client c's
 mean loss over its batch. That equals the gradient of one loss over the concatenated batches
 with per-example weights w_c / n_c, so a unit of any number of clients, equal batch sizes or
-not, costs one forward and one backward pass (exact up to float summation order).
+not, costs one forward and one backward pass (exact up to float summation order). Units larger
+than `max_examples_per_call` are computed in slices of that many examples and summed, so
+device memory depends on that bound, not on the number of clients.
 """
 
 from __future__ import annotations
@@ -26,10 +28,15 @@ class UnitUpdate:
     loss: float  # the clients' weighted mean training loss
 
 
+MAX_EXAMPLES_PER_CALL = 8192
+
+
 class GradientComputer:
-    def __init__(self, task: Task, device: str):
+    def __init__(self, task: Task, device: str, *,
+                 max_examples_per_call: int = MAX_EXAMPLES_PER_CALL):
         self.task = task
         self.device = device
+        self.max_examples_per_call = max_examples_per_call
         with tf.device(device):
             self.model = model_from_json(task.model_json)
         self._trainable = self.model.trainable_variables
@@ -55,11 +62,16 @@ class GradientComputer:
         x = np.concatenate([b.x for b in batches])
         y = np.concatenate([b.y for b in batches])
         example_weights = np.repeat(weights / np.array(sizes, np.float32), sizes)
+        sums, weighted_loss = None, 0.0
         with tf.device(self.device):
-            grads, weighted_loss = self._step(x, y, example_weights)
+            for start in range(0, len(y), self.max_examples_per_call):
+                window = slice(start, start + self.max_examples_per_call)
+                grads, loss = self._step(x[window], y[window], example_weights[window])
+                sums = grads if sums is None else [s + g for s, g in zip(sums, grads)]
+                weighted_loss += float(loss)
         total = float(weights.sum())
-        return UnitUpdate([g.numpy() for g in grads], total, int(sum(sizes)),
-                          float(weighted_loss) / total)
+        return UnitUpdate([g.numpy() for g in sums], total, int(sum(sizes)),
+                          weighted_loss / total)
 
     def _weighted_gradient(self, x, y, example_weights):
         with tf.GradientTape() as tape:

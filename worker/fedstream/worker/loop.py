@@ -1,27 +1,70 @@
 """The worker loop, the same in both run modes: ask for work, pull weights when the version
-changed, fetch the unit's batches, compute, push, until told to stop."""
+changed, fetch the unit's batches, compute, push, until told to stop.
+
+Each push reports where the worker's time and bytes went (pull, fetch, compute, and the
+previous push), so the coordinator's per-round metrics show the split without guessing.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from fedstream.common.errors import FailedPrecondition, FedstreamError
-from fedstream.common.protocol import Action, CoordinatorPort, DataPort, UpdateMeta
+from fedstream.common.protocol import Action, Batch, CoordinatorPort, DataPort, UpdateMeta
 from fedstream.worker.compute import GradientComputer
 
 log = logging.getLogger(__name__)
 
 
+class BatchPrefetcher:
+    """Fetches the batches a worker will most likely need next (its unit's clients, next
+    step) while it computes, so the data pool's latency hides behind the device call."""
+
+    def __init__(self, data: DataPort):
+        self._data = data
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
+        self._key: tuple | None = None
+        self._future: Future | None = None
+
+    def get(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> list[Batch]:
+        key = (client_ids, step, batch_size)
+        if self._future is not None and self._key == key:
+            try:
+                return self._future.result()
+            except FedstreamError as e:
+                log.info("prefetch failed (%s); fetching again", e)
+        return self._data.batches(client_ids, step, batch_size)
+
+    def prefetch(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> None:
+        self._key = (client_ids, step, batch_size)
+        self._future = self._pool.submit(self._data.batches, client_ids, step, batch_size)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class WorkerLoop:
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
-                 wait_s: float = 10.0):
+                 wait_s: float = 10.0, prefetch: bool = True):
         self._coordinator = coordinator
         self._data = data
         self._wait_s = wait_s
         self.worker_id, self.task = coordinator.join(name, device)
         self.computer = GradientComputer(self.task, device)
+        self._prefetcher = BatchPrefetcher(data) if prefetch else None
         self.version = 0
         self.units_done = 0
+        self._last_push_s = 0.0
+
+    def _batches(self, client_ids, step) -> list[Batch]:
+        bs = self.task.batch_size
+        if self._prefetcher is None:
+            return self._data.batches(client_ids, step, bs)
+        batches = self._prefetcher.get(client_ids, step, bs)
+        self._prefetcher.prefetch(client_ids, step + 1, bs)
+        return batches
 
     def step(self) -> bool:
         """Handle one assignment; False once the coordinator says STOP."""
@@ -30,21 +73,34 @@ class WorkerLoop:
             return False
         if a.action is Action.WAIT:
             return True
+        t0 = time.perf_counter()
+        pull_bytes = 0
         if a.version != self.version:
             weights = self._coordinator.pull_weights(self.worker_id, self.version)
             if weights.arrays is not None:
                 self.computer.set_weights(weights.arrays)
+                pull_bytes = sum(w.nbytes for w in weights.arrays)
             self.version = weights.version
-        batches = self._data.batches(a.client_ids, a.step, self.task.batch_size)
+        t1 = time.perf_counter()
+        batches = self._batches(a.client_ids, a.step)
+        t2 = time.perf_counter()
         update = self.computer.compute(batches)
-        meta = UpdateMeta(worker_id=self.worker_id, round=a.round, base_version=self.version,
-                          unit=a.unit, client_ids=a.client_ids, weight=update.weight,
-                          num_examples=update.num_examples, metrics={"loss": update.loss})
+        t3 = time.perf_counter()
+        meta = UpdateMeta(
+            worker_id=self.worker_id, round=a.round, base_version=self.version, unit=a.unit,
+            client_ids=a.client_ids, weight=update.weight, num_examples=update.num_examples,
+            metrics={"loss": update.loss, "pull_s": t1 - t0, "fetch_s": t2 - t1,
+                     "compute_s": t3 - t2, "push_s": self._last_push_s,
+                     "pull_bytes": pull_bytes,
+                     "fetch_bytes": sum(b.x.nbytes + b.y.nbytes for b in batches),
+                     "push_bytes": sum(g.nbytes for g in update.arrays)})
         try:
             self._coordinator.push(meta, update.arrays)
         except FailedPrecondition as e:
             log.warning("update for round %d unit %d dropped: %s", a.round, a.unit, e)
             return True
+        finally:
+            self._last_push_s = time.perf_counter() - t3
         self.units_done += 1
         return True
 
@@ -59,4 +115,7 @@ class WorkerLoop:
             except FedstreamError as e:
                 log.warning("could not leave cleanly: %s", e)
             raise
+        finally:
+            if self._prefetcher is not None:
+                self._prefetcher.close()
         log.info("worker %s stopped after %d units", self.worker_id, self.units_done)
