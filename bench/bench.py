@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -150,7 +151,7 @@ def simulate(tmp: Path, rounds: int, workers: int, device: str | None) -> dict:
 
 def distributed(tmp: Path, rounds: int, workers: int, device: str | None,
                 clients: int = 100) -> dict:
-    out = tmp / f"distributed-{workers}-{clients}"
+    out = Path(tempfile.mkdtemp(prefix=f"distributed-{workers}-{clients}-", dir=tmp))
     argv = fedstream("run", "--workers", str(workers), "--rounds", str(rounds),
                      "--eval-every", str(10 ** 6), "--clients", str(clients),
                      "--out", str(out), "--quiet")
@@ -186,20 +187,21 @@ def main() -> None:
         "distributed-1": lambda tmp: distributed(tmp, args.rounds, 1, args.device),
         "distributed-2": lambda tmp: distributed(tmp, args.rounds, 2, args.device),
     }
+    tmp = Path(tempfile.mkdtemp(prefix="fedstream-bench-"))  # kept if a mode fails: its logs
     reps = []
-    with tempfile.TemporaryDirectory(prefix="fedstream-bench-") as tmp:
-        for rep in range(args.reps):
-            results = {}
-            for name, run in modes.items():
-                t0 = time.monotonic()
-                results[name] = run(Path(tmp))
-                print(f"rep {rep + 1}/{args.reps} {name:14s} "
-                      f"{results[name]['rounds_per_s']:7.2f} rounds/s "
-                      f"({time.monotonic() - t0:.0f} s)", flush=True)
-            results["wire"] = wire(100)
-            reps.append(results)
-        memory = {clients: distributed(Path(tmp), args.memory_rounds, 1, args.device, clients)
-                  for clients in (100, 10_000)}
+    for rep in range(args.reps):
+        results = {}
+        for name, run in modes.items():
+            t0 = time.monotonic()
+            results[name] = run(tmp)
+            print(f"rep {rep + 1}/{args.reps} {name:14s} "
+                  f"{results[name]['rounds_per_s']:7.2f} rounds/s "
+                  f"({time.monotonic() - t0:.0f} s)", flush=True)
+        results["wire"] = wire(100)
+        reps.append(results)
+    memory = {clients: distributed(tmp, args.memory_rounds, 1, args.device, clients)
+              for clients in (100, 10_000)}
+    shutil.rmtree(tmp)
 
     def across(fn):
         return statistics.median(fn(r) for r in reps)

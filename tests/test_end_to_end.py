@@ -116,3 +116,14 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert proc.returncode == 130, stderr
     assert "stopping every process" in stderr
     assert_nothing_left(out)
+
+
+def test_a_reused_run_folder_starts_clean(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "datapool.addr").write_text("127.0.0.1:1\n")  # a dead address from an earlier run
+    (out / "metrics.jsonl").write_text('{"round": 99}\n')
+    run_ok(fedstream("run", "--out", str(out), "--rounds", "2", "--workers", "1", "--quiet"),
+           timeout=300)
+    assert [r["round"] for r in metrics(out)] == [1, 2]
+    assert_nothing_left(out)

@@ -86,12 +86,16 @@ class Processes:
             if os.path.exists(port_file):
                 with open(port_file) as f:
                     return f.read().strip()
-            if proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{self.tail(name)}")
+            problem = self.failed() or (proc.poll() is not None and
+                                        f"{name} exited with code {proc.returncode}:\n"
+                                        f"{self.tail(name)}")
+            if problem:
+                raise RuntimeError(problem)
             time.sleep(0.05)
         raise RuntimeError(f"{name} did not start within {START_TIMEOUT_S:.0f} s")
 
     def failed(self) -> str | None:
+        """The first child that exited with an error, with the end of its log."""
         for name, proc in self.children:
             if proc.poll() not in (None, 0):
                 return f"{name} exited with code {proc.returncode}:\n{self.tail(name)}"
@@ -144,6 +148,10 @@ def progress_line(row: dict, rounds: int) -> str:
 
 def run(config: LocalRunConfig) -> int:
     os.makedirs(config.out, exist_ok=True)
+    for stale in ("datapool.addr", "coordinator.addr", "metrics.jsonl", "summary.json"):
+        # a reused run folder must not hand out a dead address or mix two runs' metrics
+        if os.path.exists(os.path.join(config.out, stale)):
+            os.remove(os.path.join(config.out, stale))
     with open(os.path.join(config.out, "config.json"), "w") as f:
         json.dump(asdict(config), f, indent=1)
     say = (lambda *a: None) if config.quiet else print
