@@ -163,10 +163,11 @@ def distributed(tmp: Path, rounds: int, workers: int, device: str | None,
             "loopback_bytes_per_round_incl_startup": lo / rounds}
 
 
-def wire(repeats: int) -> dict:
-    sys.path.insert(0, str(HERE))
-    import wire as wire_bench
-    return wire_bench.run(repeats)
+def wire(repeats: int, tmp: Path) -> dict:
+    path = tmp / "wire.json"
+    run_mode([sys.executable, str(HERE / "wire.py"), "--repeats", str(repeats),
+              "--json", str(path)])
+    return json.loads(path.read_text())
 
 
 def main() -> None:
@@ -197,7 +198,7 @@ def main() -> None:
             print(f"rep {rep + 1}/{args.reps} {name:14s} "
                   f"{results[name]['rounds_per_s']:7.2f} rounds/s "
                   f"({time.monotonic() - t0:.0f} s)", flush=True)
-        results["wire"] = wire(100)
+        results["wire"] = wire(100, tmp)
         reps.append(results)
     memory = {clients: distributed(tmp, args.memory_rounds, 1, args.device, clients)
               for clients in (100, 10_000)}

@@ -22,6 +22,7 @@ import time
 import grpc
 
 from fedstream.common.grpc_server import CHANNEL_OPTIONS, create_server, publish_address
+from fedstream.common.memory import keep_chunk_buffers_in_heap
 from fedstream.common.tensors import CHUNK_BYTES
 
 ECHO_SERVICE = "fedstream.bench.Echo"
@@ -133,6 +134,7 @@ def run(repeats: int) -> dict:
 
 
 def main() -> None:
+    keep_chunk_buffers_in_heap()  # as every fedstream process does, on both sides
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--json", default=None)

@@ -14,6 +14,7 @@ import logging
 import sys
 
 from fedstream.common.logs import setup_logging
+from fedstream.common.memory import keep_chunk_buffers_in_heap
 
 
 def _datapool(args) -> int:
@@ -95,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_chunk_buffers_in_heap()
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
