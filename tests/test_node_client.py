@@ -1,0 +1,90 @@
+"""A worker written in JavaScript (clients/node) trains with the Python services.
+
+It reads the .proto files, pulls weights, fetches batches and computes the reference MLP's
+gradient in plain JavaScript. The coordinator must accept its update, and the update must
+equal the Python worker's for the same weights and batches: the wire format is
+language-neutral.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedstream.common.clients import DataPoolClient
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.models import build_model
+from fedstream.worker.compute import GradientComputer
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None,
+    reason="node and npm are not installed: the JavaScript participant cannot be tested here")
+
+
+@pytest.fixture(scope="module")
+def node_modules():
+    subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True,
+                   timeout=300)
+
+
+def start_service(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, str]:
+    port_file = tmp_path / f"{name}.addr"
+    log = open(tmp_path / f"{name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "fedstream.cli", name, "--listen",
+                             "127.0.0.1:0", "--port-file", str(port_file), *args],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not port_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()
+        time.sleep(0.1)
+    return proc, port_file.read_text().strip()
+
+
+def test_node_worker_gradient_is_accepted_and_equals_python(tmp_path, node_modules):
+    clients = 10
+    datapool, pool_address = start_service(tmp_path, "datapool", "--clients", str(clients))
+    try:
+        coordinator, address = start_service(
+            tmp_path, "coordinator", "--datapool", pool_address, "--workers", "1",
+            "--rounds", "1", "--metrics", str(tmp_path / "metrics.jsonl"))
+        dump = tmp_path / "update.bin"
+        node = subprocess.run(["node", str(NODE_DIR / "worker.js"), "--coordinator", address,
+                               "--datapool", pool_address, "--dump-update", str(dump)],
+                              capture_output=True, text=True, timeout=300)
+        assert node.returncode == 0, node.stderr
+        assert "accepted=true, now version 2" in node.stdout
+        assert coordinator.wait(timeout=60) == 0
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in rows] == [1] and rows[0]["version"] == 2
+
+        pool = DataPoolClient(pool_address)
+        summary = pool.info()
+        batches = pool.batches(list(range(clients)), 0, 32)
+        pool.close()
+    finally:
+        datapool.terminate()
+        datapool.wait(timeout=30)
+
+    model = build_model("reference", seed=0)
+    task = Federation(FederationConfig(units=1), model, summary.client_sizes).task
+    computer = GradientComputer(task, "/CPU:0")
+    computer.set_weights([v.numpy() for v in model.weights])
+    python_update = computer.compute(batches).arrays
+    node_flat = np.frombuffer(dump.read_bytes(), "<f4")
+    offset = 0
+    for spec, expected in zip(task.update_specs, python_update):
+        got = node_flat[offset:offset + expected.size].reshape(expected.shape)
+        offset += expected.size
+        relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
+        assert relative < 1e-4, (spec.name, relative)
+    assert offset == node_flat.size
