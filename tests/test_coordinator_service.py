@@ -172,3 +172,31 @@ def test_garbage_bytes_on_the_port_leave_the_server_serving(coordinator):
             pass
     wid, _ = client.join("after", "cpu")
     assert client.pull_weights(wid, 0).version == 1
+
+
+def test_reflection_describes_the_coordinator(coordinator):
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+    _, client, _ = coordinator
+    with grpc.insecure_channel(client.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(
+                        file_containing_symbol="fedstream.v1.Coordinator")]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests)))
+    names = {s.name for s in listed.list_services_response.service}
+    assert {"fedstream.v1.Coordinator", "grpc.health.v1.Health"} <= names
+    files = [descriptor_pb2.FileDescriptorProto.FromString(b)
+             for b in described.file_descriptor_response.file_descriptor_proto]
+    methods = {m.name for f in files for s in f.service for m in s.method}
+    assert {"Join", "GetAssignment", "PullWeights", "PushUpdate", "GetStatus"} <= methods
+
+
+def test_status_command_prints_the_coordinators_state(coordinator, capsys):
+    import json
+    from fedstream.cli.main import main
+    _, client, _ = coordinator
+    client.join("w", "cpu")
+    assert main(["status", client.address]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert status["phase"] == "training" and status["workers"][0]["worker_name"] == "w"

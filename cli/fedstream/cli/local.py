@@ -15,7 +15,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 
 from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
                                           federation_argv, federation_config_from_args)
@@ -37,6 +37,7 @@ class LocalRunConfig:
     # computes only while the workers wait for the next round, so it oversubscribes nothing)
     device: str | None = None  # worker device; None: first GPU, else CPU
     out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
+    prometheus_port: int | None = None  # the coordinator's Prometheus port (off: None)
     quiet: bool = False  # print only the final line
 
 
@@ -49,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="TensorFlow threads of the coordinator (0: TensorFlow's default)")
     p.add_argument("--device", default=None, help="workers' device: /CPU:0 or /GPU:<n>")
     p.add_argument("--out", default="", help="run folder (default: runs/<timestamp>)")
+    p.add_argument("--prometheus-port", type=int, default=None,
+                   help="the coordinator serves Prometheus metrics on this port (default: off)")
     p.add_argument("--quiet", action="store_true")
     add_federation_arguments(p)
 
@@ -59,7 +62,8 @@ def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
         federation=federation_config_from_args(args, workers=args.workers),
         workers=args.workers, worker_threads=args.worker_threads,
         coordinator_threads=args.coordinator_threads, device=args.device,
-        out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet)
+        out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet,
+        prometheus_port=args.prometheus_port)
 
 
 class Processes:
@@ -146,15 +150,50 @@ def progress_line(row: dict, rounds: int) -> str:
     return line
 
 
+class ProgressDisplay:
+    """A live progress bar on a terminal (rich); elsewhere a line per evaluation and every
+    10 rounds, which logs and CI read better."""
+
+    def __init__(self, rounds: int, *, quiet: bool):
+        self.rounds = rounds
+        self.quiet = quiet
+        self._bar = None
+        if not quiet and sys.stdout.isatty():
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn)
+            self._bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+            self._task = self._bar.add_task("train", total=rounds, info="")
+            self._bar.start()
+
+    def say(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        elif not self.quiet:
+            print(text, flush=True)
+
+    def update(self, row: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=row["round"],
+                             info=f"loss {row['train_loss']:.4f}  {row['rounds_per_s']:.1f}/s")
+            if "test_acc" in row:
+                self._bar.console.print(progress_line(row, self.rounds))
+        elif "test_acc" in row or row["round"] % 10 == 0:
+            self.say(progress_line(row, self.rounds))
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 def run(config: LocalRunConfig) -> int:
     os.makedirs(config.out, exist_ok=True)
     for stale in ("datapool.addr", "coordinator.addr", "metrics.jsonl", "summary.json"):
         # a reused run folder must not hand out a dead address or mix two runs' metrics
         if os.path.exists(os.path.join(config.out, stale)):
             os.remove(os.path.join(config.out, stale))
-    with open(os.path.join(config.out, "config.json"), "w") as f:
-        json.dump(asdict(config), f, indent=1)
-    say = (lambda *a: None) if config.quiet else print
+    display = ProgressDisplay(config.federation.rounds, quiet=config.quiet)
+    say = display.say
     threads = config.worker_threads or max(1, (os.cpu_count() or 1) // config.workers)
     procs = Processes(config.out)
     metrics_path = os.path.join(config.out, "metrics.jsonl")
@@ -173,9 +212,12 @@ def run(config: LocalRunConfig) -> int:
         coordinator_proc = procs.start("coordinator", [
             "coordinator", "--listen", "127.0.0.1:0", "--datapool", datapool,
             "--threads", str(config.coordinator_threads), "--metrics", metrics_path,
+            "--tensorboard", os.path.join(config.out, "tensorboard"),
             "--save-weights", os.path.join(config.out, "weights.npz"),
             "--port-file", os.path.join(config.out, "coordinator.addr"),
-            *federation_argv(config.federation)])
+            *federation_argv(config.federation),
+            *([] if config.prometheus_port is None
+              else ["--prometheus-port", str(config.prometheus_port)])])
         coordinator = procs.address("coordinator", coordinator_proc)
         say(f"coordinator  {coordinator}")
         for i in range(config.workers):
@@ -188,8 +230,7 @@ def run(config: LocalRunConfig) -> int:
         while coordinator_proc.poll() is None:
             for row in tail.rows():
                 last = row
-                if "test_acc" in row or row["round"] % 10 == 0:
-                    say(progress_line(row, config.federation.rounds))
+                display.update(row)
             problem = procs.failed()
             if problem:
                 raise RuntimeError(problem)
@@ -206,6 +247,7 @@ def run(config: LocalRunConfig) -> int:
         print(f"fedstream run failed: {e}", file=sys.stderr)
         return 1
     finally:
+        display.close()
         procs.stop()
     summary = {**last, "wall_s": time.monotonic() - started, "out": config.out}
     with open(os.path.join(config.out, "summary.json"), "w") as f:

@@ -23,8 +23,21 @@ def _datapool(args) -> int:
     return 0
 
 
+def _save_resolved(args, path) -> None:
+    from pathlib import Path
+
+    from fedstream.cli.config_file import write_resolved
+    write_resolved(Path(path), args, args.parser)
+
+
+def _beside_metrics(args) -> None:
+    if args.metrics:
+        _save_resolved(args, str(args.metrics).rsplit(".", 1)[0] + ".config.toml")
+
+
 def _coordinator(args) -> int:
     from fedstream.coordinator import config, server
+    _beside_metrics(args)
     server.serve(config.config_from_args(args))
     return 0
 
@@ -37,13 +50,16 @@ def _worker(args) -> int:
 
 def _simulate(args) -> int:
     from fedstream.cli import simulate
+    _beside_metrics(args)
     simulate.run(simulate.config_from_args(args))
     return 0
 
 
 def _run(args) -> int:
     from fedstream.cli import local
-    return local.run(local.config_from_args(args))
+    config = local.config_from_args(args)
+    _save_resolved(args, f"{config.out}/config.toml")
+    return local.run(config)
 
 
 def _fetch_mnist(args) -> int:
@@ -54,10 +70,17 @@ def _fetch_mnist(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from fedstream.cli.plot import plot
+    print(f"wrote {plot(args.metrics, args.output)}")
+    return 0
+
+
 def _status(args) -> int:
     from fedstream.common.clients import CoordinatorClient
+    from google.protobuf import json_format
     client = CoordinatorClient(args.address, connect_timeout_s=10.0)
-    print(client.status())
+    print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
     client.close()
     return 0
 
@@ -83,21 +106,45 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for name, help_text, add_arguments, handler in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default=None,
+                       help="TOML experiment file of this command's flags; flags given here win")
         add_arguments(p)
-        p.set_defaults(handler=handler)
+        p.set_defaults(handler=handler, parser=p)
     p = sub.add_parser("fetch-mnist", help="download, verify and cache MNIST")
     p.add_argument("--to", default=None, help="write mnist.npz here instead of the cache")
     p.add_argument("--force", action="store_true", help="download even if cached")
     p.set_defaults(handler=_fetch_mnist)
+    from fedstream.cli import plot
+    p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
+    plot.add_arguments(p)
+    p.set_defaults(handler=_plot)
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
     p.set_defaults(handler=_status)
     return parser
 
 
+def parse(argv: list[str]) -> argparse.Namespace:
+    """Parse, reading `--config` first: its flags go right after the command, so the ones
+    on the command line, which come later, override them."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        from fedstream.cli.config_file import config_argv
+        at = argv.index(args.command) + 1
+        argv = [*argv[:at], *config_argv(args.config, args.parser, args.command), *argv[at:]]
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     keep_chunk_buffers_in_heap()
-    args = build_parser().parse_args(argv)
+    from fedstream.cli.config_file import ConfigError
+    try:
+        args = parse(sys.argv[1:] if argv is None else list(argv))
+    except ConfigError as e:
+        print(f"fedstream: error: {e}", file=sys.stderr)
+        return 2
     setup_logging(args.log_level)
     try:
         return args.handler(args)
@@ -106,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # the last line of defence: one readable line, details at DEBUG
         from fedstream.common.errors import FedstreamError
         from fedstream.datapool.mnist import DatasetError
-        if isinstance(e, (FedstreamError, DatasetError, ValueError)):
+        if isinstance(e, (FedstreamError, DatasetError, ValueError, OSError, RuntimeError)):
             logging.getLogger("fedstream").debug("details", exc_info=True)
             print(f"fedstream {args.command}: error: {e}", file=sys.stderr)
             return 2

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from fedstream.common.logs import log_config
 from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
-                                          federation_config_from_args)
+                                          add_metrics_arguments, federation_config_from_args)
 from fedstream.datapool.server import DataPoolConfig
 from fedstream.datapool.server import add_arguments as add_data_arguments
 from fedstream.datapool.server import config_from_args as data_config
@@ -30,6 +30,7 @@ class SimulateConfig:
     device: str | None = None  # /CPU:0 or /GPU:<n>
     threads: int = 0  # TensorFlow threads (0: TensorFlow's default)
     metrics: str | None = None  # per-round metrics JSONL file
+    tensorboard: str | None = None  # TensorBoard event-file folder
     save_weights: str | None = None  # final weights as .npz
 
 
@@ -38,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="workers to emulate (work units per round)")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=0)
-    p.add_argument("--metrics", default=None, help="write per-round metrics (JSONL) here")
+    add_metrics_arguments(p)
     p.add_argument("--save-weights", default=None, help="save the final weights (.npz) here")
     add_federation_arguments(p)
 
@@ -48,6 +49,7 @@ def config_from_args(args: argparse.Namespace) -> SimulateConfig:
     federation = replace(federation_config_from_args(args, workers=args.workers), min_workers=1)
     return SimulateConfig(data=data_config(args), federation=federation, workers=args.workers,
                           device=args.device, threads=args.threads, metrics=args.metrics,
+                          tensorboard=args.tensorboard,
                           save_weights=args.save_weights)
 
 
@@ -64,7 +66,7 @@ def run(config: SimulateConfig) -> dict:
 
     device = select_device(config.device)
     store = build_store(config.data)
-    metrics = MetricsLog(config.metrics)
+    metrics = MetricsLog(config.metrics, tensorboard=config.tensorboard)
     federation = create_federation(config.federation, store.summary,
                                    (store.x_test, store.y_test), metrics)
     WorkerLoop(federation, store, name="simulate", device=device, prefetch=False).run()

@@ -86,6 +86,8 @@ class CoordinatorConfig:
     datapool: str = "127.0.0.1:50052"  # data pool address
     threads: int = 0  # TensorFlow threads (0: TensorFlow's default)
     metrics: str | None = None  # per-round metrics JSONL file
+    tensorboard: str | None = None  # TensorBoard event-file folder
+    prometheus_port: int | None = None  # serve Prometheus metrics on this port (off: None)
     save_weights: str | None = None  # final weights as .npz
     port_file: str | None = None  # write the bound host:port here once serving
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -98,15 +100,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="workers to wait for before the first round")
     p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--metrics", default=None, help="write per-round metrics (JSONL) here")
+    add_metrics_arguments(p)
+    p.add_argument("--prometheus-port", type=int, default=None,
+                   help="serve Prometheus metrics on this port (default: off)")
     p.add_argument("--save-weights", default=None, help="save the final weights (.npz) here")
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
     add_federation_arguments(p)
 
 
+def add_metrics_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics", default=None, help="write per-round metrics (JSONL) here")
+    p.add_argument("--tensorboard", default=None,
+                   help="write per-round metrics as TensorBoard event files to this folder")
+
+
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen=args.listen, datapool=args.datapool, threads=args.threads, metrics=args.metrics,
+        tensorboard=args.tensorboard, prometheus_port=args.prometheus_port,
         save_weights=args.save_weights, port_file=args.port_file,
         federation=federation_config_from_args(args, workers=args.workers))
 

@@ -12,11 +12,13 @@ divided by the total weight and handed to the server optimizer; the version adva
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -24,8 +26,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fedstream.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
-                                     PermissionDenied)
+from fedstream.common.errors import (FailedPrecondition, FedstreamError, InvalidArgument,
+                                     NotFound, PermissionDenied)
 from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
                                        UpdateMeta, Weighting, Weights)
 from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
@@ -97,6 +99,7 @@ class Federation:
         self._apply = tf.function(  # one graph: 10x faster than eager Keras on small models
             lambda grads: self._optimizer.apply_gradients(zip(grads, self._trainable)))
         self._last_unit: dict[str, int] = {}
+        self._counts: Counter = Counter()  # updates accepted/duplicate/rejected, leases expired
         self.task = Task(
             model_json=model.to_json(), loss=loss, num_classes=num_classes,
             update_kind=UpdateKind.GRADIENT, weighting=Weighting(config.weighting),
@@ -205,6 +208,7 @@ class Federation:
         for unit in preferred + self._units:
             if unit.partial is None and (unit.leased_to is None or unit.lease_deadline < now):
                 if unit.leased_to is not None:
+                    self._counts["leases_expired"] += 1
                     log.warning("lease of unit %d (round %d) held by %s expired: reassigning",
                                 unit.index, self.round, unit.leased_to)
                 return unit
@@ -213,9 +217,17 @@ class Federation:
     # -- updates ---------------------------------------------------------------------------
     def check_update(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> None:
         """Everything about an update that its header decides; raises on the first problem."""
-        with self._cond:
+        with self._cond, self._counting_rejections():
             self._check_meta(meta)
             self._check_specs(specs)
+
+    @contextlib.contextmanager
+    def _counting_rejections(self):
+        try:
+            yield
+        except FedstreamError:
+            self._counts["updates_rejected"] += 1
+            raise
 
     def _check_meta(self, meta: UpdateMeta) -> _Unit:
         self._touch(meta.worker_id)
@@ -260,15 +272,17 @@ class Federation:
 
     def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult:
         """Validate and store one unit's update; the last unit of a round closes it."""
-        for spec, array in zip(self.task.update_specs, arrays):
-            if not np.all(np.isfinite(array)):
-                raise InvalidArgument(f"update tensor {spec.name!r} contains NaN or Inf: the "
-                                      "client diverged or the tensor is corrupt; not applied")
-        with self._cond:
+        with self._cond, self._counting_rejections():
+            for spec, array in zip(self.task.update_specs, arrays):
+                if not np.all(np.isfinite(array)):
+                    raise InvalidArgument(f"update tensor {spec.name!r} contains NaN or Inf: the "
+                                          "client diverged or the tensor is corrupt; not applied")
             unit = self._check_meta(meta)
             self._check_specs([spec_of(s.name, a) for s, a in zip(self.task.update_specs, arrays)])
             if unit.partial is not None:
+                self._counts["updates_duplicate"] += 1
                 return PushResult(False, True, self.round, self.version)
+            self._counts["updates_accepted"] += 1
             unit.partial = ([np.asarray(a) for a in arrays], float(meta.weight))
             unit.metrics = {**meta.metrics, "weight": float(meta.weight)}
             self._workers[meta.worker_id].accepted += 1
@@ -293,7 +307,10 @@ class Federation:
             "clients": sum(len(u.client_ids) for u in self._units),
             **unit_metrics([u.metrics for u in self._units]),
             "aggregate_s": t1 - t0, "apply_s": t2 - t1,
+            **{k: self._counts[k] for k in ("updates_accepted", "updates_duplicate",
+                                            "updates_rejected", "leases_expired")},
         }
+        self._counts.clear()
         if self._evaluator is not None and (self.round % self.eval_every == 0
                                             or self.round == self.config.rounds):
             metrics.update(self._evaluator(self.model))

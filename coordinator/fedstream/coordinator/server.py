@@ -60,7 +60,8 @@ def serve(config: CoordinatorConfig) -> None:
     pool.close()
     log.info("data: %s, %d clients (%s), %d test examples", summary.dataset,
              summary.num_clients, summary.partitioner, summary.num_test)
-    metrics = MetricsLog(config.metrics)
+    metrics = MetricsLog(config.metrics, tensorboard=config.tensorboard,
+                         prometheus_port=config.prometheus_port)
     federation = create_federation(config.federation, summary, test_set, metrics)
     server = create_server(
         config.listen,

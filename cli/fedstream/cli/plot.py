@@ -1,0 +1,55 @@
+"""`fedstream plot A/metrics.jsonl B/metrics.jsonl -o runs.png`: runs side by side.
+
+Four panels: test accuracy and training loss, each against round and against wall time.
+Needs matplotlib (`pip install fedstream[plot]`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PANELS = [("test_acc", "round", "test accuracy"), ("test_acc", "elapsed_s", "test accuracy"),
+          ("train_loss", "round", "training loss"), ("train_loss", "elapsed_s", "training loss")]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("metrics", nargs="+", help="metrics.jsonl files written by run/simulate")
+    p.add_argument("-o", "--output", default="metrics.png", help="PNG to write")
+
+
+def read_rows(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def label_of(path: str) -> str:
+    p = Path(path)
+    return p.parent.name if p.name == "metrics.jsonl" else p.stem
+
+
+def plot(paths: list[str], output: str) -> str:
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise RuntimeError("plotting needs matplotlib: pip install 'fedstream[plot]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for path in paths:
+        rows = read_rows(path)
+        for ax, (y, x, ylabel) in zip(axes.flat, PANELS):
+            points = [(r[x], r[y]) for r in rows if y in r and x in r]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label_of(path))
+            ax.set_xlabel("wall time (s)" if x == "elapsed_s" else "round")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend()
+    fig.tight_layout()
+    fig.savefig(output, dpi=100)
+    plt.close(fig)
+    return output
