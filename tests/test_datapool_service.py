@@ -83,3 +83,11 @@ def test_health_and_reflection(pool):
             reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in reply.list_services_response.service}
     assert {"fedstream.v1.DataPool", "grpc.health.v1.Health"} <= names
+
+
+def test_health_command_exit_codes(pool, capsys):
+    from fedstream.cli.main import main
+    address, _ = pool
+    assert main(["health", address]) == 0
+    assert "SERVING" in capsys.readouterr().out
+    assert main(["health", "127.0.0.1:1", "--timeout", "0.5"]) == 1

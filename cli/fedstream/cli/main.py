@@ -5,6 +5,8 @@
     fedstream datapool | coordinator | worker   # one service, for separate hosts
     fedstream fetch-mnist         # download, verify and cache MNIST
     fedstream status HOST:PORT    # ask a running coordinator where it is
+    fedstream health HOST:PORT    # exit 0 when a service reports SERVING
+    fedstream plot A/metrics.jsonl B/metrics.jsonl -o runs.png
 """
 
 from __future__ import annotations
@@ -76,6 +78,22 @@ def _plot(args) -> int:
     return 0
 
 
+def _health(args) -> int:
+    """Exit 0 when the server reports SERVING: for container health checks and people."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    with grpc.insecure_channel(args.address) as ch:
+        try:
+            reply = health_pb2_grpc.HealthStub(ch).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as e:
+            print(f"{args.address}: {e.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(f"{args.address}: {status}")
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
 def _status(args) -> int:
     from fedstream.common.clients import CoordinatorClient
     from google.protobuf import json_format
@@ -118,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
     plot.add_arguments(p)
     p.set_defaults(handler=_plot)
+    p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
+    p.add_argument("address", help="host:port")
+    p.add_argument("--service", default="", help="service name (default: the whole server)")
+    p.add_argument("--timeout", type=float, default=5.0)
+    p.set_defaults(handler=_health)
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
     p.set_defaults(handler=_status)

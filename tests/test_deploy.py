@@ -1,0 +1,91 @@
+"""The deployment files (no container engine here): they parse, their commands are valid
+fedstream command lines, and ports, addresses and probes agree with each other."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fedstream.cli.main import build_parser
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+
+
+def parse_cli(argv: list[str]):
+    return build_parser().parse_args(argv)
+
+
+def listen_port(args) -> int:
+    return int(args.listen.rsplit(":", 1)[1])
+
+
+def test_dockerfiles_run_fedstream_and_expose_the_service_ports():
+    cpu = (DEPLOY / "Dockerfile").read_text()
+    assert 'ENTRYPOINT ["fedstream"]' in cpu
+    assert re.search(r"EXPOSE 50051 50052 9100", cpu)
+    gpu = (DEPLOY / "Dockerfile.gpu").read_text()
+    assert 'ENTRYPOINT ["fedstream", "worker"]' in gpu
+    cmd = re.search(r"^CMD (\[.*\])$", gpu, re.M).group(1)
+    args = parse_cli(["worker", *yaml.safe_load(cmd)])
+    assert args.device == "/GPU:0"
+    for path in re.findall(r"^COPY (\S+) \S+$", cpu + gpu, re.M):
+        for part in path.split():
+            assert (DEPLOY.parent / part).exists(), part
+
+
+def test_compose_commands_parse_and_addresses_match_services():
+    compose = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    parsed = {name: parse_cli(svc["command"]) for name, svc in compose.items()}
+    assert listen_port(parsed["datapool"]) == 50052 and listen_port(parsed["coordinator"]) == 50051
+    assert parsed["coordinator"].datapool == "datapool:50052"
+    assert parsed["worker"].coordinator == "coordinator:50051"
+    assert parsed["worker"].datapool == "datapool:50052"
+    assert parsed["coordinator"].workers == compose["worker"]["deploy"]["replicas"]
+    for name in ("datapool", "coordinator"):
+        check = compose[name]["healthcheck"]["test"]
+        assert check[:2] == ["CMD", "fedstream"]
+        args = parse_cli(check[2:])
+        assert args.command == "health"
+        assert args.address.endswith(f":{listen_port(parsed[name])}")
+    assert compose["coordinator"]["ports"] == [f"{parsed['coordinator'].prometheus_port}:9100"]
+
+
+def k8s_documents():
+    docs = []
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def test_kubernetes_manifests_agree_with_the_cli():
+    docs = k8s_documents()
+    deployments = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Deployment"}
+    services = {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
+    assert set(deployments) == {"fedstream-datapool", "fedstream-coordinator", "fedstream-worker"}
+    for role in ("datapool", "coordinator"):
+        (container,) = deployments[f"fedstream-{role}"]["spec"]["template"]["spec"]["containers"]
+        args = parse_cli(container["args"])
+        port = listen_port(args)
+        assert container["readinessProbe"]["grpc"]["port"] == port
+        assert container["livenessProbe"]["grpc"]["port"] == port
+        assert port in {p["containerPort"] for p in container["ports"]}
+        service = services[role]
+        assert service["spec"]["selector"] == deployments[f"fedstream-{role}"]["spec"]["selector"]["matchLabels"]
+        assert port in {p["targetPort"] for p in service["spec"]["ports"]}
+    (worker,) = deployments["fedstream-worker"]["spec"]["template"]["spec"]["containers"]
+    args = parse_cli(["worker", *worker["args"]])  # the GPU image's entry point adds "worker"
+    assert args.coordinator == "coordinator:50051" and args.datapool == "datapool:50052"
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    coordinator_args = parse_cli(deployments["fedstream-coordinator"]["spec"]["template"]["spec"]
+                                 ["containers"][0]["args"])
+    assert coordinator_args.workers == deployments["fedstream-worker"]["spec"]["replicas"]
+    assert services["coordinator"]["metadata"]["annotations"]["prometheus.io/port"] == \
+        str(coordinator_args.prometheus_port)
+
+
+@pytest.mark.parametrize("doc", k8s_documents(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
+def test_every_manifest_has_the_basic_shape(doc):
+    assert doc["apiVersion"] in {"apps/v1", "v1"} and doc["metadata"]["name"]
