@@ -53,6 +53,16 @@ def test_compose_commands_parse_and_addresses_match_services():
     assert compose["coordinator"]["ports"] == [f"{parsed['coordinator'].prometheus_port}:9100"]
 
 
+def tls_files_mounted(args, deployment) -> bool:
+    """Every TLS file the command names lies in a mounted volume of the fedstream-tls Secret."""
+    pod = deployment["spec"]["template"]["spec"]
+    secrets = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "fedstream-tls"}
+    mounts = [m["mountPath"] for c in pod["containers"] for m in c["volumeMounts"]
+              if m["name"] in secrets]
+    files = [f for f in (args.tls_ca, args.tls_cert, args.tls_key) if f]
+    return bool(files) and all(any(f.startswith(m + "/") for m in mounts) for f in files)
+
+
 def k8s_documents():
     docs = []
     for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
@@ -69,8 +79,13 @@ def test_kubernetes_manifests_agree_with_the_cli():
         (container,) = deployments[f"fedstream-{role}"]["spec"]["template"]["spec"]["containers"]
         args = parse_cli(container["args"])
         port = listen_port(args)
-        assert container["readinessProbe"]["grpc"]["port"] == port
-        assert container["livenessProbe"]["grpc"]["port"] == port
+        assert args.mtls and tls_files_mounted(args, deployments[f"fedstream-{role}"])
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert command[0] == "fedstream"
+            health = parse_cli(command[1:])
+            assert health.command == "health" and health.address == f"127.0.0.1:{port}"
+            assert tls_files_mounted(health, deployments[f"fedstream-{role}"])
         assert port in {p["containerPort"] for p in container["ports"]}
         service = services[role]
         assert service["spec"]["selector"] == deployments[f"fedstream-{role}"]["spec"]["selector"]["matchLabels"]
@@ -78,6 +93,7 @@ def test_kubernetes_manifests_agree_with_the_cli():
     (worker,) = deployments["fedstream-worker"]["spec"]["template"]["spec"]["containers"]
     args = parse_cli(["worker", *worker["args"]])  # the GPU image's entry point adds "worker"
     assert args.coordinator == "coordinator:50051" and args.datapool == "datapool:50052"
+    assert args.tls_cert == "/tls/client.pem" and tls_files_mounted(args, deployments["fedstream-worker"])
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     coordinator_args = parse_cli(deployments["fedstream-coordinator"]["spec"]["template"]["spec"]
                                  ["containers"][0]["args"])

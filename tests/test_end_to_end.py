@@ -127,3 +127,12 @@ def test_a_reused_run_folder_starts_clean(tmp_path):
            timeout=300)
     assert [r["round"] for r in metrics(out)] == [1, 2]
     assert_nothing_left(out)
+
+
+def test_a_run_over_mutual_tls(tmp_path):
+    out = tmp_path / "run"
+    run_ok(fedstream("run", "--mtls", "--out", str(out), "--rounds", "2", "--workers", "1",
+                     "--quiet"), timeout=300)
+    assert [r["round"] for r in metrics(out)] == [1, 2]
+    assert {p.name for p in (out / "tls").iterdir()} >= {"ca.pem", "server.pem", "client.pem"}
+    assert_nothing_left(out)

@@ -15,13 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
                                           federation_argv, federation_config_from_args)
 from fedstream.datapool.server import DataPoolConfig
-from fedstream.datapool.server import add_arguments as add_data_arguments
-from fedstream.datapool.server import config_from_args as data_config
+from fedstream.datapool.server import add_data_arguments
+from fedstream.datapool.server import data_config_from_args as data_config
 
 START_TIMEOUT_S = 300.0  # first start may fetch MNIST and load TensorFlow
 STOP_GRACE_S = 15.0
@@ -38,6 +38,8 @@ class LocalRunConfig:
     device: str | None = None  # worker device; None: first GPU, else CPU
     out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
     prometheus_port: int | None = None  # the coordinator's Prometheus port (off: None)
+    tls: bool = False  # every link over TLS, with a throwaway CA made in <out>/tls
+    mtls: bool = False  # and servers require client certificates
     quiet: bool = False  # print only the final line
 
 
@@ -53,17 +55,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus-port", type=int, default=None,
                    help="the coordinator serves Prometheus metrics on this port (default: off)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--tls", action="store_true",
+                   help="every link over TLS, certificates from a throwaway CA in <out>/tls")
+    p.add_argument("--mtls", action="store_true", help="--tls, and servers verify clients too")
     add_federation_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
     return LocalRunConfig(
-        data=replace(data_config(args), listen="127.0.0.1:0"),
+        data=data_config(args),
         federation=federation_config_from_args(args, workers=args.workers),
         workers=args.workers, worker_threads=args.worker_threads,
         coordinator_threads=args.coordinator_threads, device=args.device,
         out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet,
-        prometheus_port=args.prometheus_port)
+        prometheus_port=args.prometheus_port, tls=args.tls or args.mtls, mtls=args.mtls)
 
 
 class Processes:
@@ -150,6 +155,21 @@ def progress_line(row: dict, rounds: int) -> str:
     return line
 
 
+def tls_flags(config: LocalRunConfig) -> tuple[list[str], list[str]]:
+    """(server flags, worker flags) for a TLS run; the servers' certificate also serves the
+    coordinator as a client of the data pool."""
+    if not config.tls:
+        return [], []
+    from fedstream.common.tls import make_certificates
+    certs = make_certificates(os.path.join(config.out, "tls"), ["127.0.0.1", "localhost"])
+    ca, server, client = (str(certs[k]) for k in ("ca", "server", "client"))
+    key = lambda pem: pem[:-len(".pem")] + ".key"  # noqa: E731
+    mutual = ["--mtls"] if config.mtls else []
+    workers = ["--tls-cert", client, "--tls-key", key(client)] if config.mtls else []
+    return (["--tls-ca", ca, "--tls-cert", server, "--tls-key", key(server), *mutual],
+            ["--tls-ca", ca, *workers])
+
+
 class ProgressDisplay:
     """A live progress bar on a terminal (rich); elsewhere a line per evaluation and every
     10 rounds, which logs and CI read better."""
@@ -200,13 +220,15 @@ def run(config: LocalRunConfig) -> int:
     tail = MetricsTail(metrics_path)
     started = time.monotonic()
     last = None
+    server_tls, client_tls = tls_flags(config)
     try:
         d = config.data
-        data_argv = ["datapool", "--listen", d.listen, "--clients", str(d.clients),
+        data_argv = ["datapool", "--listen", "127.0.0.1:0", "--clients", str(d.clients),
                      "--partitioner", d.partitioner, "--data-seed", str(d.seed),
                      "--port-file", os.path.join(config.out, "datapool.addr")]
         if d.data:
             data_argv += ["--data", d.data]
+        data_argv += server_tls
         datapool = procs.address("datapool", procs.start("datapool", data_argv))
         say(f"datapool     {datapool}")
         coordinator_proc = procs.start("coordinator", [
@@ -215,14 +237,14 @@ def run(config: LocalRunConfig) -> int:
             "--tensorboard", os.path.join(config.out, "tensorboard"),
             "--save-weights", os.path.join(config.out, "weights.npz"),
             "--port-file", os.path.join(config.out, "coordinator.addr"),
-            *federation_argv(config.federation),
+            *federation_argv(config.federation), *server_tls,
             *([] if config.prometheus_port is None
               else ["--prometheus-port", str(config.prometheus_port)])])
         coordinator = procs.address("coordinator", coordinator_proc)
         say(f"coordinator  {coordinator}")
         for i in range(config.workers):
             argv = ["worker", "--coordinator", coordinator, "--datapool", datapool,
-                    "--threads", str(threads), "--name", f"worker-{i}"]
+                    "--threads", str(threads), "--name", f"worker-{i}", *client_tls]
             if config.device:
                 argv += ["--device", config.device]
             procs.start(f"worker-{i}", argv)

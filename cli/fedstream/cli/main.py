@@ -78,11 +78,21 @@ def _plot(args) -> int:
     return 0
 
 
+def _make_certs(args) -> int:
+    from fedstream.common.tls import make_certificates
+    paths = make_certificates(args.directory, args.hosts.split(","), days=args.days)
+    print("wrote " + ", ".join(f"{p} ({p.with_suffix('.key').name})" for p in paths.values()))
+    return 0
+
+
 def _health(args) -> int:
     """Exit 0 when the server reports SERVING: for container health checks and people."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
-    with grpc.insecure_channel(args.address) as ch:
+
+    from fedstream.common.grpc_server import channel
+    from fedstream.common.tls import tls_from_args
+    with channel(args.address, tls_from_args(args).channel_credentials()) as ch:
         try:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -97,7 +107,8 @@ def _health(args) -> int:
 def _status(args) -> int:
     from fedstream.common.clients import CoordinatorClient
     from google.protobuf import json_format
-    client = CoordinatorClient(args.address, connect_timeout_s=10.0)
+    from fedstream.common.tls import tls_from_args
+    client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args))
     print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
     client.close()
     return 0
@@ -133,16 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download even if cached")
     p.set_defaults(handler=_fetch_mnist)
     from fedstream.cli import plot
+    from fedstream.common.tls import add_tls_arguments
     p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
     plot.add_arguments(p)
     p.set_defaults(handler=_plot)
+    p = sub.add_parser("make-certs", help="a throwaway CA, server and client certificates")
+    p.add_argument("directory")
+    p.add_argument("--hosts", default="127.0.0.1,localhost",
+                   help="comma-separated names and addresses the server certificate is for")
+    p.add_argument("--days", type=int, default=30)
+    p.set_defaults(handler=_make_certs)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
     p.add_argument("--timeout", type=float, default=5.0)
+    add_tls_arguments(p)
     p.set_defaults(handler=_health)
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
+    add_tls_arguments(p)
     p.set_defaults(handler=_status)
     return parser
 

@@ -18,6 +18,7 @@ from fedstream.common.grpc_server import channel, error_from_rpc, wait_ready
 from fedstream.common.protocol import (Assignment, Batch, DatasetSummary, PushResult, Task,
                                        UpdateMeta, Weights)
 from fedstream.common.tensors import pack
+from fedstream.common.tls import TlsConfig
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc
 
 
@@ -31,11 +32,18 @@ def _domain_errors(method):
     return call
 
 
+def _connect(address: str, tls: TlsConfig | None, timeout_s: float):
+    credentials = tls.channel_credentials() if tls is not None else None
+    ch = channel(address, credentials)
+    wait_ready(ch, address, timeout_s)
+    return ch
+
+
 class CoordinatorClient:
-    def __init__(self, address: str, *, connect_timeout_s: float = 30.0):
+    def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None):
         self.address = address
-        self._channel = channel(address)
-        wait_ready(self._channel, address, connect_timeout_s)
+        self._channel = _connect(address, tls, connect_timeout_s)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._update_names: list[str] | None = None
 
@@ -95,10 +103,10 @@ def _prepend(first, rest):
 
 
 class DataPoolClient:
-    def __init__(self, address: str, *, connect_timeout_s: float = 30.0):
+    def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
+                 tls: TlsConfig | None = None):
         self.address = address
-        self._channel = channel(address)
-        wait_ready(self._channel, address, connect_timeout_s)
+        self._channel = _connect(address, tls, connect_timeout_s)
         self._stub = datapool_pb2_grpc.DataPoolStub(self._channel)
 
     def close(self) -> None:

@@ -118,8 +118,10 @@ class Server:
 
 
 def create_server(address: str, register: Callable[[grpc.Server], None],
-                  service_names: Iterable[str], *, max_workers: int = 64) -> Server:
-    """Bind `address` ("host:port", port 0 picks a free one), register services, start."""
+                  service_names: Iterable[str], *, max_workers: int = 64,
+                  credentials: grpc.ServerCredentials | None = None) -> Server:
+    """Bind `address` ("host:port", port 0 picks a free one), register services, start.
+    With `credentials` the port speaks TLS (see fedstream.common.tls)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="rpc"),
                          options=SERVER_OPTIONS)
@@ -130,7 +132,8 @@ def create_server(address: str, register: Callable[[grpc.Server], None],
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
-        port = server.add_insecure_port(address)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
     except RuntimeError as e:
         raise errors.Unavailable(f"cannot listen on {address}: {e}") from e
     if port == 0:
@@ -169,7 +172,9 @@ def bound_address(listen: str, port: int) -> str:
     return f"{listen.rsplit(':', 1)[0]}:{port}"
 
 
-def channel(address: str) -> grpc.Channel:
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
     return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
 
 

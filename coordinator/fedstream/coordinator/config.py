@@ -8,6 +8,7 @@ import os
 from dataclasses import dataclass, field, fields
 
 from fedstream.common.protocol import Weighting
+from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 MODELS = ("reference",)
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
@@ -90,6 +91,7 @@ class CoordinatorConfig:
     prometheus_port: int | None = None  # serve Prometheus metrics on this port (off: None)
     save_weights: str | None = None  # final weights as .npz
     port_file: str | None = None  # write the bound host:port here once serving
+    tls: TlsConfig = field(default_factory=TlsConfig)  # serves and dials the data pool with it
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 
@@ -105,6 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="serve Prometheus metrics on this port (default: off)")
     p.add_argument("--save-weights", default=None, help="save the final weights (.npz) here")
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
+    add_tls_arguments(p)
     add_federation_arguments(p)
 
 
@@ -118,7 +121,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen=args.listen, datapool=args.datapool, threads=args.threads, metrics=args.metrics,
         tensorboard=args.tensorboard, prometheus_port=args.prometheus_port,
-        save_weights=args.save_weights, port_file=args.port_file,
+        save_weights=args.save_weights, port_file=args.port_file, tls=tls_from_args(args),
         federation=federation_config_from_args(args, workers=args.workers))
 
 

@@ -54,7 +54,7 @@ def save_weights(path: str, federation: Federation) -> None:
 def serve(config: CoordinatorConfig) -> None:
     log_config(log, "coordinator", config)
     configure_threads(config.threads)
-    pool = DataPoolClient(config.datapool, connect_timeout_s=120.0)
+    pool = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls)
     summary = pool.info()
     test_set = pool.test_set()
     pool.close()
@@ -67,7 +67,7 @@ def serve(config: CoordinatorConfig) -> None:
         config.listen,
         lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(federation), s),
-        [SERVICE_NAME])
+        [SERVICE_NAME], credentials=config.tls.server_credentials())
     stopping = stop_on_signals(server, grace_s=STOP_GRACE_S)
     server.set_serving()
     address = bound_address(config.listen, server.port)

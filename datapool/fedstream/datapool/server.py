@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from fedstream.common.grpc_server import (bound_address, create_server, publish_address,
                                           stop_on_signals)
 from fedstream.common.logs import log_config
+from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 from fedstream.datapool.mnist import load_mnist
 from fedstream.datapool.partition import PARTITIONERS
 from fedstream.datapool.servicer import DataPoolServicer
@@ -29,24 +30,37 @@ class DataPoolConfig:
     partitioner: str = "reference"  # "reference" (seeded shuffle, contiguous shards) or "iid"
     seed: int = 200  # partition seed (the reference program uses 200)
     port_file: str | None = None  # write the bound host:port here once serving
+    tls: TlsConfig = field(default_factory=TlsConfig)  # plaintext unless certificates are given
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    """What data and which partition: shared by the data pool, `run` and `simulate`."""
     d = DataPoolConfig()
-    p.add_argument("--listen", default=os.environ.get("FEDSTREAM_DATAPOOL_LISTEN", d.listen),
-                   help="host:port to serve on (port 0: any free port)")
     p.add_argument("--data", default=os.environ.get("FEDSTREAM_DATA"),
                    help="keras-layout mnist.npz or a folder of the four IDX files "
                         "(default: the cached copy, fetched on first use)")
     p.add_argument("--clients", type=int, default=d.clients, help="number of clients")
     p.add_argument("--partitioner", choices=PARTITIONERS, default=d.partitioner)
     p.add_argument("--data-seed", dest="seed", type=int, default=d.seed, help="partition seed")
+
+
+def data_config_from_args(args: argparse.Namespace) -> DataPoolConfig:
+    return DataPoolConfig(data=args.data, clients=args.clients, partitioner=args.partitioner,
+                          seed=args.seed)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--listen", default=os.environ.get("FEDSTREAM_DATAPOOL_LISTEN",
+                                                      DataPoolConfig.listen),
+                   help="host:port to serve on (port 0: any free port)")
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
+    add_data_arguments(p)
+    add_tls_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> DataPoolConfig:
-    return DataPoolConfig(listen=args.listen, data=args.data, clients=args.clients,
-                          partitioner=args.partitioner, seed=args.seed, port_file=args.port_file)
+    return replace(data_config_from_args(args), listen=args.listen, port_file=args.port_file,
+                   tls=tls_from_args(args))
 
 
 def build_store(config: DataPoolConfig) -> ClientStore:
@@ -62,7 +76,7 @@ def serve(config: DataPoolConfig) -> None:
     server = create_server(
         config.listen,
         lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(DataPoolServicer(store), s),
-        [SERVICE_NAME])
+        [SERVICE_NAME], credentials=config.tls.server_credentials())
     stop_on_signals(server)
     server.set_serving()
     address = bound_address(config.listen, server.port)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
 
 @dataclass(frozen=True)
@@ -16,6 +18,7 @@ class WorkerConfig:
     gpu_memory_mb: int = 0  # hard cap on GPU memory (0: grow on demand)
     threads: int = 0  # TensorFlow threads (0: TensorFlow's default)
     name: str = f"{socket.gethostname()}-{os.getpid()}"  # shown in the coordinator's logs
+    tls: TlsConfig = field(default_factory=TlsConfig)  # dials both services with it
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,8 +29,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-mb", type=int, default=0, help="cap GPU memory (0: grow on demand)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--name", default=d.name)
+    add_tls_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(coordinator=args.coordinator, datapool=args.datapool, device=args.device,
-                        gpu_memory_mb=args.gpu_memory_mb, threads=args.threads, name=args.name)
+                        gpu_memory_mb=args.gpu_memory_mb, threads=args.threads, name=args.name,
+                        tls=tls_from_args(args))
