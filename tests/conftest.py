@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,3 +62,34 @@ def serve():
     yield start
     for server in servers:
         server.stop(0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.1:0",
+                  log_name: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `fedstream <name>` as a user would; return it and its address once it serves."""
+    log_name = log_name or name
+    port_file = tmp_path / f"{log_name}.addr"
+    port_file.unlink(missing_ok=True)
+    log = open(tmp_path / f"{log_name}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "fedstream.cli", name, "--listen", listen,
+                             "--port-file", str(port_file), *args],
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while not port_file.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            (tmp_path / f"{log_name}.log").read_text()[-3000:]
+        time.sleep(0.1)
+    return proc, port_file.read_text().strip()
+
+
+def start_worker(tmp_path: Path, coordinator: str, datapool: str, name: str) -> subprocess.Popen:
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", "--coordinator",
+                             coordinator, "--datapool", datapool, "--threads", "1", "--name",
+                             name], stdout=log, stderr=subprocess.STDOUT)

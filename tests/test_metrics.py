@@ -1,7 +1,6 @@
 """Where per-round metrics go: JSONL, TensorBoard event files, Prometheus."""
 
 import json
-import socket
 import urllib.request
 
 import numpy as np
@@ -14,15 +13,9 @@ from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.metrics import MetricsLog
 
-from conftest import tiny_model
+from conftest import free_port, tiny_model
 
 ROW = {"round": 3, "train_loss": 0.5, "test_acc": 0.75, "updates_rejected": 2}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_jsonl_and_tensorboard_get_every_row(tmp_path):

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,8 @@ from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.models import build_model
 from fedstream.worker.compute import GradientComputer
+
+from conftest import start_service
 
 NODE_DIR = Path(__file__).resolve().parent.parent / "clients" / "node"
 
@@ -35,19 +35,6 @@ pytestmark = pytest.mark.skipif(
 def node_modules():
     subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--silent"], cwd=NODE_DIR, check=True,
                    timeout=300)
-
-
-def start_service(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, str]:
-    port_file = tmp_path / f"{name}.addr"
-    log = open(tmp_path / f"{name}.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "fedstream.cli", name, "--listen",
-                             "127.0.0.1:0", "--port-file", str(port_file), *args],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while not port_file.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / f"{name}.log").read_text()
-        time.sleep(0.1)
-    return proc, port_file.read_text().strip()
 
 
 def test_node_worker_gradient_is_accepted_and_equals_python(tmp_path, node_modules):

@@ -52,3 +52,39 @@ def test_loop_trains_to_stop_and_every_unit_is_pushed_once():
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert all(r["fetch_bytes"] > 0 and r["push_bytes"] > 0 for r in rows)
     assert fed.assignment(loop.worker_id, 0).action is Action.STOP
+
+
+class Flaky:
+    """Wraps a port: the named methods first fail with the given errors, then work."""
+
+    def __init__(self, port, failures):
+        self._port = port
+        self._failures = failures  # {method: [exception, ...]}
+        self.calls = []
+
+    def __getattr__(self, name):
+        method = getattr(self._port, name)
+
+        def call(*args, **kwargs):
+            self.calls.append(name)
+            queue = self._failures.get(name, [])
+            if queue:
+                raise queue.pop(0)
+            return method(*args, **kwargs)
+        return call
+
+
+def test_unavailable_services_are_retried_and_a_forgetful_coordinator_rejoined():
+    from fedstream.common.errors import NotFound, Unavailable
+    store = synthetic_store(n_train=240, n_clients=8)
+    config = FederationConfig(rounds=3, units=2, batch_size=8, server_optimizer="sgd")
+    fed = Federation(config, tiny_model(), store.summary.client_sizes)
+    coordinator = Flaky(fed, {"assignment": [Unavailable("down"), NotFound("who?")],
+                              "push": [Unavailable("down")]})
+    data = Flaky(store, {"batches": [Unavailable("restarting")] * 2})
+    loop = WorkerLoop(coordinator, data, name="t", device="/CPU:0", prefetch=False)
+    first_id = loop.worker_id
+    loop.run()
+    assert fed.phase == "done" and fed.version == 4
+    assert loop.worker_id != first_id and coordinator.calls.count("join") == 2
+    assert loop.units_done == 6

@@ -60,6 +60,8 @@ def grpc_status(error: errors.FedstreamError) -> grpc.StatusCode:
 def error_from_rpc(error: grpc.RpcError) -> errors.FedstreamError:
     """The domain error for a failed call, so clients raise the same types servers do."""
     code = error.code()
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # a hung or unreachable peer: retry later
+        return errors.Unavailable(f"{code.name}: {error.details()}")
     kind = next((k for k, c in _STATUS.items() if c == code), errors.FedstreamError)
     return kind(f"{code.name}: {error.details()}")
 

@@ -11,7 +11,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from fedstream.common.errors import FailedPrecondition, FedstreamError
+from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
 from fedstream.common.protocol import Action, Batch, CoordinatorPort, DataPort, UpdateMeta
 from fedstream.worker.compute import GradientComputer
 
@@ -31,8 +31,9 @@ class BatchPrefetcher:
     def get(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> list[Batch]:
         key = (client_ids, step, batch_size)
         if self._future is not None and self._key == key:
+            future, self._future = self._future, None
             try:
-                return self._future.result()
+                return future.result()
             except FedstreamError as e:
                 log.info("prefetch failed (%s); fetching again", e)
         return self._data.batches(client_ids, step, batch_size)
@@ -46,29 +47,64 @@ class BatchPrefetcher:
 
 
 class WorkerLoop:
+    """Survives its services restarting: an unreachable coordinator or data pool is retried
+    with backoff for up to `retry_s`, and a coordinator that no longer knows this worker (it
+    restarted) is joined again."""
+
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
-                 wait_s: float = 10.0, prefetch: bool = True):
+                 wait_s: float = 10.0, prefetch: bool = True, retry_s: float = 300.0):
         self._coordinator = coordinator
         self._data = data
         self._wait_s = wait_s
-        self.worker_id, self.task = coordinator.join(name, device)
+        self._retry_s = retry_s
+        self._name, self._device = name, device
+        self.worker_id, self.task = self._retrying(lambda: coordinator.join(name, device), "join")
         self.computer = GradientComputer(self.task, device)
         self._prefetcher = BatchPrefetcher(data) if prefetch else None
         self.version = 0
         self.units_done = 0
         self._last_push_s = 0.0
 
+    def _retrying(self, call, what: str):
+        delay, deadline = 0.2, time.monotonic() + self._retry_s
+        while True:
+            try:
+                return call()
+            except Unavailable as e:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("%s: service unavailable (%s); retrying in %.1f s", what, e, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
+
+    def _rejoin(self) -> None:
+        worker_id, task = self._retrying(lambda: self._coordinator.join(self._name, self._device),
+                                         "join")
+        if task.model_json != self.task.model_json or task.update_specs != self.task.update_specs:
+            self.computer = GradientComputer(task, self._device)
+        log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
+                    self.worker_id, worker_id)
+        self.worker_id, self.task, self.version = worker_id, task, 0
+
     def _batches(self, client_ids, step) -> list[Batch]:
         bs = self.task.batch_size
         if self._prefetcher is None:
-            return self._data.batches(client_ids, step, bs)
-        batches = self._prefetcher.get(client_ids, step, bs)
+            return self._retrying(lambda: self._data.batches(client_ids, step, bs), "batches")
+        batches = self._retrying(lambda: self._prefetcher.get(client_ids, step, bs), "batches")
         self._prefetcher.prefetch(client_ids, step + 1, bs)
         return batches
 
     def step(self) -> bool:
         """Handle one assignment; False once the coordinator says STOP."""
-        a = self._coordinator.assignment(self.worker_id, self._wait_s)
+        try:
+            return self._step()
+        except NotFound:
+            self._rejoin()
+            return True
+
+    def _step(self) -> bool:
+        a = self._retrying(lambda: self._coordinator.assignment(self.worker_id, self._wait_s),
+                           "assignment")
         if a.action is Action.STOP:
             return False
         if a.action is Action.WAIT:
@@ -76,7 +112,8 @@ class WorkerLoop:
         t0 = time.perf_counter()
         pull_bytes = 0
         if a.version != self.version:
-            weights = self._coordinator.pull_weights(self.worker_id, self.version)
+            weights = self._retrying(
+                lambda: self._coordinator.pull_weights(self.worker_id, self.version), "pull")
             if weights.arrays is not None:
                 self.computer.set_weights(weights.arrays)
                 pull_bytes = sum(w.nbytes for w in weights.arrays)
@@ -95,7 +132,7 @@ class WorkerLoop:
                      "fetch_bytes": sum(b.x.nbytes + b.y.nbytes for b in batches),
                      "push_bytes": sum(g.nbytes for g in update.arrays)})
         try:
-            self._coordinator.push(meta, update.arrays)
+            self._retrying(lambda: self._coordinator.push(meta, update.arrays), "push")
         except FailedPrecondition as e:
             log.warning("update for round %d unit %d dropped: %s", a.round, a.unit, e)
             return True

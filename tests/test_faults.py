@@ -1,0 +1,112 @@
+"""Faults with real processes on loopback: a worker killed mid-run, the data pool restarted.
+Each run must end with the very model of an undisturbed run (the same units and threads)."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import free_port, start_service, start_worker
+
+pytestmark = pytest.mark.e2e
+ROUNDS = 30
+
+
+@pytest.fixture(scope="module")
+def undisturbed(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("reference") / "weights.npz"
+    subprocess.run([sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", "simulate",
+                    "--workers", "2", "--threads", "1", "--rounds", str(ROUNDS),
+                    "--save-weights", str(path)], check=True, capture_output=True, timeout=300)
+    return path
+
+
+def rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_round(metrics: Path, round_: int, procs, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(r["round"] >= round_ for r in rows(metrics)):
+        assert time.monotonic() < deadline, f"round {round_} not reached"
+        for p in procs:
+            assert p.poll() in (None, 0), "a service died"
+        time.sleep(0.05)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    x, y = np.load(a), np.load(b)
+    assert sorted(x.keys()) == sorted(y.keys())
+    for k in x:
+        assert x[k].tobytes() == y[k].tobytes(), k
+
+
+def stop(*procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed):
+    datapool, pool = start_service(tmp_path, "datapool")
+    metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
+    coordinator, address = start_service(
+        tmp_path, "coordinator", "--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS),
+        "--lease-s", "2", "--metrics", str(metrics), "--save-weights", str(weights))
+    survivor = start_worker(tmp_path, address, pool, "survivor")
+    victim = start_worker(tmp_path, address, pool, "victim")
+    try:
+        wait_for_round(metrics, 3, [datapool, coordinator, survivor])
+        victim.send_signal(signal.SIGKILL)
+        assert coordinator.wait(timeout=180) == 0
+        assert survivor.wait(timeout=60) == 0
+    finally:
+        stop(victim, survivor, coordinator, datapool)
+    history = rows(metrics)
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    assert all(r["updates_accepted"] == 2 for r in history)  # every unit counted exactly once
+    done = re.search(r"stopped after (\d+) units", (tmp_path / "survivor.log").read_text())
+    assert int(done.group(1)) > ROUNDS  # it took over the victim's unit
+    assert_same_weights(weights, undisturbed)
+
+
+def test_a_restarted_data_pool_is_retried_transparently(tmp_path, undisturbed):
+    port = free_port()
+    datapool, pool = start_service(tmp_path, "datapool", listen=f"127.0.0.1:{port}")
+    metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
+    coordinator, address = start_service(
+        tmp_path, "coordinator", "--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS),
+        "--metrics", str(metrics), "--save-weights", str(weights))
+    workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
+    restarted = None
+    try:
+        wait_for_round(metrics, 3, [datapool, coordinator, *workers])
+        datapool.send_signal(signal.SIGKILL)
+        datapool.wait()
+        time.sleep(1.0)
+        restarted, _ = start_service(tmp_path, "datapool", listen=f"127.0.0.1:{port}",
+                                     log_name="datapool-restarted")
+        assert coordinator.wait(timeout=180) == 0
+        assert all(w.wait(timeout=60) == 0 for w in workers)
+    finally:
+        stop(*workers, coordinator, datapool, *([restarted] if restarted else []))
+    history = rows(metrics)
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    assert all(r["updates_accepted"] == 2 for r in history)
+    assert_same_weights(weights, undisturbed)
+    assert "retrying" in "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
