@@ -110,3 +110,33 @@ def test_a_restarted_data_pool_is_retried_transparently(tmp_path, undisturbed):
     assert all(r["updates_accepted"] == 2 for r in history)
     assert_same_weights(weights, undisturbed)
     assert "retrying" in "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
+
+
+def test_a_restarted_coordinator_resumes_from_its_checkpoint(tmp_path, undisturbed):
+    datapool, pool = start_service(tmp_path, "datapool")
+    port = free_port()
+    metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
+    args = ["--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS), "--metrics",
+            str(metrics), "--save-weights", str(weights), "--checkpoint-dir",
+            str(tmp_path / "ckpt")]
+    coordinator, address = start_service(tmp_path, "coordinator", *args,
+                                         listen=f"127.0.0.1:{port}")
+    workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
+    restarted = None
+    try:
+        wait_for_round(metrics, 5, [datapool, coordinator, *workers])
+        coordinator.send_signal(signal.SIGKILL)
+        coordinator.wait()
+        restarted, _ = start_service(tmp_path, "coordinator", *args, listen=f"127.0.0.1:{port}",
+                                     log_name="coordinator-restarted")
+        assert restarted.wait(timeout=180) == 0
+        assert all(w.wait(timeout=60) == 0 for w in workers)
+    finally:
+        stop(*workers, coordinator, datapool, *([restarted] if restarted else []))
+    log = (tmp_path / "coordinator-restarted.log").read_text()
+    resumed_after = int(re.search(r"resumed from .* after round (\d+)", log).group(1))
+    assert 5 <= resumed_after < ROUNDS
+    history = rows(metrics)
+    assert [r["round"] for r in history][-1] == ROUNDS
+    assert_same_weights(weights, undisturbed)
+    assert "joined again" in "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))

@@ -78,6 +78,27 @@ def _plot(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    """A checkpoint as a Keras model file, optionally evaluated on the MNIST test set."""
+    from fedstream.common.learning import model_from_json
+    from fedstream.coordinator import checkpoint
+    ckpt = checkpoint.load(args.checkpoint_dir)
+    if ckpt is None:
+        raise ValueError(f"no {checkpoint.FILE_NAME} in {args.checkpoint_dir}")
+    model = model_from_json(ckpt.model_json)
+    model.set_weights(ckpt.weights)
+    model.save(args.output)
+    print(f"round {ckpt.round}, version {ckpt.version}: wrote {args.output}")
+    if args.evaluate:
+        from fedstream.coordinator.evaluate import evaluate
+        from fedstream.datapool.mnist import load_mnist
+        mnist = load_mnist(args.data)
+        divisor = 255.0 if ckpt.config.get("normalize") else 1.0
+        print(evaluate(model, mnist.x_test, mnist.y_test, loss="categorical_crossentropy",
+                       num_classes=10, input_divisor=divisor))
+    return 0
+
+
 def _make_certs(args) -> int:
     from fedstream.common.tls import make_certificates
     paths = make_certificates(args.directory, args.hosts.split(","), days=args.days)
@@ -148,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
     plot.add_arguments(p)
     p.set_defaults(handler=_plot)
+    p = sub.add_parser("export", help="a coordinator checkpoint as a Keras model file")
+    p.add_argument("checkpoint_dir")
+    p.add_argument("output", help="e.g. model.keras")
+    p.add_argument("--evaluate", action="store_true", help="print its MNIST test accuracy")
+    p.add_argument("--data", default=None, help="MNIST npz or IDX folder (default: the cache)")
+    p.set_defaults(handler=_export)
     p = sub.add_parser("make-certs", help="a throwaway CA, server and client certificates")
     p.add_argument("directory")
     p.add_argument("--hosts", default="127.0.0.1,localhost",

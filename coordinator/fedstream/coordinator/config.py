@@ -90,6 +90,7 @@ class CoordinatorConfig:
     tensorboard: str | None = None  # TensorBoard event-file folder
     prometheus_port: int | None = None  # serve Prometheus metrics on this port (off: None)
     save_weights: str | None = None  # final weights as .npz
+    checkpoint_dir: str | None = None  # resume from / checkpoint into this folder every round
     port_file: str | None = None  # write the bound host:port here once serving
     tls: TlsConfig = field(default_factory=TlsConfig)  # serves and dials the data pool with it
     federation: FederationConfig = field(default_factory=FederationConfig)
@@ -106,6 +107,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus-port", type=int, default=None,
                    help="serve Prometheus metrics on this port (default: off)")
     p.add_argument("--save-weights", default=None, help="save the final weights (.npz) here")
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="checkpoint every round into this folder; resume from it on start")
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
     add_tls_arguments(p)
     add_federation_arguments(p)
@@ -121,7 +124,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
         listen=args.listen, datapool=args.datapool, threads=args.threads, metrics=args.metrics,
         tensorboard=args.tensorboard, prometheus_port=args.prometheus_port,
-        save_weights=args.save_weights, port_file=args.port_file, tls=tls_from_args(args),
+        save_weights=args.save_weights, checkpoint_dir=args.checkpoint_dir,
+        port_file=args.port_file, tls=tls_from_args(args),
         federation=federation_config_from_args(args, workers=args.workers))
 
 

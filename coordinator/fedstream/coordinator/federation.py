@@ -13,6 +13,7 @@ divided by the total weight and handed to the server optimizer; the version adva
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import threading
@@ -31,6 +32,7 @@ from fedstream.common.errors import (FailedPrecondition, FedstreamError, Invalid
 from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
                                        UpdateMeta, Weighting, Weights)
 from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
+from fedstream.coordinator import checkpoint
 from fedstream.coordinator.aggregate import weighted_mean_of_sums
 from fedstream.coordinator.config import FederationConfig
 
@@ -87,12 +89,14 @@ class Federation:
                  *, loss: str = "categorical_crossentropy", num_classes: int = 10,
                  evaluator: Callable[[keras.Model], dict[str, float]] | None = None,
                  on_metrics: Callable[[dict], None] = lambda m: None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 checkpoint_dir: str | None = None):
         self.config = config
         self.model = model
         self._client_sizes = tuple(client_sizes)
         self._evaluator = evaluator
         self._on_metrics = on_metrics
+        self._checkpoint_dir = checkpoint_dir
         self._clock = clock
         self._optimizer = make_server_optimizer(config.server_optimizer, config.server_lr)
         self._trainable = list(model.trainable_variables)
@@ -119,6 +123,53 @@ class Federation:
         self._started = 0.0
         self.last_metrics: dict[str, float] = {}
         self._snapshot()
+        if checkpoint_dir is not None:
+            self._resume(checkpoint.load(checkpoint_dir))
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def _resume(self, ckpt: checkpoint.Checkpoint | None) -> None:
+        """Continue after the checkpoint's round with its weights and optimizer state."""
+        if ckpt is None:
+            return
+        shapes = [tuple(w.shape) for w in ckpt.weights]
+        if shapes != [tuple(v.shape) for v in self.model.weights]:
+            raise ValueError(f"the checkpoint in {self._checkpoint_dir} holds another model "
+                             f"(weights {shapes}): use another --checkpoint-dir")
+        if ckpt.config.get("units") != self.config.units:
+            log.warning("checkpoint was written with %s units, resuming with %d: the model "
+                        "will differ from an uninterrupted run by float rounding",
+                        ckpt.config.get("units"), self.config.units)
+        for variable, value in zip(self.model.weights, ckpt.weights):
+            variable.assign(value)
+        self._optimizer.build(self._trainable)
+        if len(ckpt.optimizer) != len(self._optimizer.variables):
+            raise ValueError("the checkpoint's optimizer state does not fit "
+                             f"--server-optimizer {self.config.server_optimizer}")
+        for variable, value in zip(self._optimizer.variables, ckpt.optimizer):
+            variable.assign(value)
+        self.round, self.version = ckpt.round, ckpt.version
+        self._snapshot()
+        if self.round >= self.config.rounds:
+            self.phase = "done"
+        log.info("resumed from %s after round %d (version %d)", self._checkpoint_dir,
+                 self.round, self.version)
+
+    def save_checkpoint(self, completed_round: int | None = None) -> None:
+        """Write the state after `completed_round` (default: the last closed round)."""
+        if self._checkpoint_dir is None:
+            return
+        with self._cond:
+            if completed_round is None:
+                completed_round = self.round - 1 if self.phase == "training" else self.round
+            self._write_checkpoint(completed_round)
+
+    def _write_checkpoint(self, completed_round: int) -> None:
+        checkpoint.save(self._checkpoint_dir, checkpoint.Checkpoint(
+            round=completed_round,
+            version=self.version, model_json=self.task.model_json,
+            config=dataclasses.asdict(self.config),
+            weights=[np.asarray(v.numpy()) for v in self.model.weights],
+            optimizer=[np.asarray(v.numpy()) for v in self._optimizer.variables]))
 
     # -- weights ---------------------------------------------------------------------------
     def _snapshot(self) -> None:
@@ -147,7 +198,7 @@ class Federation:
                      device, len(self._workers))
             if self.phase == "waiting_for_workers" and len(self._workers) >= self.config.min_workers:
                 self._started = self._clock()
-                self._open_round(1)
+                self._open_round(self.round + 1)
             return worker_id, self.task
 
     def leave(self, worker_id: str) -> None:
@@ -314,11 +365,13 @@ class Federation:
         if self._evaluator is not None and (self.round % self.eval_every == 0
                                             or self.round == self.config.rounds):
             metrics.update(self._evaluator(self.model))
-        self.last_metrics = metrics
-        self._on_metrics(metrics)
         if self.round >= self.config.rounds:
             self.phase = "done"
             self._units = []
+        self.save_checkpoint(completed_round=self.round)
+        self.last_metrics = metrics
+        self._on_metrics(metrics)
+        if self.phase == "done":
             self._cond.notify_all()
         else:
             self._open_round(self.round + 1)

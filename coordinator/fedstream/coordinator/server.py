@@ -33,7 +33,8 @@ STOP_GRACE_S = 5.0  # in-flight RPCs get this long to finish on shutdown
 
 
 def create_federation(config: FederationConfig, summary: DatasetSummary,
-                      test_set: tuple[np.ndarray, np.ndarray], on_metrics) -> Federation:
+                      test_set: tuple[np.ndarray, np.ndarray], on_metrics, *,
+                      checkpoint_dir: str | None = None) -> Federation:
     """The Federation of both run modes, with the model and evaluation on `test_set`."""
     model = build_model(config.model, config.model_seed, summary.num_classes)
     loss = "categorical_crossentropy"
@@ -42,7 +43,7 @@ def create_federation(config: FederationConfig, summary: DatasetSummary,
                                   input_divisor=config.input_divisor)
     return Federation(config, model, summary.client_sizes, loss=loss,
                       num_classes=summary.num_classes, evaluator=evaluator,
-                      on_metrics=on_metrics)
+                      on_metrics=on_metrics, checkpoint_dir=checkpoint_dir)
 
 
 def save_weights(path: str, federation: Federation) -> None:
@@ -62,13 +63,15 @@ def serve(config: CoordinatorConfig) -> None:
              summary.num_clients, summary.partitioner, summary.num_test)
     metrics = MetricsLog(config.metrics, tensorboard=config.tensorboard,
                          prometheus_port=config.prometheus_port)
-    federation = create_federation(config.federation, summary, test_set, metrics)
+    federation = create_federation(config.federation, summary, test_set, metrics,
+                                   checkpoint_dir=config.checkpoint_dir)
     server = create_server(
         config.listen,
         lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(federation), s),
         [SERVICE_NAME], credentials=config.tls.server_credentials())
-    stopping = stop_on_signals(server, grace_s=STOP_GRACE_S)
+    # a final checkpoint on SIGTERM: the state after the last closed round
+    stopping = stop_on_signals(server, on_stop=federation.save_checkpoint, grace_s=STOP_GRACE_S)
     server.set_serving()
     address = bound_address(config.listen, server.port)
     log.info("coordinator serving on %s; waiting for %d worker(s)", address,

@@ -1,0 +1,61 @@
+"""Checkpoints: a coordinator resumed from one continues exactly where it stopped."""
+
+import numpy as np
+
+from fedstream.common.protocol import Action, UpdateMeta
+from fedstream.coordinator import checkpoint
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.federation import Federation
+
+from conftest import tiny_model, weights_digest
+
+CONFIG = FederationConfig(rounds=5, units=2, server_optimizer="adam", server_lr=1e-2)
+
+
+def update_for(fed, round_, unit):
+    rng = np.random.default_rng(round_ * 10 + unit)
+    return [rng.standard_normal(s.shape).astype(np.float32) for s in fed.task.update_specs]
+
+
+def train(fed, until_round):
+    wid, _ = fed.join("w", "cpu")
+    while fed.phase == "training" and fed.round <= until_round:
+        a = fed.assignment(wid, 0)
+        if a.action is not Action.TRAIN:
+            break
+        fed.push(UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, 3.0, 30),
+                 update_for(fed, a.round, a.unit))
+
+
+def test_resumed_federation_equals_the_uninterrupted_one(tmp_path):
+    straight = Federation(CONFIG, tiny_model(), [10] * 6)
+    train(straight, 5)
+    first = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    train(first, 3)
+    assert checkpoint.load(tmp_path).round == 3
+    resumed = Federation(CONFIG, tiny_model(seed=99), [10] * 6, checkpoint_dir=str(tmp_path))
+    assert (resumed.round, resumed.version) == (3, 4)
+    train(resumed, 5)
+    assert resumed.phase == "done" and resumed.version == straight.version == 6
+    assert weights_digest(resumed.model) == weights_digest(straight.model)
+
+
+def test_a_checkpoint_of_a_finished_run_resumes_as_done(tmp_path):
+    fed = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    train(fed, 5)
+    again = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    wid, _ = again.join("w", "cpu")
+    assert again.phase == "done" and again.assignment(wid, 0).action is Action.STOP
+
+
+def test_checkpoint_files_hold_no_pickles_and_export_to_keras(tmp_path, capsys):
+    fed = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    train(fed, 2)
+    with np.load(tmp_path / checkpoint.FILE_NAME, allow_pickle=False) as data:
+        assert all(data[k].dtype != object for k in data.files)
+    from fedstream.cli.main import main
+    assert main(["export", str(tmp_path), str(tmp_path / "model.keras")]) == 0
+    import keras
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    for a, b in zip(model.weights, fed.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
