@@ -26,6 +26,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 NOT_CONFIGURABLE = {"help", "config", "log_level"}
+SECRETS = {"auth_token"}  # never written out; pass them by flag or environment
 
 
 class ConfigError(ValueError):
@@ -93,7 +94,7 @@ def write_resolved(path: Path, args: argparse.Namespace, parser: argparse.Argume
     lines = []
     for dest in sorted(_options(parser)):
         value = getattr(args, dest, None)
-        if value is None:
+        if value is None or dest in SECRETS:
             continue
         key = dest.replace("_", "-")
         text = ("true" if value else "false") if isinstance(value, bool) else (

@@ -129,7 +129,8 @@ def _status(args) -> int:
     from fedstream.common.clients import CoordinatorClient
     from google.protobuf import json_format
     from fedstream.common.tls import tls_from_args
-    client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args))
+    client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args),
+                               token=args.auth_token)
     print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
     client.close()
     return 0
@@ -165,6 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download even if cached")
     p.set_defaults(handler=_fetch_mnist)
     from fedstream.cli import plot
+    from fedstream.common.auth import add_client_auth_arguments
     from fedstream.common.tls import add_tls_arguments
     p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
     plot.add_arguments(p)
@@ -190,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
     add_tls_arguments(p)
+    add_client_auth_arguments(p)
     p.set_defaults(handler=_status)
     return parser
 

@@ -13,6 +13,7 @@ import grpc
 import numpy as np
 
 from fedstream.common import serde
+from fedstream.common.auth import call_metadata
 from fedstream.common.errors import InvalidArgument
 from fedstream.common.grpc_server import channel, error_from_rpc, wait_ready
 from fedstream.common.protocol import (Assignment, Batch, DatasetSummary, PushResult, Task,
@@ -41,8 +42,9 @@ def _connect(address: str, tls: TlsConfig | None, timeout_s: float):
 
 class CoordinatorClient:
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
-                 tls: TlsConfig | None = None):
+                 tls: TlsConfig | None = None, token: str | None = None):
         self.address = address
+        self._md = call_metadata(token)
         self._channel = _connect(address, tls, connect_timeout_s)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
         self._update_names: list[str] | None = None
@@ -52,7 +54,8 @@ class CoordinatorClient:
 
     @_domain_errors
     def join(self, worker_name: str, device: str) -> tuple[str, Task]:
-        reply = self._stub.Join(coordinator_pb2.JoinRequest(worker_name=worker_name, device=device))
+        reply = self._stub.Join(coordinator_pb2.JoinRequest(worker_name=worker_name, device=device),
+                                metadata=self._md)
         task = serde.task_from_proto(reply.task)
         self._update_names = [s.name for s in task.update_specs]
         return reply.worker_id, task
@@ -61,13 +64,14 @@ class CoordinatorClient:
     def assignment(self, worker_id: str, wait_s: float) -> Assignment:
         reply = self._stub.GetAssignment(
             coordinator_pb2.AssignmentRequest(worker_id=worker_id, wait_ms=int(wait_s * 1000)),
-            timeout=wait_s + 30.0)
+            timeout=wait_s + 30.0, metadata=self._md)
         return serde.assignment_from_proto(reply)
 
     @_domain_errors
     def pull_weights(self, worker_id: str, have_version: int) -> Weights:
         stream = self._stub.PullWeights(
-            coordinator_pb2.PullWeightsRequest(worker_id=worker_id, have_version=have_version))
+            coordinator_pb2.PullWeightsRequest(worker_id=worker_id, have_version=have_version),
+            metadata=self._md)
         first = next(stream)
         if first.WhichOneof("kind") == "header" and first.header.unchanged:
             specs, _ = serde.header_from_proto(first.header.tensors)
@@ -85,16 +89,19 @@ class CoordinatorClient:
         specs, payload = pack(names, arrays)
         header = coordinator_pb2.UpdateMessage(
             header=serde.update_meta_to_proto(meta, specs, len(payload)))
-        reply = self._stub.PushUpdate(serde.frame(header, payload, coordinator_pb2.UpdateMessage))
+        reply = self._stub.PushUpdate(serde.frame(header, payload, coordinator_pb2.UpdateMessage),
+                                      metadata=self._md)
         return serde.push_result_from_proto(reply)
 
     @_domain_errors
     def leave(self, worker_id: str) -> None:
-        self._stub.Leave(coordinator_pb2.LeaveRequest(worker_id=worker_id), timeout=5.0)
+        self._stub.Leave(coordinator_pb2.LeaveRequest(worker_id=worker_id), timeout=5.0,
+                         metadata=self._md)
 
     @_domain_errors
     def status(self) -> coordinator_pb2.Status:
-        return self._stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10.0)
+        return self._stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10.0,
+                                    metadata=self._md)
 
 
 def _prepend(first, rest):
@@ -104,8 +111,9 @@ def _prepend(first, rest):
 
 class DataPoolClient:
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
-                 tls: TlsConfig | None = None):
+                 tls: TlsConfig | None = None, token: str | None = None):
         self.address = address
+        self._md = call_metadata(token)
         self._channel = _connect(address, tls, connect_timeout_s)
         self._stub = datapool_pb2_grpc.DataPoolStub(self._channel)
 
@@ -114,7 +122,7 @@ class DataPoolClient:
 
     @_domain_errors
     def info(self) -> DatasetSummary:
-        r = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0)
+        r = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)
         example = serde.spec_from_proto(r.example)
         return DatasetSummary(
             dataset=r.dataset, partitioner=r.partitioner, seed=r.seed,
@@ -125,7 +133,7 @@ class DataPoolClient:
     @_domain_errors
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:
         stream = self._stub.StreamBatches(datapool_pb2.BatchRequest(
-            client_ids=list(client_ids), step=step, batch_size=batch_size))
+            client_ids=list(client_ids), step=step, batch_size=batch_size), metadata=self._md)
         header, (x, y) = serde.read_one(stream)
         if list(header.client_ids) != list(client_ids) or sum(header.sizes) != len(y):
             raise InvalidArgument("the data pool answered for other clients or sizes than asked")
@@ -135,5 +143,6 @@ class DataPoolClient:
 
     @_domain_errors
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
-        _, (x, y) = serde.read_one(self._stub.StreamTestSet(datapool_pb2.TestSetRequest()))
+        _, (x, y) = serde.read_one(self._stub.StreamTestSet(datapool_pb2.TestSetRequest(),
+                                                             metadata=self._md))
         return x, y

@@ -121,12 +121,13 @@ class Server:
 
 def create_server(address: str, register: Callable[[grpc.Server], None],
                   service_names: Iterable[str], *, max_workers: int = 64,
-                  credentials: grpc.ServerCredentials | None = None) -> Server:
+                  credentials: grpc.ServerCredentials | None = None,
+                  interceptors: Iterable[grpc.ServerInterceptor] = ()) -> Server:
     """Bind `address` ("host:port", port 0 picks a free one), register services, start.
     With `credentials` the port speaks TLS (see fedstream.common.tls)."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers,
                                                     thread_name_prefix="rpc"),
-                         options=SERVER_OPTIONS)
+                         options=SERVER_OPTIONS, interceptors=list(interceptors))
     register(server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -15,6 +15,16 @@ def setup_logging(level: str | None = None) -> None:
     )
 
 
+SECRET_KEYS = {"auth_token"}
+
+
+def _redacted(value):
+    if isinstance(value, dict):
+        return {k: ("***" if k in SECRET_KEYS and v else _redacted(v)) for k, v in value.items()}
+    return value
+
+
 def log_config(logger: logging.Logger, name: str, config) -> None:
-    logger.info("%s config: %s", name, json.dumps(dataclasses.asdict(config), sort_keys=True,
-                                                  default=str))
+    """The resolved configuration, secrets masked."""
+    logger.info("%s config: %s", name, json.dumps(_redacted(dataclasses.asdict(config)),
+                                                  sort_keys=True, default=str))

@@ -7,6 +7,7 @@ import argparse
 import os
 from dataclasses import dataclass, field, fields
 
+from fedstream.common.auth import add_client_auth_arguments, add_server_auth_arguments
 from fedstream.common.protocol import Weighting
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 MODELS = ("reference",)
@@ -93,6 +94,8 @@ class CoordinatorConfig:
     checkpoint_dir: str | None = None  # resume from / checkpoint into this folder every round
     port_file: str | None = None  # write the bound host:port here once serving
     tls: TlsConfig = field(default_factory=TlsConfig)  # serves and dials the data pool with it
+    auth_tokens: str | None = None  # file of `NAME TOKEN` lines; None: no authentication
+    auth_token: str | None = None  # token presented to the data pool
     federation: FederationConfig = field(default_factory=FederationConfig)
 
 
@@ -111,6 +114,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="checkpoint every round into this folder; resume from it on start")
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
     add_tls_arguments(p)
+    add_server_auth_arguments(p)
+    add_client_auth_arguments(p)
     add_federation_arguments(p)
 
 
@@ -125,7 +130,8 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         listen=args.listen, datapool=args.datapool, threads=args.threads, metrics=args.metrics,
         tensorboard=args.tensorboard, prometheus_port=args.prometheus_port,
         save_weights=args.save_weights, checkpoint_dir=args.checkpoint_dir,
-        port_file=args.port_file, tls=tls_from_args(args),
+        port_file=args.port_file, tls=tls_from_args(args), auth_tokens=args.auth_tokens,
+        auth_token=args.auth_token,
         federation=federation_config_from_args(args, workers=args.workers))
 
 

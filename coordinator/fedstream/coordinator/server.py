@@ -12,6 +12,7 @@ import logging
 
 import numpy as np
 
+from fedstream.common.auth import server_interceptors
 from fedstream.common.clients import DataPoolClient
 from fedstream.common.grpc_server import (bound_address, create_server, publish_address,
                                           stop_on_signals)
@@ -55,7 +56,8 @@ def save_weights(path: str, federation: Federation) -> None:
 def serve(config: CoordinatorConfig) -> None:
     log_config(log, "coordinator", config)
     configure_threads(config.threads)
-    pool = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls)
+    pool = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
+                          token=config.auth_token)
     summary = pool.info()
     test_set = pool.test_set()
     pool.close()
@@ -69,7 +71,8 @@ def serve(config: CoordinatorConfig) -> None:
         config.listen,
         lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
             CoordinatorServicer(federation), s),
-        [SERVICE_NAME], credentials=config.tls.server_credentials())
+        [SERVICE_NAME], credentials=config.tls.server_credentials(),
+        interceptors=server_interceptors(config.auth_tokens))
     # a final checkpoint on SIGTERM: the state after the last closed round
     stopping = stop_on_signals(server, on_stop=federation.save_checkpoint, grace_s=STOP_GRACE_S)
     server.set_serving()

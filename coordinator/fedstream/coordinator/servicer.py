@@ -3,28 +3,36 @@
 from __future__ import annotations
 
 from fedstream.common import serde
+from fedstream.common.auth import caller
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
 from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.identities import WorkerIdentities
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation):
         self._federation = federation
+        self._identities = WorkerIdentities()
+
+    def _owned(self, worker_id: str) -> str:
+        self._identities.check(worker_id, caller())
+        return worker_id
 
     @handles_errors
     def Join(self, request, context):
         worker_id, task = self._federation.join(request.worker_name, request.device)
+        self._identities.bind(worker_id, caller())
         return coordinator_pb2.JoinReply(worker_id=worker_id, task=serde.task_to_proto(task))
 
     @handles_errors
     def GetAssignment(self, request, context):
-        a = self._federation.assignment(request.worker_id, request.wait_ms / 1000.0)
+        a = self._federation.assignment(self._owned(request.worker_id), request.wait_ms / 1000.0)
         return serde.assignment_to_proto(a)
 
     @handles_stream_errors
     def PullWeights(self, request, context):
-        version, specs, payload = self._federation.weights_payload(request.worker_id,
+        version, specs, payload = self._federation.weights_payload(self._owned(request.worker_id),
                                                                    request.have_version)
         total = sum(s.nbytes for s in specs)
         header = coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
@@ -38,6 +46,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     @handles_errors
     def PushUpdate(self, request_iterator, context):
         def check(header):
+            self._owned(header.worker_id)
             specs, _ = serde.header_from_proto(header.tensors)
             self._federation.check_update(serde.update_meta_from_proto(header), specs)
 
@@ -56,5 +65,5 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @handles_errors
     def Leave(self, request, context):
-        self._federation.leave(request.worker_id)
+        self._federation.leave(self._owned(request.worker_id))
         return coordinator_pb2.LeaveReply()

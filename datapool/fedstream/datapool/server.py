@@ -7,6 +7,7 @@ import logging
 import os
 from dataclasses import dataclass, field, replace
 
+from fedstream.common.auth import add_server_auth_arguments, server_interceptors
 from fedstream.common.grpc_server import (bound_address, create_server, publish_address,
                                           stop_on_signals)
 from fedstream.common.logs import log_config
@@ -31,6 +32,7 @@ class DataPoolConfig:
     seed: int = 200  # partition seed (the reference program uses 200)
     port_file: str | None = None  # write the bound host:port here once serving
     tls: TlsConfig = field(default_factory=TlsConfig)  # plaintext unless certificates are given
+    auth_tokens: str | None = None  # file of `NAME TOKEN` lines; None: no authentication
 
 
 def add_data_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,11 +58,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
     add_data_arguments(p)
     add_tls_arguments(p)
+    add_server_auth_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> DataPoolConfig:
     return replace(data_config_from_args(args), listen=args.listen, port_file=args.port_file,
-                   tls=tls_from_args(args))
+                   tls=tls_from_args(args), auth_tokens=args.auth_tokens)
 
 
 def build_store(config: DataPoolConfig) -> ClientStore:
@@ -76,7 +79,8 @@ def serve(config: DataPoolConfig) -> None:
     server = create_server(
         config.listen,
         lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(DataPoolServicer(store), s),
-        [SERVICE_NAME], credentials=config.tls.server_credentials())
+        [SERVICE_NAME], credentials=config.tls.server_credentials(),
+        interceptors=server_interceptors(config.auth_tokens))
     stop_on_signals(server)
     server.set_serving()
     address = bound_address(config.listen, server.port)

@@ -7,6 +7,7 @@ import os
 import socket
 from dataclasses import dataclass, field
 
+from fedstream.common.auth import add_client_auth_arguments
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
 
@@ -19,6 +20,7 @@ class WorkerConfig:
     threads: int = 0  # TensorFlow threads (0: TensorFlow's default)
     name: str = f"{socket.gethostname()}-{os.getpid()}"  # shown in the coordinator's logs
     tls: TlsConfig = field(default_factory=TlsConfig)  # dials both services with it
+    auth_token: str | None = None  # bearer token presented to both services
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,9 +32,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--name", default=d.name)
     add_tls_arguments(p)
+    add_client_auth_arguments(p)
 
 
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(coordinator=args.coordinator, datapool=args.datapool, device=args.device,
                         gpu_memory_mb=args.gpu_memory_mb, threads=args.threads, name=args.name,
-                        tls=tls_from_args(args))
+                        tls=tls_from_args(args), auth_token=args.auth_token)

@@ -30,8 +30,10 @@ def run(config: WorkerConfig) -> None:
         raise Shutdown(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, shutdown)
-    coordinator = CoordinatorClient(config.coordinator, connect_timeout_s=120.0, tls=config.tls)
-    data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls)
+    coordinator = CoordinatorClient(config.coordinator, connect_timeout_s=120.0, tls=config.tls,
+                                    token=config.auth_token)
+    data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
+                          token=config.auth_token)
     try:
         WorkerLoop(coordinator, data, name=config.name, device=device).run()
     except Shutdown as e:

@@ -1,0 +1,133 @@
+"""Bearer-token authentication: one server interceptor checks every call.
+
+A server started with `--auth-tokens FILE` (lines `NAME TOKEN`; `#` comments) accepts only
+calls carrying `authorization: Bearer TOKEN` for a listed token; others get UNAUTHENTICATED.
+Health checks and reflection stay open, so probes and tools need no token. The caller's NAME
+is available to the servicer through `caller()`, which the coordinator uses to bind each
+worker id to the identity that joined with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextvars
+import hmac
+import os
+from pathlib import Path
+
+import grpc
+
+OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedstream_caller",
+                                                                      default=None)
+
+
+def caller() -> str | None:
+    """The authenticated name of the current call's caller (None without authentication)."""
+    return _caller.get()
+
+
+def read_tokens(path: str) -> dict[str, str]:
+    """token -> name, from lines `NAME TOKEN`."""
+    tokens = {}
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise ValueError(f"{path}:{number}: expected `NAME TOKEN`, got {line!r}")
+        name, token = parts
+        if len(token) < 16:
+            raise ValueError(f"{path}:{number}: the token of {name} is shorter than 16 characters")
+        tokens[token] = name
+    if not tokens:
+        raise ValueError(f"{path} lists no tokens")
+    return tokens
+
+
+def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    def __init__(self, tokens: dict[str, str]):
+        self._tokens = tokens
+
+    def _identify(self, metadata) -> str | None:
+        presented = next((v for k, v in metadata if k == "authorization"), "")
+        if not presented.startswith("Bearer "):
+            return None
+        token = presented[len("Bearer "):]
+        for known, name in self._tokens.items():
+            if hmac.compare_digest(known.encode(), token.encode()):
+                return name
+        return None
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
+            return handler
+        name = self._identify(handler_call_details.invocation_metadata or ())
+        if name is None:
+            return _refusal(handler)
+        return _with_caller(handler, name)
+
+
+def _wrap(handler, wrap_behavior):
+    kinds = [("unary_unary", grpc.unary_unary_rpc_method_handler),
+             ("unary_stream", grpc.unary_stream_rpc_method_handler),
+             ("stream_unary", grpc.stream_unary_rpc_method_handler),
+             ("stream_stream", grpc.stream_stream_rpc_method_handler)]
+    for attribute, factory in kinds:
+        behavior = getattr(handler, attribute)
+        if behavior is not None:
+            return factory(wrap_behavior(behavior, streaming=attribute.endswith("_stream")),
+                           request_deserializer=handler.request_deserializer,
+                           response_serializer=handler.response_serializer)
+    return handler
+
+
+def _with_caller(handler, name: str):
+    def wrap(behavior, streaming):
+        if streaming:
+            def run(request, context):
+                token = _caller.set(name)
+                try:
+                    yield from behavior(request, context)
+                finally:
+                    _caller.reset(token)
+        else:
+            def run(request, context):
+                token = _caller.set(name)
+                try:
+                    return behavior(request, context)
+                finally:
+                    _caller.reset(token)
+        return run
+    return _wrap(handler, wrap)
+
+
+def _refusal(handler):
+    message = ("this server requires a token: pass --auth-token (metadata "
+               "`authorization: Bearer <token>`) with a token its operator issued to you")
+
+    def wrap(behavior, streaming):
+        def refuse(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        return refuse
+    return _wrap(handler, wrap)
+
+
+def add_server_auth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auth-tokens", default=None,
+                   help="file of `NAME TOKEN` lines: accept only calls bearing one of these")
+
+
+def add_client_auth_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--auth-token", default=os.environ.get("FEDSTREAM_TOKEN"),
+                   help="bearer token to present (default: $FEDSTREAM_TOKEN)")
+
+
+def server_interceptors(tokens_file: str | None) -> list[grpc.ServerInterceptor]:
+    return [TokenAuthInterceptor(read_tokens(tokens_file))] if tokens_file else []
