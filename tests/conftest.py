@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import subprocess
 import sys
@@ -93,3 +94,36 @@ def start_worker(tmp_path: Path, coordinator: str, datapool: str, name: str) -> 
     return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", "--coordinator",
                              coordinator, "--datapool", datapool, "--threads", "1", "--name",
                              name], stdout=log, stderr=subprocess.STDOUT)
+
+
+def rows(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_round(metrics: Path, round_: int, procs, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not any(r["round"] >= round_ for r in rows(metrics)):
+        assert time.monotonic() < deadline, f"round {round_} not reached"
+        for p in procs:
+            assert p.poll() in (None, 0), "a service died"
+        time.sleep(0.05)
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    x, y = np.load(a), np.load(b)
+    assert sorted(x.keys()) == sorted(y.keys())
+    for k in x:
+        assert x[k].tobytes() == y[k].tobytes(), k
+
+
+def stop(*procs) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+    for p in procs:
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()

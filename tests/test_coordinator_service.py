@@ -194,6 +194,7 @@ def test_reflection_describes_the_coordinator(coordinator):
 
 def test_status_command_prints_the_coordinators_state(coordinator, capsys):
     import json
+
     from fedstream.cli.main import main
     _, client, _ = coordinator
     client.join("w", "cpu")

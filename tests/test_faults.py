@@ -3,7 +3,6 @@ Each run must end with the very model of an undisturbed run (the same units and 
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -11,10 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from conftest import free_port, start_service, start_worker
+from conftest import assert_same_weights, free_port, rows, start_service, start_worker, stop, wait_for_round
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 30
@@ -27,39 +25,6 @@ def undisturbed(tmp_path_factory) -> Path:
                     "--workers", "2", "--threads", "1", "--rounds", str(ROUNDS),
                     "--save-weights", str(path)], check=True, capture_output=True, timeout=300)
     return path
-
-
-def rows(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def wait_for_round(metrics: Path, round_: int, procs, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not any(r["round"] >= round_ for r in rows(metrics)):
-        assert time.monotonic() < deadline, f"round {round_} not reached"
-        for p in procs:
-            assert p.poll() in (None, 0), "a service died"
-        time.sleep(0.05)
-
-
-def assert_same_weights(a: Path, b: Path) -> None:
-    x, y = np.load(a), np.load(b)
-    assert sorted(x.keys()) == sorted(y.keys())
-    for k in x:
-        assert x[k].tobytes() == y[k].tobytes(), k
-
-
-def stop(*procs) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    for p in procs:
-        try:
-            p.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed):

@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from fedstream.common.errors import (FailedPrecondition, InvalidArgument, NotFound,
-                                     PermissionDenied)
+from fedstream.common.errors import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 from fedstream.common.protocol import Action, UpdateMeta
 from fedstream.common.tensors import spec_of
 from fedstream.coordinator.aggregate import weighted_mean_of_sums
@@ -208,3 +207,36 @@ def test_a_worker_gets_its_last_unit_again_so_its_prefetch_is_used():
     again = {w: fed.assignment(w, 0) for w in (w1, w2)}  # w1 asks first this time
     assert {w: a.unit for w, a in again.items()} == {w: a.unit for w, a in first.items()}
     assert all(a.step == 1 for a in again.values())
+
+
+def test_a_round_closes_at_its_deadline_with_a_quorum_and_refuses_the_straggler():
+    clock = FakeClock()
+    fed, rows = make_federation(units=3, clients=6, clock=clock, round_deadline_s=5.0, quorum=2)
+    wid, _ = fed.join("w", "cpu")
+    before = [v.numpy().copy() for v in fed.model.trainable_variables]
+    a0, a1, a2 = (fed.assignment(wid, 0) for _ in range(3))
+    fed.push(meta_for(wid, a0), ones_update(fed, 2.0))   # 2 clients, each gradient 1
+    clock.now = 6.0
+    assert not fed.check_deadline() and fed.round == 1   # past the deadline, one unit < quorum
+    fed.push(meta_for(wid, a1), ones_update(fed, 6.0))   # 2 clients, each gradient 3: quorum
+    assert fed.round == 2 and rows[0]["stragglers"] == 1 and rows[0]["clients"] == 4
+    for b, v in zip(before, fed.model.trainable_variables):
+        np.testing.assert_allclose(v.numpy(), b - 2.0, rtol=1e-6)  # mean over received: 8/4
+    with pytest.raises(FailedPrecondition, match="round 1 but round 2"):
+        fed.push(meta_for(wid, a2), ones_update(fed))
+
+
+def test_deadline_without_quorum_waits_then_closes_on_time():
+    clock = FakeClock()
+    fed, rows = make_federation(units=2, clients=4, clock=clock, round_deadline_s=5.0, quorum=1)
+    wid, _ = fed.join("w", "cpu")
+    a0, _ = fed.assignment(wid, 0), fed.assignment(wid, 0)
+    fed.push(meta_for(wid, a0), ones_update(fed))
+    assert not fed.check_deadline()      # quorum reached, deadline not yet
+    clock.now = 5.0
+    assert fed.check_deadline() and rows[0]["stragglers"] == 1
+
+
+def test_quorum_must_fit_the_units():
+    with pytest.raises(ValueError, match="quorum=3"):
+        FederationConfig(units=2, quorum=3)

@@ -17,8 +17,7 @@ from fedstream.coordinator.server import SERVICE_NAME as COORDINATOR
 from fedstream.coordinator.servicer import CoordinatorServicer
 from fedstream.datapool.server import SERVICE_NAME as DATAPOOL
 from fedstream.datapool.servicer import DataPoolServicer
-from fedstream.v1 import (coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc,
-                          tensor_pb2)
+from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc, tensor_pb2
 
 from conftest import synthetic_store, tiny_model, weights_digest
 

@@ -3,8 +3,7 @@ import pytest
 
 from fedstream.common import serde
 from fedstream.common.errors import InvalidArgument
-from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
-                                       UpdateMeta, Weighting)
+from fedstream.common.protocol import Action, Assignment, PushResult, Task, UpdateKind, UpdateMeta, Weighting
 from fedstream.common.tensors import SUPPORTED_DTYPES, TensorSpec, pack
 from fedstream.v1 import coordinator_pb2, datapool_pb2, tensor_pb2
 

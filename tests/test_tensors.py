@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from fedstream.common.errors import InvalidArgument, ResourceExhausted
-from fedstream.common.tensors import (CHUNK_BYTES, SUPPORTED_DTYPES, TensorSetAssembler,
-                                      TensorSpec, iter_chunks, pack, unpack)
+from fedstream.common.tensors import (
+    CHUNK_BYTES,
+    SUPPORTED_DTYPES,
+    TensorSetAssembler,
+    TensorSpec,
+    iter_chunks,
+    pack,
+    unpack,
+)
 
 
 def roundtrip(arrays, chunk_bytes=CHUNK_BYTES):

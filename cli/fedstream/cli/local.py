@@ -17,10 +17,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
-                                          federation_argv, federation_config_from_args)
-from fedstream.datapool.server import DataPoolConfig
-from fedstream.datapool.server import add_data_arguments
+from fedstream.coordinator.config import (
+    FederationConfig,
+    add_federation_arguments,
+    federation_argv,
+    federation_config_from_args,
+)
+from fedstream.datapool.server import DataPoolConfig, add_data_arguments
 from fedstream.datapool.server import data_config_from_args as data_config
 
 START_TIMEOUT_S = 300.0  # first start may fetch MNIST and load TensorFlow
@@ -179,8 +182,7 @@ class ProgressDisplay:
         self.quiet = quiet
         self._bar = None
         if not quiet and sys.stdout.isatty():
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn)
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
             self._bar = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn())
             self._task = self._bar.add_task("train", total=rounds, info="")

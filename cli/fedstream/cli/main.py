@@ -126,8 +126,9 @@ def _health(args) -> int:
 
 
 def _status(args) -> int:
-    from fedstream.common.clients import CoordinatorClient
     from google.protobuf import json_format
+
+    from fedstream.common.clients import CoordinatorClient
     from fedstream.common.tls import tls_from_args
     client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args),
                                token=args.auth_token)

@@ -13,10 +13,13 @@ import logging
 from dataclasses import dataclass, field, replace
 
 from fedstream.common.logs import log_config
-from fedstream.coordinator.config import (FederationConfig, add_federation_arguments,
-                                          add_metrics_arguments, federation_config_from_args)
-from fedstream.datapool.server import DataPoolConfig
-from fedstream.datapool.server import add_data_arguments
+from fedstream.coordinator.config import (
+    FederationConfig,
+    add_federation_arguments,
+    add_metrics_arguments,
+    federation_config_from_args,
+)
+from fedstream.datapool.server import DataPoolConfig, add_data_arguments
 from fedstream.datapool.server import data_config_from_args as data_config
 
 log = logging.getLogger(__name__)

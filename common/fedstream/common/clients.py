@@ -16,8 +16,7 @@ from fedstream.common import serde
 from fedstream.common.auth import call_metadata
 from fedstream.common.errors import InvalidArgument
 from fedstream.common.grpc_server import channel, error_from_rpc, wait_ready
-from fedstream.common.protocol import (Assignment, Batch, DatasetSummary, PushResult, Task,
-                                       UpdateMeta, Weights)
+from fedstream.common.protocol import Assignment, Batch, DatasetSummary, PushResult, Task, UpdateMeta, Weights
 from fedstream.common.tensors import pack
 from fedstream.common.tls import TlsConfig
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc

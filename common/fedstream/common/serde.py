@@ -12,10 +12,8 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from fedstream.common.errors import InvalidArgument
-from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
-                                       UpdateMeta, Weighting)
-from fedstream.common.tensors import (CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSetAssembler,
-                                      TensorSpec, iter_chunks)
+from fedstream.common.protocol import Action, Assignment, PushResult, Task, UpdateKind, UpdateMeta, Weighting
+from fedstream.common.tensors import CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSetAssembler, TensorSpec, iter_chunks
 from fedstream.v1 import coordinator_pb2, tensor_pb2
 
 _DTYPE_TO_PROTO = {

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields
 from fedstream.common.auth import add_client_auth_arguments, add_server_auth_arguments
 from fedstream.common.protocol import Weighting
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
+
 MODELS = ("reference",)
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
@@ -27,6 +28,8 @@ class FederationConfig:
     normalize: bool = False  # divide pixels by 255 (the reference feeds raw 0..255)
     eval_every: int = 0  # rounds between test evaluations; 0: after every pass over the data
     lease_s: float = 120.0  # a unit not pushed this long after its lease goes to another worker
+    round_deadline_s: float = 0.0  # after this long a round closes with the units in (0: never)
+    quorum: int = 0  # units a round needs to close at its deadline (0: all of them)
     model: str = "reference"  # model from the zoo
     model_seed: int = 0  # initial-weights seed
 
@@ -49,6 +52,11 @@ class FederationConfig:
                             f"{' or '.join(SERVER_OPTIMIZERS)}")
         if not self.server_lr > 0:
             problems.append(f"server_lr={self.server_lr} must be > 0")
+        if not 0 <= self.quorum <= self.units:
+            problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
+                            f"units={self.units}")
+        if self.round_deadline_s < 0:
+            problems.append(f"round_deadline_s={self.round_deadline_s} must be >= 0")
         if problems:
             raise ValueError("invalid federation config: " + "; ".join(problems))
 
@@ -69,7 +77,13 @@ def add_federation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--normalize", action="store_true", help="divide pixels by 255")
     g.add_argument("--eval-every", type=int, default=d.eval_every,
                    help="rounds between evaluations (0: after each pass over the data)")
-    g.add_argument("--lease-s", type=float, default=d.lease_s)
+    g.add_argument("--lease-s", type=float, default=d.lease_s,
+                   help="seconds a worker may hold a unit before it is given to another")
+    g.add_argument("--round-deadline-s", type=float, default=d.round_deadline_s,
+                   help="close a round this long after it opened with the units received, "
+                        "if at least --quorum (0: wait for every unit)")
+    g.add_argument("--quorum", type=int, default=d.quorum,
+                   help="units a round needs to close at its deadline (0: all)")
     g.add_argument("--model", choices=MODELS, default=d.model)
     g.add_argument("--model-seed", type=int, default=d.model_seed, help="initial-weights seed")
 

@@ -27,10 +27,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fedstream.common.errors import (FailedPrecondition, FedstreamError, InvalidArgument,
-                                     NotFound, PermissionDenied)
-from fedstream.common.protocol import (Action, Assignment, PushResult, Task, UpdateKind,
-                                       UpdateMeta, Weighting, Weights)
+from fedstream.common.errors import FailedPrecondition, FedstreamError, InvalidArgument, NotFound, PermissionDenied
+from fedstream.common.protocol import (
+    Action,
+    Assignment,
+    PushResult,
+    Task,
+    UpdateKind,
+    UpdateMeta,
+    Weighting,
+    Weights,
+)
 from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
 from fedstream.coordinator import checkpoint
 from fedstream.coordinator.aggregate import weighted_mean_of_sums
@@ -337,13 +344,37 @@ class Federation:
             unit.partial = ([np.asarray(a) for a in arrays], float(meta.weight))
             unit.metrics = {**meta.metrics, "weight": float(meta.weight)}
             self._workers[meta.worker_id].accepted += 1
-            if all(u.partial is not None for u in self._units):
+            if self._round_complete():
                 self._close_round()
             return PushResult(True, False, self.round, self.version)
 
+    def _round_complete(self) -> bool:
+        """Every unit is in, or the deadline passed with a quorum of them."""
+        received = sum(u.partial is not None for u in self._units)
+        if received == len(self._units):
+            return True
+        deadline = self.config.round_deadline_s
+        quorum = self.config.quorum or len(self._units)
+        return (deadline > 0 and received >= quorum
+                and self._clock() - self._round_started >= deadline)
+
+    def check_deadline(self) -> bool:
+        """Close the open round if its deadline passed with a quorum; the coordinator calls
+        this periodically. Units pushed later are refused as for a closed round."""
+        with self._cond:
+            if self.phase == "training" and self._round_complete():
+                self._close_round()
+                return True
+            return False
+
     def _close_round(self) -> None:
         t0 = time.perf_counter()
-        mean = weighted_mean_of_sums([u.partial for u in self._units])
+        received = [u for u in self._units if u.partial is not None]
+        stragglers = len(self._units) - len(received)
+        if stragglers:
+            log.warning("round %d closes at its deadline without %d unit(s): their updates "
+                        "will be refused", self.round, stragglers)
+        mean = weighted_mean_of_sums([u.partial for u in received])
         t1 = time.perf_counter()
         self._apply([tf.convert_to_tensor(g) for g in mean])
         self.version += 1
@@ -355,8 +386,9 @@ class Federation:
             "round": self.round, "version": self.version, "round_s": round_s,
             "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
             "elapsed_s": now - self._started,
-            "clients": sum(len(u.client_ids) for u in self._units),
-            **unit_metrics([u.metrics for u in self._units]),
+            "clients": sum(len(u.client_ids) for u in received),
+            "stragglers": stragglers,
+            **unit_metrics([u.metrics for u in received]),
             "aggregate_s": t1 - t0, "apply_s": t2 - t1,
             **{k: self._counts[k] for k in ("updates_accepted", "updates_duplicate",
                                             "updates_rejected", "leases_expired")},

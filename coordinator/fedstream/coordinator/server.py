@@ -14,8 +14,7 @@ import numpy as np
 
 from fedstream.common.auth import server_interceptors
 from fedstream.common.clients import DataPoolClient
-from fedstream.common.grpc_server import (bound_address, create_server, publish_address,
-                                          stop_on_signals)
+from fedstream.common.grpc_server import bound_address, create_server, publish_address, stop_on_signals
 from fedstream.common.learning import configure_threads
 from fedstream.common.logs import log_config
 from fedstream.common.protocol import DatasetSummary
@@ -80,8 +79,9 @@ def serve(config: CoordinatorConfig) -> None:
     log.info("coordinator serving on %s; waiting for %d worker(s)", address,
              config.federation.min_workers)
     publish_address(config.port_file, address)
-    while not stopping.is_set() and not federation.wait_until_done(timeout_s=0.5):
-        pass
+    tick = 0.05 if config.federation.round_deadline_s > 0 else 0.5
+    while not stopping.is_set() and not federation.wait_until_done(timeout_s=tick):
+        federation.check_deadline()
     if federation.phase == "done":
         if config.save_weights:
             save_weights(config.save_weights, federation)

@@ -8,8 +8,7 @@ import os
 from dataclasses import dataclass, field, replace
 
 from fedstream.common.auth import add_server_auth_arguments, server_interceptors
-from fedstream.common.grpc_server import (bound_address, create_server, publish_address,
-                                          stop_on_signals)
+from fedstream.common.grpc_server import bound_address, create_server, publish_address, stop_on_signals
 from fedstream.common.logs import log_config
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 from fedstream.datapool.mnist import load_mnist
