@@ -28,7 +28,7 @@ dropout = true
 
 
 @pytest.mark.parametrize("text, message", [
-    ("roundz = 3", "unknown key 'roundz' for `fedstream run`; known keys: batch-size"),
+    ("roundz = 3", "unknown key 'roundz' for `fedstream run`; known keys: aggregator, "),
     ('partitioner = "dirichlet"', "'partitioner' = 'dirichlet' is not allowed; choose one of "
                                   "reference, iid"),
     ('rounds = "many"', "'rounds' must be of type int"),
@@ -49,10 +49,10 @@ def test_main_reports_a_bad_file_in_one_line(tmp_path, capsys):
 
 def test_resolved_config_repeats_the_run(tmp_path):
     args = parse(["simulate", "--rounds", "5", "--normalize", "--partitioner", "iid",
-                  "--server-lr", "0.003"])
+                  "--server-lr", "0.003", "--data-seed", "7"])
     saved = tmp_path / "config.toml"
     write_resolved(saved, args, args.parser)
     again = parse(["simulate", "--config", str(saved)])
     for key in ("rounds", "normalize", "partitioner", "server_lr", "clients", "model_seed",
-                "batch_size", "workers"):
+                "batch_size", "workers", "seed"):
         assert getattr(again, key) == getattr(args, key), key

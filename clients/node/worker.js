@@ -131,6 +131,7 @@ async function main() {
     { worker_name: args.name, device: 'node' });
   if (task.update_kind !== 'UPDATE_KIND_GRADIENT') throw new Error('only FedSGD gradients');
   if (task.dropout) throw new Error('this client runs the model in inference mode only');
+  if (task.per_client_updates) throw new Error('this client pushes fused unit sums only');
   const layers = parseModel(task.model_json);
   const info = await unary(datapool, 'GetInfo', {});
   const inputSize = info.example.shape.reduce((a, b) => a * b, 1);

@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 
 
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {a.dest: a for a in parser._actions
+    """Configurable options by their flag's name in underscores (`--data-seed`: data_seed)."""
+    return {a.option_strings[-1].lstrip("-").replace("-", "_"): a for a in parser._actions
             if a.option_strings and a.dest not in NOT_CONFIGURABLE}
 
 
@@ -92,11 +93,11 @@ def config_argv(path: str, parser: argparse.ArgumentParser, command: str) -> lis
 def write_resolved(path: Path, args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
     """The command's resolved flags as TOML, ready for `--config`."""
     lines = []
-    for dest in sorted(_options(parser)):
-        value = getattr(args, dest, None)
-        if value is None or dest in SECRETS:
+    for name, action in sorted(_options(parser).items()):
+        value = getattr(args, action.dest, None)
+        if value is None or action.dest in SECRETS:
             continue
-        key = dest.replace("_", "-")
+        key = name.replace("_", "-")
         text = ("true" if value else "false") if isinstance(value, bool) else (
             repr(value) if isinstance(value, (int, float)) else json.dumps(str(value)))
         lines.append(f"{key} = {text}")

@@ -40,6 +40,7 @@ class Task:
     input_divisor: float  # examples become float32(x) / input_divisor
     update_specs: tuple[TensorSpec, ...]
     rounds: int
+    per_client: bool = False  # push every client's gradient, stacked, for a robust aggregator
 
 
 @dataclass(frozen=True)

@@ -123,7 +123,8 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         model_json=task.model_json, loss=task.loss, num_classes=task.num_classes,
         update_kind=_UPDATE_KIND[task.update_kind], weighting=_WEIGHTING[task.weighting],
         batch_size=task.batch_size, dropout=task.dropout, input_divisor=task.input_divisor,
-        update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds)
+        update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds,
+        per_client_updates=task.per_client)
 
 
 def task_from_proto(msg: coordinator_pb2.Task) -> Task:
@@ -132,7 +133,8 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         update_kind=_lookup(_UPDATE_KIND, msg.update_kind, "update kind"),
         weighting=_lookup(_WEIGHTING, msg.weighting, "client weighting"),
         batch_size=msg.batch_size, dropout=msg.dropout, input_divisor=msg.input_divisor,
-        update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds)
+        update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds,
+        per_client=msg.per_client_updates)
 
 
 def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:

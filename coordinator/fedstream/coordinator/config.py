@@ -12,6 +12,7 @@ from fedstream.common.protocol import Weighting
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
 MODELS = ("reference",)
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # fedstream.coordinator.aggregate
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
 
@@ -28,6 +29,10 @@ class FederationConfig:
     normalize: bool = False  # divide pixels by 255 (the reference feeds raw 0..255)
     eval_every: int = 0  # rounds between test evaluations; 0: after every pass over the data
     lease_s: float = 120.0  # a unit not pushed this long after its lease goes to another worker
+    aggregator: str = "mean"  # "mean" (weighted), or robust: "median", "trimmed_mean", "krum"
+    trim_fraction: float = 0.1  # trimmed_mean: share of values dropped at each end
+    krum_byzantine: int = 1  # krum: the number f of faulty clients tolerated
+    krum_select: int = 1  # krum: average this many best-scored updates (Multi-Krum when > 1)
     round_deadline_s: float = 0.0  # after this long a round closes with the units in (0: never)
     quorum: int = 0  # units a round needs to close at its deadline (0: all of them)
     model: str = "reference"  # model from the zoo
@@ -52,6 +57,11 @@ class FederationConfig:
                             f"{' or '.join(SERVER_OPTIMIZERS)}")
         if not self.server_lr > 0:
             problems.append(f"server_lr={self.server_lr} must be > 0")
+        if self.aggregator not in AGGREGATORS:
+            problems.append(f"aggregator={self.aggregator!r}: choose one of "
+                            f"{', '.join(AGGREGATORS)}")
+        if not 0 <= self.trim_fraction < 0.5:
+            problems.append(f"trim_fraction={self.trim_fraction} must be in [0, 0.5)")
         if not 0 <= self.quorum <= self.units:
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
                             f"units={self.units}")
@@ -79,6 +89,12 @@ def add_federation_arguments(p: argparse.ArgumentParser) -> None:
                    help="rounds between evaluations (0: after each pass over the data)")
     g.add_argument("--lease-s", type=float, default=d.lease_s,
                    help="seconds a worker may hold a unit before it is given to another")
+    g.add_argument("--aggregator", choices=AGGREGATORS, default=d.aggregator,
+                   help="mean: weighted mean of fused unit sums; median, trimmed_mean, krum: "
+                        "robust, from every client's own update")
+    g.add_argument("--trim-fraction", type=float, default=d.trim_fraction)
+    g.add_argument("--krum-byzantine", type=int, default=d.krum_byzantine)
+    g.add_argument("--krum-select", type=int, default=d.krum_select)
     g.add_argument("--round-deadline-s", type=float, default=d.round_deadline_s,
                    help="close a round this long after it opened with the units received, "
                         "if at least --quorum (0: wait for every unit)")

@@ -39,7 +39,7 @@ from fedstream.common.protocol import (
     Weights,
 )
 from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
-from fedstream.coordinator import checkpoint
+from fedstream.coordinator import aggregate, checkpoint
 from fedstream.coordinator.aggregate import weighted_mean_of_sums
 from fedstream.coordinator.config import FederationConfig
 
@@ -118,7 +118,7 @@ class Federation:
             input_divisor=config.input_divisor,
             update_specs=tuple(spec_of(v.path, np.zeros(v.shape, np.float32))
                                for v in self._trainable),
-            rounds=config.rounds)
+            rounds=config.rounds, per_client=config.aggregator != "mean")
         self.eval_every = config.eval_every or rounds_per_pass(client_sizes, config.batch_size)
         self._cond = threading.Condition()
         self._workers: dict[str, _Worker] = {}
@@ -277,7 +277,7 @@ class Federation:
         """Everything about an update that its header decides; raises on the first problem."""
         with self._cond, self._counting_rejections():
             self._check_meta(meta)
-            self._check_specs(specs)
+            self._check_specs(specs, len(meta.client_ids))
 
     @contextlib.contextmanager
     def _counting_rejections(self):
@@ -312,12 +312,17 @@ class Federation:
                                    "expired or it was never yours): ask GetAssignment for work")
         if not (math.isfinite(meta.weight) and meta.weight > 0):
             raise InvalidArgument(f"update weight {meta.weight} must be a positive finite number")
+        if self.task.per_client and meta.weight != len(meta.client_ids):
+            raise InvalidArgument(f"per-client updates weigh one per client: weight must be "
+                                  f"{len(meta.client_ids)}, not {meta.weight}")
         if meta.num_examples < 1:
             raise InvalidArgument("num_examples must be >= 1")
         return unit
 
-    def _check_specs(self, specs: Sequence[TensorSpec]) -> None:
+    def _check_specs(self, specs: Sequence[TensorSpec], n_clients: int) -> None:
         expected = self.task.update_specs
+        if self.task.per_client:  # one gradient per client, stacked
+            expected = [TensorSpec(s.name, s.dtype, (n_clients, *s.shape)) for s in expected]
         if len(specs) != len(expected):
             raise InvalidArgument(f"update carries {len(specs)} tensors, the model has "
                                   f"{len(expected)} trainable variables")
@@ -336,7 +341,8 @@ class Federation:
                     raise InvalidArgument(f"update tensor {spec.name!r} contains NaN or Inf: the "
                                           "client diverged or the tensor is corrupt; not applied")
             unit = self._check_meta(meta)
-            self._check_specs([spec_of(s.name, a) for s, a in zip(self.task.update_specs, arrays)])
+            self._check_specs([spec_of(s.name, a) for s, a in zip(self.task.update_specs, arrays)],
+                              len(meta.client_ids))
             if unit.partial is not None:
                 self._counts["updates_duplicate"] += 1
                 return PushResult(False, True, self.round, self.version)
@@ -367,6 +373,18 @@ class Federation:
                 return True
             return False
 
+    def _aggregate(self, received: Sequence[_Unit]) -> list[np.ndarray]:
+        if not self.task.per_client:
+            return weighted_mean_of_sums([u.partial for u in received])
+        clients = [[a[i] for a in u.partial[0]] for u in received
+                   for i in range(len(u.client_ids))]  # unit order, then client order
+        c = self.config
+        if c.aggregator == "median":
+            return aggregate.coordinate_median(clients)
+        if c.aggregator == "trimmed_mean":
+            return aggregate.trimmed_mean(clients, c.trim_fraction)
+        return aggregate.krum(clients, c.krum_byzantine, c.krum_select)
+
     def _close_round(self) -> None:
         t0 = time.perf_counter()
         received = [u for u in self._units if u.partial is not None]
@@ -374,7 +392,7 @@ class Federation:
         if stragglers:
             log.warning("round %d closes at its deadline without %d unit(s): their updates "
                         "will be refused", self.round, stragglers)
-        mean = weighted_mean_of_sums([u.partial for u in received])
+        mean = self._aggregate(received)
         t1 = time.perf_counter()
         self._apply([tf.convert_to_tensor(g) for g in mean])
         self.version += 1

@@ -57,6 +57,8 @@ class GradientComputer:
         return np.ones(len(batches), np.float32)
 
     def compute(self, batches: Sequence[Batch]) -> UnitUpdate:
+        if self.task.per_client:
+            return self._per_client(batches)
         weights = self.client_weights(batches)
         sizes = [len(b.y) for b in batches]
         x = np.concatenate([b.x for b in batches])
@@ -72,6 +74,20 @@ class GradientComputer:
         total = float(weights.sum())
         return UnitUpdate([g.numpy() for g in sums], total, int(sum(sizes)),
                           weighted_loss / total)
+
+    def _per_client(self, batches: Sequence[Batch]) -> UnitUpdate:
+        """Each client's own mean-loss gradient, stacked [clients, ...]: robust aggregators
+        look at clients one by one, so nothing may be summed here."""
+        per_client, losses = [], []
+        with tf.device(self.device):
+            for b in batches:
+                n = len(b.y)
+                grads, loss = self._step(b.x, b.y, np.full(n, 1.0 / n, np.float32))
+                per_client.append([g.numpy() for g in grads])
+                losses.append(float(loss))
+        stacked = [np.stack([g[i] for g in per_client]) for i in range(len(per_client[0]))]
+        return UnitUpdate(stacked, float(len(batches)), sum(len(b.y) for b in batches),
+                          float(np.mean(losses)))
 
     def _weighted_gradient(self, x, y, example_weights):
         with tf.GradientTape() as tape:
