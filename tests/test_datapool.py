@@ -23,13 +23,38 @@ def test_reference_partition_reproduces_the_reference_shuffle():
     assert [len(s) for s in shards] == [60] * 10
 
 
-def test_partitions_are_deterministic_and_disjoint():
-    for name in ("reference", "iid"):
-        a, b = partition(name, 1003, 10, 5), partition(name, 1003, 10, 5)
-        assert all(np.array_equal(s, t) for s, t in zip(a, b))
-        flat = np.concatenate(a)
-        assert len(np.unique(flat)) == len(flat)
-        assert not all(np.array_equal(s, t) for s, t in zip(a, partition(name, 1003, 10, 6)))
+LABELS = np.random.default_rng(9).integers(0, 10, 2003)
+
+
+@pytest.mark.parametrize("name", ["reference", "iid", "shards", "dirichlet"])
+def test_partitions_are_deterministic_and_disjoint(name):
+    a, b = partition(name, LABELS, 10, 5), partition(name, LABELS, 10, 5)
+    flat = np.concatenate(a)
+    assert all(np.array_equal(s, t) for s, t in zip(a, b))
+    assert len(np.unique(flat)) == len(flat)
+    assert not all(np.array_equal(s, t) for s, t in zip(a, partition(name, LABELS, 10, 6)))
+
+
+def test_shards_give_each_client_two_label_sorted_shards():
+    labels = np.repeat(np.arange(10), 100)  # 1000 examples, 100 per digit
+    shards = partition("shards", labels, 50, seed=0)  # 100 shards of 10 examples
+    assert [len(s) for s in shards] == [20] * 50
+    assert all(len(np.unique(labels[s])) <= 2 for s in shards)
+
+
+def test_dirichlet_skews_labels_and_respects_the_minimum_size():
+    from fedstream.datapool.partition import label_histograms
+    skewed = partition("dirichlet", LABELS, 10, 1, alpha=0.1, min_size=20)
+    mild = partition("dirichlet", LABELS, 10, 1, alpha=100.0, min_size=20)
+    assert min(len(s) for s in skewed) >= 20
+    assert sorted(np.concatenate(skewed).tolist()) == list(range(len(LABELS)))
+
+    def classes_per_client(parts):
+        return np.mean([np.count_nonzero(h) for h in label_histograms(LABELS, parts, 10)])
+
+    assert classes_per_client(skewed) < classes_per_client(mild) == 10
+    with pytest.raises(ValueError, match="need more than"):
+        partition("dirichlet", LABELS, 10, 1, min_size=500)
 
 
 def test_iid_partition_covers_everything_with_sizes_differing_by_one():
@@ -40,9 +65,9 @@ def test_iid_partition_covers_everything_with_sizes_differing_by_one():
 
 def test_bad_partition_requests():
     with pytest.raises(ValueError, match="unknown partitioner"):
-        partition("dirichlet", 10, 2, 0)
-    with pytest.raises(ValueError, match="clients"):
-        partition("iid", 10, 11, 0)
+        partition("pathological", LABELS, 2, 0)
+    with pytest.raises(ValueError, match="parts"):
+        partition("iid", LABELS[:10], 11, 0)
 
 
 def test_last_batch_of_a_pass_stays_inside_the_clients_shard():

@@ -240,3 +240,20 @@ def test_deadline_without_quorum_waits_then_closes_on_time():
 def test_quorum_must_fit_the_units():
     with pytest.raises(ValueError, match="quorum=3"):
         FederationConfig(units=2, quorum=3)
+
+
+@pytest.mark.parametrize("name, params", [("reference", 278_410), ("2nn", 199_210),
+                                          ("cnn", 1_663_370)])
+def test_zoo_models_have_the_published_sizes(name, params):
+    from fedstream.coordinator.models import build_model
+    assert build_model(name, 0).count_params() == params
+
+
+def test_a_users_own_model_by_module_and_function():
+    from fedstream.coordinator.models import build_model
+    model = build_model("conftest:tiny_model", 0)
+    assert model.name == "tiny"
+    with pytest.raises(ValueError, match="cannot load model factory"):
+        build_model("conftest:nothing_here", 0)
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("resnet", 0)

@@ -227,6 +227,8 @@ def run(config: LocalRunConfig) -> int:
         d = config.data
         data_argv = ["datapool", "--listen", "127.0.0.1:0", "--clients", str(d.clients),
                      "--partitioner", d.partitioner, "--data-seed", str(d.seed),
+                     "--dirichlet-alpha", str(d.dirichlet_alpha),
+                     "--min-client-size", str(d.min_client_size),
                      "--port-file", os.path.join(config.out, "datapool.addr")]
         if d.data:
             data_argv += ["--data", d.data]

@@ -125,6 +125,12 @@ def _health(args) -> int:
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
+def _partitions(args) -> int:
+    from fedstream.datapool.server import build_store, data_config_from_args
+    print(build_store(data_config_from_args(args)).summary.describe(limit=args.show))
+    return 0
+
+
 def _status(args) -> int:
     from google.protobuf import json_format
 
@@ -184,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated names and addresses the server certificate is for")
     p.add_argument("--days", type=int, default=30)
     p.set_defaults(handler=_make_certs)
+    p = sub.add_parser("partitions", help="the clients' sizes and label histograms of a partition")
+    datapool.add_data_arguments(p)
+    p.add_argument("--show", type=int, default=10, help="clients listed in full")
+    p.set_defaults(handler=_partitions)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")

@@ -127,7 +127,9 @@ class DataPoolClient:
             dataset=r.dataset, partitioner=r.partitioner, seed=r.seed,
             client_sizes=tuple(r.client_sizes), example_shape=example.shape,
             example_dtype=example.dtype, num_classes=r.num_classes, num_test=r.num_test,
-            max_batch_size=r.max_batch_size, max_clients_per_request=r.max_clients_per_request)
+            max_batch_size=r.max_batch_size, max_clients_per_request=r.max_clients_per_request,
+            label_histograms=tuple(tuple(r.label_counts[c * r.num_classes:(c + 1) * r.num_classes])
+                                   for c in range(r.num_clients if r.label_counts else 0)))
 
     @_domain_errors
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:

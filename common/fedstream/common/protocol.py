@@ -102,6 +102,21 @@ class DatasetSummary:
     num_test: int
     max_batch_size: int
     max_clients_per_request: int
+    label_histograms: tuple[tuple[int, ...], ...] = ()  # [client][class] example counts
+
+    def describe(self, limit: int = 10) -> str:
+        """Sizes and label histograms, for people: the first `limit` clients in full."""
+        sizes = np.array(self.client_sizes)
+        lines = [f"{self.dataset}: {self.num_clients} clients ({self.partitioner}, seed "
+                 f"{self.seed}); examples per client min {sizes.min()}, median "
+                 f"{int(np.median(sizes))}, max {sizes.max()}"]
+        if self.label_histograms:
+            classes = [sum(1 for v in h if v) for h in self.label_histograms]
+            lines.append(f"classes per client: min {min(classes)}, max {max(classes)}")
+            for c, h in enumerate(self.label_histograms[:limit]):
+                lines.append(f"  client {c:>5}: {self.client_sizes[c]:>6} examples, labels "
+                             f"{list(h)}")
+        return "\n".join(lines)
 
     @property
     def num_clients(self) -> int:

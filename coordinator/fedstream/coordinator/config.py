@@ -11,7 +11,7 @@ from fedstream.common.auth import add_client_auth_arguments, add_server_auth_arg
 from fedstream.common.protocol import Weighting
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
-MODELS = ("reference",)
+MODELS = ("reference", "2nn", "cnn")  # or package.module:function
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # fedstream.coordinator.aggregate
 SERVER_OPTIMIZERS = ("adam", "sgd")
 
@@ -100,7 +100,8 @@ def add_federation_arguments(p: argparse.ArgumentParser) -> None:
                         "if at least --quorum (0: wait for every unit)")
     g.add_argument("--quorum", type=int, default=d.quorum,
                    help="units a round needs to close at its deadline (0: all)")
-    g.add_argument("--model", choices=MODELS, default=d.model)
+    g.add_argument("--model", default=d.model,
+                   help=f"{', '.join(MODELS)}, or package.module:function returning a Keras model")
     g.add_argument("--model-seed", type=int, default=d.model_seed, help="initial-weights seed")
 
 

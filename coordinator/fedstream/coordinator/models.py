@@ -1,6 +1,13 @@
-"""The model zoo. Workers never import this: they receive the model as Keras JSON."""
+"""The model zoo. Workers never import this: they receive the model as Keras JSON.
+
+`--model` takes a zoo name or `package.module:function`, a function of `num_classes`
+returning an uncompiled Keras model with input shape (28, 28); its JSON travels to workers,
+which load it in safe mode, so it must use built-in Keras layers only.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import keras
 
@@ -19,9 +26,51 @@ def reference_mlp(num_classes: int = 10) -> keras.Model:
     ], name="reference_mlp")
 
 
+def mlp_2nn(num_classes: int = 10) -> keras.Model:
+    """The FedAvg paper's 2NN: 784-200-200-10 with ReLU, 199,210 parameters."""
+    return keras.Sequential([
+        keras.Input(shape=(28, 28)),
+        keras.layers.Flatten(),
+        keras.layers.Dense(200, activation="relu"),
+        keras.layers.Dense(200, activation="relu"),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ], name="mlp_2nn")
+
+
+def cnn(num_classes: int = 10) -> keras.Model:
+    """The FedAvg paper's CNN: two 5x5 convolutions (32, 64 channels) each followed by 2x2
+    max pooling, a 512-unit ReLU layer and a softmax: 1,663,370 parameters."""
+    return keras.Sequential([
+        keras.Input(shape=(28, 28)),
+        keras.layers.Reshape((28, 28, 1)),
+        keras.layers.Conv2D(32, 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Conv2D(64, 5, padding="same", activation="relu"),
+        keras.layers.MaxPooling2D(2),
+        keras.layers.Flatten(),
+        keras.layers.Dense(512, activation="relu"),
+        keras.layers.Dense(num_classes, activation="softmax"),
+    ], name="cnn")
+
+
+ZOO = {"reference": reference_mlp, "2nn": mlp_2nn, "cnn": cnn}
+assert tuple(ZOO) == MODELS
+
+
 def build_model(name: str, seed: int, num_classes: int = 10) -> keras.Model:
     """A freshly initialised model; the same seed gives the same initial weights."""
     keras.utils.set_random_seed(seed)
-    if name == "reference":
-        return reference_mlp(num_classes)
-    raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if name in ZOO:
+        return ZOO[name](num_classes)
+    module_name, sep, function = name.partition(":")
+    if not sep:
+        raise ValueError(f"unknown model {name!r}: choose one of {', '.join(ZOO)} or give "
+                         "package.module:function")
+    try:
+        factory = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"cannot load model factory {name!r}: {e}") from e
+    model = factory(num_classes)
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"{name} returned {type(model).__name__}, not a keras.Model")
+    return model

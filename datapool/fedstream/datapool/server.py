@@ -29,6 +29,8 @@ class DataPoolConfig:
     clients: int = 100  # number of simulated clients
     partitioner: str = "reference"  # "reference" (seeded shuffle, contiguous shards) or "iid"
     seed: int = 200  # partition seed (the reference program uses 200)
+    dirichlet_alpha: float = 0.5  # dirichlet partitioner: concentration (small: more skew)
+    min_client_size: int = 10  # dirichlet partitioner: fewest examples a client may hold
     port_file: str | None = None  # write the bound host:port here once serving
     tls: TlsConfig = field(default_factory=TlsConfig)  # plaintext unless certificates are given
     auth_tokens: str | None = None  # file of `NAME TOKEN` lines; None: no authentication
@@ -43,11 +45,16 @@ def add_data_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clients", type=int, default=d.clients, help="number of clients")
     p.add_argument("--partitioner", choices=PARTITIONERS, default=d.partitioner)
     p.add_argument("--data-seed", dest="seed", type=int, default=d.seed, help="partition seed")
+    p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
+                   help="dirichlet partitioner: label concentration (small: more skew)")
+    p.add_argument("--min-client-size", type=int, default=d.min_client_size,
+                   help="dirichlet partitioner: fewest examples per client")
 
 
 def data_config_from_args(args: argparse.Namespace) -> DataPoolConfig:
     return DataPoolConfig(data=args.data, clients=args.clients, partitioner=args.partitioner,
-                          seed=args.seed)
+                          seed=args.seed, dirichlet_alpha=args.dirichlet_alpha,
+                          min_client_size=args.min_client_size)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,7 +76,9 @@ def build_store(config: DataPoolConfig) -> ClientStore:
     mnist = load_mnist(config.data)
     return ClientStore(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test,
                        partitioner=config.partitioner, n_clients=config.clients,
-                       seed=config.seed, dataset="mnist", num_classes=10)
+                       seed=config.seed, dataset="mnist", num_classes=10,
+                       dirichlet_alpha=config.dirichlet_alpha,
+                       min_client_size=config.min_client_size)
 
 
 def serve(config: DataPoolConfig) -> None:
@@ -83,7 +92,7 @@ def serve(config: DataPoolConfig) -> None:
     stop_on_signals(server)
     server.set_serving()
     address = bound_address(config.listen, server.port)
-    log.info("datapool serving %d clients (%s) on %s", config.clients, config.partitioner, address)
+    log.info("datapool serving on %s\n%s", address, store.summary.describe())
     publish_address(config.port_file, address)
     server.wait()
     log.info("datapool stopped")

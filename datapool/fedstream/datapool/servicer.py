@@ -40,7 +40,8 @@ class DataPoolServicer(datapool_pb2_grpc.DataPoolServicer):
             num_clients=s.num_clients, client_sizes=list(s.client_sizes),
             example=serde.spec_to_proto(TensorSpec("x", s.example_dtype, s.example_shape)),
             num_classes=s.num_classes, num_test=s.num_test, max_batch_size=s.max_batch_size,
-            max_clients_per_request=s.max_clients_per_request)
+            max_clients_per_request=s.max_clients_per_request,
+            label_counts=[v for row in s.label_histograms for v in row])
 
     @handles_stream_errors
     def StreamBatches(self, request, context):

@@ -9,7 +9,7 @@ import numpy as np
 
 from fedstream.common.errors import InvalidArgument, ResourceExhausted
 from fedstream.common.protocol import Batch, DatasetSummary
-from fedstream.datapool.partition import partition
+from fedstream.datapool.partition import label_histograms, partition
 
 MAX_BATCH_SIZE = 65536
 MAX_CLIENTS_PER_REQUEST = 100_000
@@ -23,8 +23,10 @@ class ClientStore:
     """The partitioned training set and the test set; answers batch requests by slicing."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
-                 partitioner: str, n_clients: int, seed: int, dataset: str, num_classes: int):
-        shards = partition(partitioner, len(x), n_clients, seed)
+                 partitioner: str, n_clients: int, seed: int, dataset: str, num_classes: int,
+                 dirichlet_alpha: float = 0.5, min_client_size: int = 10):
+        shards = partition(partitioner, y, n_clients, seed, alpha=dirichlet_alpha,
+                           min_size=min_client_size)
         order = np.concatenate(shards)
         self._x = np.ascontiguousarray(x[order])
         self._y = np.ascontiguousarray(y[order])
@@ -35,7 +37,9 @@ class ClientStore:
             dataset=dataset, partitioner=partitioner, seed=seed,
             client_sizes=tuple(int(s) for s in sizes), example_shape=tuple(x.shape[1:]),
             example_dtype=x.dtype, num_classes=num_classes, num_test=len(x_test),
-            max_batch_size=MAX_BATCH_SIZE, max_clients_per_request=MAX_CLIENTS_PER_REQUEST)
+            max_batch_size=MAX_BATCH_SIZE, max_clients_per_request=MAX_CLIENTS_PER_REQUEST,
+            label_histograms=tuple(tuple(int(v) for v in row)
+                                   for row in label_histograms(y, shards, num_classes)))
 
     def client(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         start = self._starts[client_id]
