@@ -29,8 +29,8 @@ dropout = true
 
 @pytest.mark.parametrize("text, message", [
     ("roundz = 3", "unknown key 'roundz' for `fedstream run`; known keys: aggregator, "),
-    ('partitioner = "dirichlet"', "'partitioner' = 'dirichlet' is not allowed; choose one of "
-                                  "reference, iid"),
+    ('partitioner = "pathological"', "'partitioner' = 'pathological' is not allowed; choose one of "
+                                  "reference, iid, shards, dirichlet"),
     ('rounds = "many"', "'rounds' must be of type int"),
     ("dropout = 1", "'dropout' must be true or false"),
     ("[a]\nrounds = 1\n[b]\nrounds = 2", "'b.rounds' is given twice"),

@@ -136,3 +136,19 @@ def test_a_run_over_mutual_tls(tmp_path):
     assert [r["round"] for r in metrics(out)] == [1, 2]
     assert {p.name for p in (out / "tls").iterdir()} >= {"ca.pem", "server.pem", "client.pem"}
     assert_nothing_left(out)
+
+
+def test_fedavg_distributed_equals_simulate(tmp_path):
+    recipe = ["--rounds", "3", "--workers", "2", "--update", "delta", "--model", "2nn",
+              "--client-fraction", "0.05", "--local-batch-size", "20", "--normalize",
+              "--server-optimizer", "sgd", "--server-lr", "1", "--weighting", "examples",
+              "--partitioner", "shards"]
+    out = tmp_path / "run"
+    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", *recipe))
+    run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
+                     *recipe))
+    distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
+    for name in distributed:
+        assert distributed[name].tobytes() == simulated[name].tobytes(), name
+    assert [r["clients"] for r in metrics(out)] == [5, 5, 5]
+    assert_nothing_left(out)

@@ -31,6 +31,15 @@ def test_unknown_encoding_is_invalid_argument():
         serde.header_from_proto(tensor_pb2.TensorSetHeader(encoding=7))
 
 
+def test_task_with_local_training_roundtrip():
+    from fedstream.common.protocol import LocalTraining
+    task = Task(model_json="{}", loss="categorical_crossentropy", num_classes=10,
+                update_kind=UpdateKind.MODEL_DELTA, weighting=Weighting.EXAMPLES, batch_size=600,
+                dropout=False, input_divisor=255.0, update_specs=(), rounds=3, per_client=True,
+                local=LocalTraining(epochs=5, batch_size=0, lr=0.05, momentum=0.9, prox_mu=0.01))
+    assert serde.task_from_proto(serde.task_to_proto(task)) == task
+
+
 def test_task_roundtrip():
     task = Task(model_json="{}", loss="categorical_crossentropy", num_classes=10,
                 update_kind=UpdateKind.GRADIENT, weighting=Weighting.EXAMPLES, batch_size=32,

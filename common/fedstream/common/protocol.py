@@ -14,6 +14,7 @@ from fedstream.common.tensors import TensorSpec
 
 class UpdateKind(enum.Enum):
     GRADIENT = "gradient"  # FedSGD: gradient of the mean loss over one client batch
+    MODEL_DELTA = "delta"  # FedAvg family: w_start - w_after local training
 
 
 class Weighting(enum.Enum):
@@ -25,6 +26,17 @@ class Action(enum.Enum):
     TRAIN = "train"
     WAIT = "wait"
     STOP = "stop"
+
+
+@dataclass(frozen=True)
+class LocalTraining:
+    """How a client trains before its delta is pushed (FedAvg, FedProx)."""
+    epochs: int = 1
+    batch_size: int = 10  # 0: the client's whole data as one batch
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.0
+    prox_mu: float = 0.0  # FedProx's proximal term; 0 is FedAvg
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,7 @@ class Task:
     update_specs: tuple[TensorSpec, ...]
     rounds: int
     per_client: bool = False  # push every client's gradient, stacked, for a robust aggregator
+    local: LocalTraining | None = None  # MODEL_DELTA: how each client trains locally
 
 
 @dataclass(frozen=True)

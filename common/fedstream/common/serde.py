@@ -12,7 +12,16 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 
 from fedstream.common.errors import InvalidArgument
-from fedstream.common.protocol import Action, Assignment, PushResult, Task, UpdateKind, UpdateMeta, Weighting
+from fedstream.common.protocol import (
+    Action,
+    Assignment,
+    LocalTraining,
+    PushResult,
+    Task,
+    UpdateKind,
+    UpdateMeta,
+    Weighting,
+)
 from fedstream.common.tensors import CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSetAssembler, TensorSpec, iter_chunks
 from fedstream.v1 import coordinator_pb2, tensor_pb2
 
@@ -103,7 +112,8 @@ def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
 
 
 
-_UPDATE_KIND = {UpdateKind.GRADIENT: coordinator_pb2.UPDATE_KIND_GRADIENT}
+_UPDATE_KIND = {UpdateKind.GRADIENT: coordinator_pb2.UPDATE_KIND_GRADIENT,
+                UpdateKind.MODEL_DELTA: coordinator_pb2.UPDATE_KIND_MODEL_DELTA}
 _WEIGHTING = {Weighting.UNIFORM: coordinator_pb2.CLIENT_WEIGHTING_UNIFORM,
               Weighting.EXAMPLES: coordinator_pb2.CLIENT_WEIGHTING_EXAMPLES}
 _ACTION = {Action.TRAIN: coordinator_pb2.Assignment.TRAIN,
@@ -124,7 +134,11 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         update_kind=_UPDATE_KIND[task.update_kind], weighting=_WEIGHTING[task.weighting],
         batch_size=task.batch_size, dropout=task.dropout, input_divisor=task.input_divisor,
         update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds,
-        per_client_updates=task.per_client)
+        per_client_updates=task.per_client,
+        **({} if task.local is None else dict(
+            local_epochs=task.local.epochs, local_batch_size=task.local.batch_size,
+            client_optimizer=task.local.optimizer, client_lr=task.local.lr,
+            client_momentum=task.local.momentum, prox_mu=task.local.prox_mu)))
 
 
 def task_from_proto(msg: coordinator_pb2.Task) -> Task:
@@ -134,7 +148,11 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         weighting=_lookup(_WEIGHTING, msg.weighting, "client weighting"),
         batch_size=msg.batch_size, dropout=msg.dropout, input_divisor=msg.input_divisor,
         update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds,
-        per_client=msg.per_client_updates)
+        per_client=msg.per_client_updates,
+        local=None if msg.update_kind != coordinator_pb2.UPDATE_KIND_MODEL_DELTA else
+        LocalTraining(epochs=msg.local_epochs, batch_size=msg.local_batch_size,
+                      optimizer=msg.client_optimizer, lr=msg.client_lr,
+                      momentum=msg.client_momentum, prox_mu=msg.prox_mu))
 
 
 def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:

@@ -13,7 +13,8 @@ from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
 MODELS = ("reference", "2nn", "cnn")  # or package.module:function
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # fedstream.coordinator.aggregate
-SERVER_OPTIMIZERS = ("adam", "sgd")
+SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")  # fedstream.coordinator.optimizers
+UPDATES = ("gradient", "delta")
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,19 @@ class FederationConfig:
     min_workers: int = 1  # workers that must join before the first round opens
     batch_size: int = 32  # client batch size
     weighting: str = "uniform"  # "uniform" (reference mean) or "examples"
-    server_optimizer: str = "adam"  # "adam" or "sgd"
+    update: str = "gradient"  # "gradient" (FedSGD) or "delta" (local training: FedAvg family)
+    local_epochs: int = 1  # delta: local passes over each client's data
+    local_batch_size: int = 10  # delta: local minibatch size (0: the whole client data)
+    client_lr: float = 0.1  # delta: the clients' SGD learning rate
+    client_momentum: float = 0.0  # delta: the clients' SGD momentum (fresh for every client)
+    prox_mu: float = 0.0  # delta: FedProx proximal coefficient (0: FedAvg)
+    client_fraction: float = 1.0  # share C of the clients sampled each round
+    min_clients: int = 1  # sample at least this many clients per round
+    sampling_seed: int = 0  # seeds the per-round client sample
+    server_optimizer: str = "adam"  # sgd (FedAvg, FedAvgM), adam, adagrad, yogi
     server_lr: float = 1e-4  # server learning rate (the reference: Adam 1e-4)
+    server_momentum: float = 0.0  # sgd: momentum (FedAvgM)
+    server_epsilon: float = 0.0  # adam, adagrad, yogi: epsilon (tau); 0: the optimizer's default
     dropout: bool = False  # apply dropout in client training (the reference never does)
     normalize: bool = False  # divide pixels by 255 (the reference feeds raw 0..255)
     eval_every: int = 0  # rounds between test evaluations; 0: after every pass over the data
@@ -62,6 +74,15 @@ class FederationConfig:
                             f"{', '.join(AGGREGATORS)}")
         if not 0 <= self.trim_fraction < 0.5:
             problems.append(f"trim_fraction={self.trim_fraction} must be in [0, 0.5)")
+        if self.update not in UPDATES:
+            problems.append(f"update={self.update!r}: choose gradient or delta")
+        if not 0 < self.client_fraction <= 1:
+            problems.append(f"client_fraction={self.client_fraction} must be in (0, 1]")
+        if self.local_epochs < 1 or self.local_batch_size < 0 or self.client_lr <= 0:
+            problems.append("local training needs local_epochs >= 1, local_batch_size >= 0 "
+                            "(0: full batch) and client_lr > 0")
+        if self.prox_mu < 0 or self.min_clients < 1:
+            problems.append("prox_mu must be >= 0 and min_clients >= 1")
         if not 0 <= self.quorum <= self.units:
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
                             f"units={self.units}")
@@ -80,8 +101,24 @@ def add_federation_arguments(p: argparse.ArgumentParser) -> None:
                         "give bit-identical models in every run mode")
     g.add_argument("--batch-size", type=int, default=d.batch_size)
     g.add_argument("--weighting", choices=[w.value for w in Weighting], default=d.weighting)
+    g.add_argument("--update", choices=UPDATES, default=d.update,
+                   help="gradient: FedSGD; delta: clients train locally and push w_start - w_end")
+    g.add_argument("--local-epochs", type=int, default=d.local_epochs)
+    g.add_argument("--local-batch-size", type=int, default=d.local_batch_size,
+                   help="local minibatch size (0: a client's whole data)")
+    g.add_argument("--client-lr", type=float, default=d.client_lr)
+    g.add_argument("--client-momentum", type=float, default=d.client_momentum)
+    g.add_argument("--prox-mu", type=float, default=d.prox_mu, help="FedProx coefficient")
+    g.add_argument("--client-fraction", type=float, default=d.client_fraction,
+                   help="share C of the clients sampled each round (seeded)")
+    g.add_argument("--min-clients", type=int, default=d.min_clients)
+    g.add_argument("--sampling-seed", type=int, default=d.sampling_seed)
     g.add_argument("--server-optimizer", choices=SERVER_OPTIMIZERS, default=d.server_optimizer)
     g.add_argument("--server-lr", type=float, default=d.server_lr)
+    g.add_argument("--server-momentum", type=float, default=d.server_momentum,
+                   help="sgd: momentum (FedAvgM)")
+    g.add_argument("--server-epsilon", type=float, default=d.server_epsilon,
+                   help="adam/adagrad/yogi: epsilon (0: the optimizer's default)")
     g.add_argument("--dropout", action="store_true",
                    help="apply dropout in client training (the reference never does)")
     g.add_argument("--normalize", action="store_true", help="divide pixels by 255")

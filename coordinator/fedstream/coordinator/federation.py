@@ -31,6 +31,7 @@ from fedstream.common.errors import FailedPrecondition, FedstreamError, InvalidA
 from fedstream.common.protocol import (
     Action,
     Assignment,
+    LocalTraining,
     PushResult,
     Task,
     UpdateKind,
@@ -42,6 +43,7 @@ from fedstream.common.tensors import TensorSpec, pack, spec_of, unpack
 from fedstream.coordinator import aggregate, checkpoint
 from fedstream.coordinator.aggregate import weighted_mean_of_sums
 from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.optimizers import make_server_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,6 @@ class _Unit:
     lease_deadline: float = 0.0
     partial: tuple[list[np.ndarray], float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
-
-
-def make_server_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
-    if name == "adam":
-        return keras.optimizers.Adam(learning_rate=lr)
-    return keras.optimizers.SGD(learning_rate=lr)
 
 
 def rounds_per_pass(client_sizes: Sequence[int], batch_size: int) -> int:
@@ -105,20 +101,29 @@ class Federation:
         self._on_metrics = on_metrics
         self._checkpoint_dir = checkpoint_dir
         self._clock = clock
-        self._optimizer = make_server_optimizer(config.server_optimizer, config.server_lr)
+        self._optimizer = make_server_optimizer(config.server_optimizer, config.server_lr,
+                                                momentum=config.server_momentum,
+                                                epsilon=config.server_epsilon or None)
         self._trainable = list(model.trainable_variables)
         self._apply = tf.function(  # one graph: 10x faster than eager Keras on small models
             lambda grads: self._optimizer.apply_gradients(zip(grads, self._trainable)))
         self._last_unit: dict[str, int] = {}
         self._counts: Counter = Counter()  # updates accepted/duplicate/rejected, leases expired
+        delta = config.update == "delta"
         self.task = Task(
             model_json=model.to_json(), loss=loss, num_classes=num_classes,
-            update_kind=UpdateKind.GRADIENT, weighting=Weighting(config.weighting),
-            batch_size=config.batch_size, dropout=config.dropout,
+            update_kind=UpdateKind.MODEL_DELTA if delta else UpdateKind.GRADIENT,
+            weighting=Weighting(config.weighting),
+            # local training fetches a client's whole data as its one "batch"
+            batch_size=max(client_sizes) if delta else config.batch_size,
+            dropout=config.dropout,
             input_divisor=config.input_divisor,
             update_specs=tuple(spec_of(v.path, np.zeros(v.shape, np.float32))
                                for v in self._trainable),
-            rounds=config.rounds, per_client=config.aggregator != "mean")
+            rounds=config.rounds, per_client=config.aggregator != "mean",
+            local=LocalTraining(epochs=config.local_epochs, batch_size=config.local_batch_size,
+                                lr=config.client_lr, momentum=config.client_momentum,
+                                prox_mu=config.prox_mu) if delta else None)
         self.eval_every = config.eval_every or rounds_per_pass(client_sizes, config.batch_size)
         self._cond = threading.Condition()
         self._workers: dict[str, _Worker] = {}
@@ -229,10 +234,20 @@ class Federation:
     def _open_round(self, number: int) -> None:
         self.round = number
         self.phase = "training"
-        groups = np.array_split(np.arange(len(self._client_sizes)), self.config.units)
+        groups = np.array_split(self._sample(number), self.config.units)
         self._units = [_Unit(i, tuple(int(c) for c in g)) for i, g in enumerate(groups) if len(g)]
         self._round_started = self._clock()
         self._cond.notify_all()
+
+    def _sample(self, round_number: int) -> np.ndarray:
+        """This round's clients, sorted: all of them, or a seeded sample of
+        max(min_clients, round(C * N)) that depends only on (sampling seed, round)."""
+        n = len(self._client_sizes)
+        if self.config.client_fraction >= 1:
+            return np.arange(n)
+        k = min(n, max(self.config.min_clients, round(self.config.client_fraction * n)))
+        rng = np.random.default_rng([self.config.sampling_seed, round_number])
+        return np.sort(rng.choice(n, size=k, replace=False))
 
     def assignment(self, worker_id: str, wait_s: float) -> Assignment:
         """The next unit to compute, waiting up to `wait_s` for one; STOP when training is over."""

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedstream.v1 import tensor_pb2 as fedstream_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64stream/v1/coordinator.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"2\n\x0bJoinRequest\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"@\n\tJoinReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.fedstream.v1.Task\"\xb8\x02\n\x04Task\x12\x12\n\nmodel_json\x18\x01 \x01(\t\x12\x0c\n\x04loss\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12-\n\x0bupdate_kind\x18\x04 \x01(\x0e\x32\x18.fedstream.v1.UpdateKind\x12\x30\n\tweighting\x18\x05 \x01(\x0e\x32\x1d.fedstream.v1.ClientWeighting\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x0f\n\x07\x64ropout\x18\x07 \x01(\x08\x12\x15\n\rinput_divisor\x18\x08 \x01(\x02\x12\x30\n\x0eupdate_tensors\x18\t \x03(\x0b\x32\x18.fedstream.v1.TensorSpec\x12\x0e\n\x06rounds\x18\n \x01(\r\x12\x1a\n\x12per_client_updates\x18\x0b \x01(\x08\"7\n\x11\x41ssignmentRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xce\x01\n\nAssignment\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.fedstream.v1.Assignment.Action\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0c\n\x04unit\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\r\x12\x0c\n\x04step\x18\x06 \x01(\x04\"?\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04STOP\x10\x03\"=\n\x12PullWeightsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"c\n\rWeightsHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12.\n\x07tensors\x18\x03 \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\"m\n\x0eWeightsMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedstream.v1.WeightsHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"\xa8\x02\n\x0cUpdateHeader\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x0c\n\x04unit\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x07 \x01(\x04\x12\x38\n\x07metrics\x18\x08 \x03(\x0b\x32\'.fedstream.v1.UpdateHeader.MetricsEntry\x12.\n\x07tensors\x18\t \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedstream.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"V\n\x0fPushUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\x04\"\x12\n\x10GetStatusRequest\"w\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0flast_seen_s_ago\x18\x04 \x01(\x01\x12\x18\n\x10updates_accepted\x18\x05 \x01(\x04\"\xe9\x01\n\x06Status\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0ctotal_rounds\x18\x04 \x01(\r\x12)\n\x07workers\x18\x05 \x03(\x0b\x32\x18.fedstream.v1.WorkerInfo\x12;\n\x0clast_metrics\x18\x06 \x03(\x0b\x32%.fedstream.v1.Status.LastMetricsEntry\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply*C\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_KIND_GRADIENT\x10\x01*p\n\x0f\x43lientWeighting\x12 \n\x1c\x43LIENT_WEIGHTING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43LIENT_WEIGHTING_UNIFORM\x10\x01\x12\x1d\n\x19\x43LIENT_WEIGHTING_EXAMPLES\x10\x02\x32\xb4\x03\n\x0b\x43oordinator\x12:\n\x04Join\x12\x19.fedstream.v1.JoinRequest\x1a\x17.fedstream.v1.JoinReply\x12J\n\rGetAssignment\x12\x1f.fedstream.v1.AssignmentRequest\x1a\x18.fedstream.v1.Assignment\x12O\n\x0bPullWeights\x12 .fedstream.v1.PullWeightsRequest\x1a\x1c.fedstream.v1.WeightsMessage0\x01\x12J\n\nPushUpdate\x12\x1b.fedstream.v1.UpdateMessage\x1a\x1d.fedstream.v1.PushUpdateReply(\x01\x12\x41\n\tGetStatus\x12\x1e.fedstream.v1.GetStatusRequest\x1a\x14.fedstream.v1.Status\x12=\n\x05Leave\x12\x1a.fedstream.v1.LeaveRequest\x1a\x18.fedstream.v1.LeaveReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x65\x64stream/v1/coordinator.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"2\n\x0bJoinRequest\x12\x13\n\x0bworker_name\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\"@\n\tJoinReply\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12 \n\x04task\x18\x02 \x01(\x0b\x32\x12.fedstream.v1.Task\"\xbf\x03\n\x04Task\x12\x12\n\nmodel_json\x18\x01 \x01(\t\x12\x0c\n\x04loss\x18\x02 \x01(\t\x12\x13\n\x0bnum_classes\x18\x03 \x01(\r\x12-\n\x0bupdate_kind\x18\x04 \x01(\x0e\x32\x18.fedstream.v1.UpdateKind\x12\x30\n\tweighting\x18\x05 \x01(\x0e\x32\x1d.fedstream.v1.ClientWeighting\x12\x12\n\nbatch_size\x18\x06 \x01(\r\x12\x0f\n\x07\x64ropout\x18\x07 \x01(\x08\x12\x15\n\rinput_divisor\x18\x08 \x01(\x02\x12\x30\n\x0eupdate_tensors\x18\t \x03(\x0b\x32\x18.fedstream.v1.TensorSpec\x12\x0e\n\x06rounds\x18\n \x01(\r\x12\x1a\n\x12per_client_updates\x18\x0b \x01(\x08\x12\x14\n\x0clocal_epochs\x18\x0c \x01(\r\x12\x18\n\x10local_batch_size\x18\r \x01(\r\x12\x18\n\x10\x63lient_optimizer\x18\x0e \x01(\t\x12\x11\n\tclient_lr\x18\x0f \x01(\x01\x12\x17\n\x0f\x63lient_momentum\x18\x10 \x01(\x01\x12\x0f\n\x07prox_mu\x18\x11 \x01(\x01\"7\n\x11\x41ssignmentRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xce\x01\n\nAssignment\x12/\n\x06\x61\x63tion\x18\x01 \x01(\x0e\x32\x1f.fedstream.v1.Assignment.Action\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x0c\n\x04unit\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\r\x12\x0c\n\x04step\x18\x06 \x01(\x04\"?\n\x06\x41\x63tion\x12\x16\n\x12\x41\x43TION_UNSPECIFIED\x10\x00\x12\t\n\x05TRAIN\x10\x01\x12\x08\n\x04WAIT\x10\x02\x12\x08\n\x04STOP\x10\x03\"=\n\x12PullWeightsRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x14\n\x0chave_version\x18\x02 \x01(\x04\"c\n\rWeightsHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x11\n\tunchanged\x18\x02 \x01(\x08\x12.\n\x07tensors\x18\x03 \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\"m\n\x0eWeightsMessage\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.fedstream.v1.WeightsHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"\xa8\x02\n\x0cUpdateHeader\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x0c\n\x04unit\x18\x04 \x01(\r\x12\x12\n\nclient_ids\x18\x05 \x03(\r\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x14\n\x0cnum_examples\x18\x07 \x01(\x04\x12\x38\n\x07metrics\x18\x08 \x03(\x0b\x32\'.fedstream.v1.UpdateHeader.MetricsEntry\x12.\n\x07tensors\x18\t \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"k\n\rUpdateMessage\x12,\n\x06header\x18\x01 \x01(\x0b\x32\x1a.fedstream.v1.UpdateHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"V\n\x0fPushUpdateReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x0f\n\x07version\x18\x04 \x01(\x04\"\x12\n\x10GetStatusRequest\"w\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x13\n\x0bworker_name\x18\x02 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x17\n\x0flast_seen_s_ago\x18\x04 \x01(\x01\x12\x18\n\x10updates_accepted\x18\x05 \x01(\x04\"\xe9\x01\n\x06Status\x12\r\n\x05phase\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x14\n\x0ctotal_rounds\x18\x04 \x01(\r\x12)\n\x07workers\x18\x05 \x03(\x0b\x32\x18.fedstream.v1.WorkerInfo\x12;\n\x0clast_metrics\x18\x06 \x03(\x0b\x32%.fedstream.v1.Status.LastMetricsEntry\x1a\x32\n\x10LastMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"!\n\x0cLeaveRequest\x12\x11\n\tworker_id\x18\x01 \x01(\t\"\x0c\n\nLeaveReply*`\n\nUpdateKind\x12\x1b\n\x17UPDATE_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14UPDATE_KIND_GRADIENT\x10\x01\x12\x1b\n\x17UPDATE_KIND_MODEL_DELTA\x10\x02*p\n\x0f\x43lientWeighting\x12 \n\x1c\x43LIENT_WEIGHTING_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x43LIENT_WEIGHTING_UNIFORM\x10\x01\x12\x1d\n\x19\x43LIENT_WEIGHTING_EXAMPLES\x10\x02\x32\xb4\x03\n\x0b\x43oordinator\x12:\n\x04Join\x12\x19.fedstream.v1.JoinRequest\x1a\x17.fedstream.v1.JoinReply\x12J\n\rGetAssignment\x12\x1f.fedstream.v1.AssignmentRequest\x1a\x18.fedstream.v1.Assignment\x12O\n\x0bPullWeights\x12 .fedstream.v1.PullWeightsRequest\x1a\x1c.fedstream.v1.WeightsMessage0\x01\x12J\n\nPushUpdate\x12\x1b.fedstream.v1.UpdateMessage\x1a\x1d.fedstream.v1.PushUpdateReply(\x01\x12\x41\n\tGetStatus\x12\x1e.fedstream.v1.GetStatusRequest\x1a\x14.fedstream.v1.Status\x12=\n\x05Leave\x12\x1a.fedstream.v1.LeaveRequest\x1a\x18.fedstream.v1.LeaveReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,48 +36,48 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPDATEHEADER_METRICSENTRY']._serialized_options = b'8\001'
   _globals['_STATUS_LASTMETRICSENTRY']._loaded_options = None
   _globals['_STATUS_LASTMETRICSENTRY']._serialized_options = b'8\001'
-  _globals['_UPDATEKIND']._serialized_start=1971
-  _globals['_UPDATEKIND']._serialized_end=2038
-  _globals['_CLIENTWEIGHTING']._serialized_start=2040
-  _globals['_CLIENTWEIGHTING']._serialized_end=2152
+  _globals['_UPDATEKIND']._serialized_start=2106
+  _globals['_UPDATEKIND']._serialized_end=2202
+  _globals['_CLIENTWEIGHTING']._serialized_start=2204
+  _globals['_CLIENTWEIGHTING']._serialized_end=2316
   _globals['_JOINREQUEST']._serialized_start=75
   _globals['_JOINREQUEST']._serialized_end=125
   _globals['_JOINREPLY']._serialized_start=127
   _globals['_JOINREPLY']._serialized_end=191
   _globals['_TASK']._serialized_start=194
-  _globals['_TASK']._serialized_end=506
-  _globals['_ASSIGNMENTREQUEST']._serialized_start=508
-  _globals['_ASSIGNMENTREQUEST']._serialized_end=563
-  _globals['_ASSIGNMENT']._serialized_start=566
-  _globals['_ASSIGNMENT']._serialized_end=772
-  _globals['_ASSIGNMENT_ACTION']._serialized_start=709
-  _globals['_ASSIGNMENT_ACTION']._serialized_end=772
-  _globals['_PULLWEIGHTSREQUEST']._serialized_start=774
-  _globals['_PULLWEIGHTSREQUEST']._serialized_end=835
-  _globals['_WEIGHTSHEADER']._serialized_start=837
-  _globals['_WEIGHTSHEADER']._serialized_end=936
-  _globals['_WEIGHTSMESSAGE']._serialized_start=938
-  _globals['_WEIGHTSMESSAGE']._serialized_end=1047
-  _globals['_UPDATEHEADER']._serialized_start=1050
-  _globals['_UPDATEHEADER']._serialized_end=1346
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1300
-  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1346
-  _globals['_UPDATEMESSAGE']._serialized_start=1348
-  _globals['_UPDATEMESSAGE']._serialized_end=1455
-  _globals['_PUSHUPDATEREPLY']._serialized_start=1457
-  _globals['_PUSHUPDATEREPLY']._serialized_end=1543
-  _globals['_GETSTATUSREQUEST']._serialized_start=1545
-  _globals['_GETSTATUSREQUEST']._serialized_end=1563
-  _globals['_WORKERINFO']._serialized_start=1565
-  _globals['_WORKERINFO']._serialized_end=1684
-  _globals['_STATUS']._serialized_start=1687
-  _globals['_STATUS']._serialized_end=1920
-  _globals['_STATUS_LASTMETRICSENTRY']._serialized_start=1870
-  _globals['_STATUS_LASTMETRICSENTRY']._serialized_end=1920
-  _globals['_LEAVEREQUEST']._serialized_start=1922
-  _globals['_LEAVEREQUEST']._serialized_end=1955
-  _globals['_LEAVEREPLY']._serialized_start=1957
-  _globals['_LEAVEREPLY']._serialized_end=1969
-  _globals['_COORDINATOR']._serialized_start=2155
-  _globals['_COORDINATOR']._serialized_end=2591
+  _globals['_TASK']._serialized_end=641
+  _globals['_ASSIGNMENTREQUEST']._serialized_start=643
+  _globals['_ASSIGNMENTREQUEST']._serialized_end=698
+  _globals['_ASSIGNMENT']._serialized_start=701
+  _globals['_ASSIGNMENT']._serialized_end=907
+  _globals['_ASSIGNMENT_ACTION']._serialized_start=844
+  _globals['_ASSIGNMENT_ACTION']._serialized_end=907
+  _globals['_PULLWEIGHTSREQUEST']._serialized_start=909
+  _globals['_PULLWEIGHTSREQUEST']._serialized_end=970
+  _globals['_WEIGHTSHEADER']._serialized_start=972
+  _globals['_WEIGHTSHEADER']._serialized_end=1071
+  _globals['_WEIGHTSMESSAGE']._serialized_start=1073
+  _globals['_WEIGHTSMESSAGE']._serialized_end=1182
+  _globals['_UPDATEHEADER']._serialized_start=1185
+  _globals['_UPDATEHEADER']._serialized_end=1481
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_start=1435
+  _globals['_UPDATEHEADER_METRICSENTRY']._serialized_end=1481
+  _globals['_UPDATEMESSAGE']._serialized_start=1483
+  _globals['_UPDATEMESSAGE']._serialized_end=1590
+  _globals['_PUSHUPDATEREPLY']._serialized_start=1592
+  _globals['_PUSHUPDATEREPLY']._serialized_end=1678
+  _globals['_GETSTATUSREQUEST']._serialized_start=1680
+  _globals['_GETSTATUSREQUEST']._serialized_end=1698
+  _globals['_WORKERINFO']._serialized_start=1700
+  _globals['_WORKERINFO']._serialized_end=1819
+  _globals['_STATUS']._serialized_start=1822
+  _globals['_STATUS']._serialized_end=2055
+  _globals['_STATUS_LASTMETRICSENTRY']._serialized_start=2005
+  _globals['_STATUS_LASTMETRICSENTRY']._serialized_end=2055
+  _globals['_LEAVEREQUEST']._serialized_start=2057
+  _globals['_LEAVEREQUEST']._serialized_end=2090
+  _globals['_LEAVEREPLY']._serialized_start=2092
+  _globals['_LEAVEREPLY']._serialized_end=2104
+  _globals['_COORDINATOR']._serialized_start=2319
+  _globals['_COORDINATOR']._serialized_end=2755
 # @@protoc_insertion_point(module_scope)

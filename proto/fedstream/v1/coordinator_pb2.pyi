@@ -12,6 +12,7 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     UPDATE_KIND_UNSPECIFIED: _ClassVar[UpdateKind]
     UPDATE_KIND_GRADIENT: _ClassVar[UpdateKind]
+    UPDATE_KIND_MODEL_DELTA: _ClassVar[UpdateKind]
 
 class ClientWeighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -20,6 +21,7 @@ class ClientWeighting(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CLIENT_WEIGHTING_EXAMPLES: _ClassVar[ClientWeighting]
 UPDATE_KIND_UNSPECIFIED: UpdateKind
 UPDATE_KIND_GRADIENT: UpdateKind
+UPDATE_KIND_MODEL_DELTA: UpdateKind
 CLIENT_WEIGHTING_UNSPECIFIED: ClientWeighting
 CLIENT_WEIGHTING_UNIFORM: ClientWeighting
 CLIENT_WEIGHTING_EXAMPLES: ClientWeighting
@@ -41,7 +43,7 @@ class JoinReply(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates")
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +55,12 @@ class Task(_message.Message):
     UPDATE_TENSORS_FIELD_NUMBER: _ClassVar[int]
     ROUNDS_FIELD_NUMBER: _ClassVar[int]
     PER_CLIENT_UPDATES_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_LR_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_MOMENTUM_FIELD_NUMBER: _ClassVar[int]
+    PROX_MU_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     loss: str
     num_classes: int
@@ -64,7 +72,13 @@ class Task(_message.Message):
     update_tensors: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorSpec]
     rounds: int
     per_client_updates: bool
-    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ...) -> None: ...
+    local_epochs: int
+    local_batch_size: int
+    client_optimizer: str
+    client_lr: float
+    client_momentum: float
+    prox_mu: float
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ...) -> None: ...
 
 class AssignmentRequest(_message.Message):
     __slots__ = ("worker_id", "wait_ms")

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
 from fedstream.common.protocol import Action, Batch, CoordinatorPort, DataPort, UpdateMeta
-from fedstream.worker.compute import GradientComputer
+from fedstream.worker.compute import make_computer
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class WorkerLoop:
         self._retry_s = retry_s
         self._name, self._device = name, device
         self.worker_id, self.task = self._retrying(lambda: coordinator.join(name, device), "join")
-        self.computer = GradientComputer(self.task, device)
+        self.computer = make_computer(self.task, device)
         self._prefetcher = BatchPrefetcher(data) if prefetch else None
         self.version = 0
         self.units_done = 0
@@ -81,7 +81,7 @@ class WorkerLoop:
         worker_id, task = self._retrying(lambda: self._coordinator.join(self._name, self._device),
                                          "join")
         if task.model_json != self.task.model_json or task.update_specs != self.task.update_specs:
-            self.computer = GradientComputer(task, self._device)
+            self.computer = make_computer(task, self._device)
         log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
                     self.worker_id, worker_id)
         self.worker_id, self.task, self.version = worker_id, task, 0
@@ -121,7 +121,7 @@ class WorkerLoop:
         t1 = time.perf_counter()
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
-        update = self.computer.compute(batches)
+        update = self.computer.compute(batches, a.round)
         t3 = time.perf_counter()
         meta = UpdateMeta(
             worker_id=self.worker_id, round=a.round, base_version=self.version, unit=a.unit,

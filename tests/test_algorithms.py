@@ -1,0 +1,174 @@
+"""The FedAvg family: local training, FedProx, client state isolation, server optimizers,
+client sampling; arithmetic checked against hand-computed values."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from fedstream.common.protocol import Batch, LocalTraining, UpdateKind, Weighting
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.optimizers import Yogi, make_server_optimizer
+from fedstream.worker.compute import GradientComputer, make_computer
+from fedstream.worker.local_training import LocalTrainer
+
+from conftest import tiny_model
+
+
+def delta_task(model, **local):
+    fed = Federation(FederationConfig(update="delta", weighting="examples", units=1,
+                                      **{f"local_{k}" if k in ("epochs", "batch_size") else k: v
+                                         for k, v in local.items()}),
+                     model, [16, 16, 16])
+    return fed.task
+
+
+def batches(sizes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [Batch(c, 0, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                  rng.integers(0, 10, n).astype(np.uint8)) for c, n in enumerate(sizes)]
+
+
+def fresh(task, model):
+    computer = make_computer(task, "/CPU:0")
+    computer.set_weights([v.numpy() for v in model.weights])
+    return computer
+
+
+def test_delta_task_asks_for_whole_client_data():
+    task = delta_task(tiny_model(), epochs=2, batch_size=4, client_lr=0.05)
+    assert task.update_kind is UpdateKind.MODEL_DELTA and task.batch_size == 16
+    assert task.local == LocalTraining(epochs=2, batch_size=4, lr=0.05)
+    assert isinstance(make_computer(task, "/CPU:0"), LocalTrainer)
+
+
+def test_one_full_batch_step_is_lr_times_the_gradient():
+    model = tiny_model(seed=1)
+    task = delta_task(model, epochs=1, batch_size=0, client_lr=0.01)
+    (b,) = batches([16])
+    delta = fresh(task, model).compute([b], round_number=1)
+    grad_task = dataclasses.replace(task, update_kind=UpdateKind.GRADIENT, local=None,
+                                    weighting=Weighting.UNIFORM)
+    gradient = GradientComputer(grad_task, "/CPU:0")
+    gradient.set_weights([v.numpy() for v in model.weights])
+    g = gradient.compute([b]).arrays
+    assert delta.weight == 16  # examples weighting: n_c * delta_c
+    for d, gi in zip(delta.arrays, g):
+        np.testing.assert_allclose(d / 16, 0.01 * gi, rtol=2e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_no_state_leaks_between_clients_of_a_unit(momentum):
+    model = tiny_model(seed=2)
+    task = dataclasses.replace(delta_task(model, epochs=2, batch_size=4, client_lr=0.001,
+                                          client_momentum=momentum),
+                               weighting=Weighting.UNIFORM)
+    a, b = batches([12, 9], seed=4)
+    together = fresh(task, model).compute([a, b], round_number=3).arrays
+    alone = [fresh(task, model).compute([x], round_number=3).arrays for x in (a, b)]
+    for t, x, y in zip(together, *alone):
+        np.testing.assert_allclose(t, x + y, rtol=1e-4, atol=1e-5)
+    trainer = fresh(task, model)
+    trainer.compute([a, b], round_number=3)
+    for v, w in zip(trainer.model.weights, model.weights):  # back at the round's weights
+        np.testing.assert_array_equal(v.numpy(), w.numpy())
+
+
+def test_fedprox_pulls_clients_towards_the_round_weights():
+    model = tiny_model(seed=3)
+    (b,) = batches([16], seed=5)
+    norms = []
+    for mu in (0.0, 10.0):
+        task = delta_task(model, epochs=5, batch_size=4, client_lr=0.001, prox_mu=mu)
+        delta = fresh(task, model).compute([b], round_number=1).arrays
+        norms.append(np.sqrt(sum(float(np.sum(d ** 2)) for d in delta)))
+    assert norms[1] < 0.9 * norms[0]
+
+
+def test_fedavg_server_step_moves_to_the_weighted_mean_of_client_models():
+    fed = Federation(FederationConfig(update="delta", server_optimizer="sgd", server_lr=1.0,
+                                      units=2, weighting="examples"), tiny_model(), [10, 30])
+    wid, _ = fed.join("w", "cpu")
+    start = [v.numpy().copy() for v in fed.model.trainable_variables]
+    from fedstream.common.protocol import UpdateMeta
+    for n, value in ((10, 1.0), (30, 5.0)):  # client models w - value
+        a = fed.assignment(wid, 0)
+        fed.push(UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, float(n), n),
+                 [np.full(s.shape, n * value, np.float32) for s in fed.task.update_specs])
+    for s, v in zip(start, fed.model.trainable_variables):  # w - (10*1 + 30*5) / 40
+        np.testing.assert_allclose(v.numpy(), s - 4.0, rtol=1e-6)
+
+
+def test_yogi_matches_its_update_rule():
+    var = tf.Variable([1.0, -2.0])
+    opt = Yogi(learning_rate=0.1, beta_1=0.9, beta_2=0.99, epsilon=1e-3, initial_accumulator=1e-6)
+    m, v, w = np.zeros(2), np.full(2, 1e-6), np.array([1.0, -2.0])
+    for g in ([0.5, -1.0], [0.2, 3.0]):
+        opt.apply_gradients([(tf.constant(g), var)])
+        g = np.array(g)
+        m = 0.9 * m + 0.1 * g
+        v = v - 0.01 * g ** 2 * np.sign(v - g ** 2)
+        w = w - 0.1 * m / (np.sqrt(v) + 1e-3)
+    np.testing.assert_allclose(var.numpy(), w, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, kwargs, kind", [
+    ("sgd", {"momentum": 0.9}, keras.optimizers.SGD), ("adam", {}, keras.optimizers.Adam),
+    ("adagrad", {}, keras.optimizers.Adagrad), ("yogi", {}, Yogi)])
+def test_server_optimizers(name, kwargs, kind):
+    opt = make_server_optimizer(name, 0.5, **kwargs)
+    assert isinstance(opt, kind)
+    if name == "sgd":
+        var = tf.Variable([0.0])
+        for _ in range(2):
+            opt.apply_gradients([(tf.constant([1.0]), var)])
+        np.testing.assert_allclose(var.numpy(), [-0.5 - 0.5 * 1.9])  # FedAvgM: v = 0.9v + g
+
+
+def test_client_sampling_is_seeded_and_sized():
+    def sampled(seed, rounds=3):
+        fed = Federation(FederationConfig(rounds=rounds, units=2, client_fraction=0.1,
+                                          min_clients=3, sampling_seed=seed,
+                                          server_optimizer="sgd"), tiny_model(), [5] * 20)
+        return [sorted(fed._sample(r).tolist()) for r in range(1, rounds + 1)]
+
+    first = sampled(7)
+    assert first == sampled(7) and first != sampled(8)
+    assert all(len(s) == 3 for s in first)  # max(min_clients, round(0.1 * 20))
+    assert len({tuple(s) for s in first}) > 1
+    fed = Federation(FederationConfig(units=2, client_fraction=0.25, server_optimizer="sgd"),
+                     tiny_model(), [5] * 20)
+    wid, _ = fed.join("w", "cpu")
+    units = [fed.assignment(wid, 0).client_ids for _ in range(2)]
+    assert sorted(units[0] + units[1]) == sorted(fed._sample(1).tolist()) and len(units[0]) == 3
+
+
+def test_fedavg_learns_on_a_slice_of_mnist():
+    import functools
+
+    from fedstream.coordinator.evaluate import evaluate
+    from fedstream.coordinator.models import build_model
+    from fedstream.datapool.mnist import load_mnist
+    from fedstream.datapool.store import ClientStore
+    from fedstream.worker.loop import WorkerLoop
+    m = load_mnist()
+    store = ClientStore(m.x_train[:3000], m.y_train[:3000], m.x_test[:1000], m.y_test[:1000],
+                        partitioner="iid", n_clients=10, seed=1, dataset="mnist", num_classes=10)
+    config = FederationConfig(rounds=5, units=2, update="delta", local_epochs=1,
+                              local_batch_size=10, client_lr=0.1, client_fraction=0.5,
+                              server_optimizer="sgd", server_lr=1.0, weighting="examples",
+                              normalize=True, eval_every=5, model="2nn")
+    evaluator = functools.partial(evaluate, x=store.x_test, y=store.y_test,
+                                  loss="categorical_crossentropy", num_classes=10,
+                                  input_divisor=255.0)
+    rows = []
+    fed = Federation(config, build_model("2nn", 0), store.summary.client_sizes,
+                     evaluator=evaluator, on_metrics=rows.append)
+    WorkerLoop(fed, store, name="fedavg", device="/CPU:0", prefetch=False).run()
+    assert [r["clients"] for r in rows] == [5] * 5
+    assert rows[-1]["test_acc"] > 0.8, rows[-1]
