@@ -15,6 +15,8 @@ MODELS = ("reference", "2nn", "cnn")  # or package.module:function
 AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # fedstream.coordinator.aggregate
 SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")  # fedstream.coordinator.optimizers
 UPDATES = ("gradient", "delta")
+MODES = ("sync", "fedbuff", "fedasync")
+STALENESS = ("constant", "polynomial", "hinge")
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,14 @@ class FederationConfig:
     trim_fraction: float = 0.1  # trimmed_mean: share of values dropped at each end
     krum_byzantine: int = 1  # krum: the number f of faulty clients tolerated
     krum_select: int = 1  # krum: average this many best-scored updates (Multi-Krum when > 1)
+    mode: str = "sync"  # sync rounds, or asynchronous: fedbuff (buffered) or fedasync (mixing)
+    clients_per_unit: int = 10  # async: clients in each piece of work handed out
+    buffer_size: int = 4  # fedbuff: updates buffered per server step (K)
+    max_staleness: int = 8  # async: updates older than this many versions are refused
+    staleness: str = "polynomial"  # async down-weighting: constant, polynomial, hinge
+    staleness_a: float = 0.5  # polynomial: (1 + s)^-a (0.5: FedBuff's 1/sqrt(1+s)); hinge: slope
+    staleness_b: float = 4.0  # hinge: staleness up to which updates keep full weight
+    async_alpha: float = 0.6  # fedasync: mixing weight of a fresh update
     round_deadline_s: float = 0.0  # after this long a round closes with the units in (0: never)
     quorum: int = 0  # units a round needs to close at its deadline (0: all of them)
     model: str = "reference"  # model from the zoo
@@ -83,6 +93,15 @@ class FederationConfig:
                             "(0: full batch) and client_lr > 0")
         if self.prox_mu < 0 or self.min_clients < 1:
             problems.append("prox_mu must be >= 0 and min_clients >= 1")
+        if self.mode not in MODES or self.staleness not in STALENESS:
+            problems.append(f"mode={self.mode!r} / staleness={self.staleness!r}: choose a mode "
+                            f"of {', '.join(MODES)} and a staleness of {', '.join(STALENESS)}")
+        if self.mode != "sync" and (self.buffer_size < 1 or self.clients_per_unit < 1
+                                    or self.max_staleness < 0 or not 0 < self.async_alpha <= 1):
+            problems.append("async needs buffer_size >= 1, clients_per_unit >= 1, "
+                            "max_staleness >= 0 and 0 < async_alpha <= 1")
+        if self.mode != "sync" and self.aggregator != "mean":
+            problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
         if not 0 <= self.quorum <= self.units:
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
                             f"units={self.units}")
@@ -132,6 +151,19 @@ def add_federation_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--trim-fraction", type=float, default=d.trim_fraction)
     g.add_argument("--krum-byzantine", type=int, default=d.krum_byzantine)
     g.add_argument("--krum-select", type=int, default=d.krum_select)
+    g.add_argument("--mode", choices=MODES, default=d.mode,
+                   help="sync rounds, or asynchronous: fedbuff or fedasync (no round barrier)")
+    g.add_argument("--clients-per-unit", type=int, default=d.clients_per_unit,
+                   help="async: clients in each piece of work")
+    g.add_argument("--buffer-size", type=int, default=d.buffer_size,
+                   help="fedbuff: updates per server step (K)")
+    g.add_argument("--max-staleness", type=int, default=d.max_staleness,
+                   help="async: refuse updates computed more versions ago than this")
+    g.add_argument("--staleness", choices=STALENESS, default=d.staleness)
+    g.add_argument("--staleness-a", type=float, default=d.staleness_a)
+    g.add_argument("--staleness-b", type=float, default=d.staleness_b)
+    g.add_argument("--async-alpha", type=float, default=d.async_alpha,
+                   help="fedasync: mixing weight of a fresh update")
     g.add_argument("--round-deadline-s", type=float, default=d.round_deadline_s,
                    help="close a round this long after it opened with the units received, "
                         "if at least --quorum (0: wait for every unit)")

@@ -67,6 +67,9 @@ class _Unit:
     lease_deadline: float = 0.0
     partial: tuple[list[np.ndarray], float] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
+    base_version: int = 0  # async: the version the unit was handed out at
+    pushed_base: int = 0  # async: the version its update says it was computed from
+    staleness: int = 0  # async: versions between that and the one it was applied to
 
 
 def rounds_per_pass(client_sizes: Sequence[int], batch_size: int) -> int:
@@ -266,11 +269,15 @@ class Federation:
                     unit.lease_deadline = self._clock() + self.config.lease_s
                     return Assignment(Action.TRAIN, round=self.round, version=self.version,
                                       unit=unit.index, client_ids=unit.client_ids,
-                                      step=self.round - 1)
+                                      step=self._step_of(unit))
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return Assignment(Action.WAIT, round=self.round, version=self.version)
                 self._cond.wait(min(remaining, self.config.lease_s))
+
+    def _step_of(self, unit: _Unit) -> int:
+        """Which batch of its clients a unit computes: this round's."""
+        return self.round - 1
 
     def _free_unit(self, worker_id: str) -> _Unit | None:
         """A unit nobody holds (or whose lease expired), preferring the one this worker
@@ -365,9 +372,13 @@ class Federation:
             unit.partial = ([np.asarray(a) for a in arrays], float(meta.weight))
             unit.metrics = {**meta.metrics, "weight": float(meta.weight)}
             self._workers[meta.worker_id].accepted += 1
-            if self._round_complete():
-                self._close_round()
+            self._received(unit)
             return PushResult(True, False, self.round, self.version)
+
+    def _received(self, unit: _Unit) -> None:
+        """A unit's update is stored: close the round if it was the last one needed."""
+        if self._round_complete():
+            self._close_round()
 
     def _round_complete(self) -> bool:
         """Every unit is in, or the deadline passed with a quorum of them."""
@@ -413,6 +424,12 @@ class Federation:
         self.version += 1
         self._snapshot()
         t2 = time.perf_counter()
+        self._finish_update(received, {"stragglers": stragglers, "aggregate_s": t1 - t0,
+                                       "apply_s": t2 - t1})
+
+    def _finish_update(self, received: Sequence[_Unit], extra: dict) -> None:
+        """After the model moved to a new version: metrics, evaluation, checkpoint, and the
+        next round (or the end)."""
         now = self._clock()
         round_s = now - self._round_started
         metrics = {
@@ -420,9 +437,7 @@ class Federation:
             "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
             "elapsed_s": now - self._started,
             "clients": sum(len(u.client_ids) for u in received),
-            "stragglers": stragglers,
-            **unit_metrics([u.metrics for u in received]),
-            "aggregate_s": t1 - t0, "apply_s": t2 - t1,
+            **unit_metrics([u.metrics for u in received]), **extra,
             **{k: self._counts[k] for k in ("updates_accepted", "updates_duplicate",
                                             "updates_rejected", "leases_expired")},
         }

@@ -18,6 +18,7 @@ from fedstream.common.grpc_server import bound_address, create_server, publish_a
 from fedstream.common.learning import configure_threads
 from fedstream.common.logs import log_config
 from fedstream.common.protocol import DatasetSummary
+from fedstream.coordinator.asynchronous import AsyncFederation
 from fedstream.coordinator.config import CoordinatorConfig, FederationConfig
 from fedstream.coordinator.evaluate import evaluate
 from fedstream.coordinator.federation import Federation
@@ -41,7 +42,8 @@ def create_federation(config: FederationConfig, summary: DatasetSummary,
     evaluator = functools.partial(evaluate, x=test_set[0], y=test_set[1], loss=loss,
                                   num_classes=summary.num_classes,
                                   input_divisor=config.input_divisor)
-    return Federation(config, model, summary.client_sizes, loss=loss,
+    kind = Federation if config.mode == "sync" else AsyncFederation
+    return kind(config, model, summary.client_sizes, loss=loss,
                       num_classes=summary.num_classes, evaluator=evaluator,
                       on_metrics=on_metrics, checkpoint_dir=checkpoint_dir)
 
