@@ -107,3 +107,10 @@ def test_fedbuff_trains_a_model_with_the_worker_loop():
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
     assert fed.phase == "done" and fed.version == 4 and len(rows) == 3
     assert all(r["updates_accepted"] == 2 for r in rows)
+
+
+def test_the_coordinators_deadline_tick_is_harmless_without_rounds():
+    fed, rows = make(buffer_size=2)
+    wid, _ = fed.join("w", "cpu")
+    push(fed, wid, fed.assignment(wid, 0), 1.0)
+    assert not fed.check_deadline() and fed.version == 1 and rows == []

@@ -201,3 +201,19 @@ def test_status_command_prints_the_coordinators_state(coordinator, capsys):
     assert main(["status", client.address]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["phase"] == "training" and status["workers"][0]["worker_name"] == "w"
+
+
+def test_evaluation_on_demand(serve):
+    federation = Federation(FederationConfig(units=1), tiny_model(), [4],
+                            evaluator=lambda m: {"test_acc": 0.5, "test_loss": 2.0})
+    server = serve(lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(federation), s), [SERVICE_NAME])
+    client = CoordinatorClient(f"127.0.0.1:{server.port}")
+    assert client.evaluate() == (1, {"test_acc": 0.5, "test_loss": 2.0})
+    client.close()
+
+
+def test_evaluation_without_a_test_set_is_failed_precondition(coordinator):
+    _, client, _ = coordinator
+    with pytest.raises(FailedPrecondition, match="without a test set"):
+        client.evaluate()

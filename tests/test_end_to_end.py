@@ -152,3 +152,16 @@ def test_fedavg_distributed_equals_simulate(tmp_path):
         assert distributed[name].tobytes() == simulated[name].tobytes(), name
     assert [r["clients"] for r in metrics(out)] == [5, 5, 5]
     assert_nothing_left(out)
+
+
+def test_fedbuff_over_the_network_with_a_slow_worker(tmp_path):
+    out = tmp_path / "run"
+    run_ok(fedstream("run", "--out", str(out), "--quiet", "--mode", "fedbuff", "--buffer-size",
+                     "2", "--clients-per-unit", "4", "--update", "delta", "--model", "2nn",
+                     "--normalize", "--server-optimizer", "sgd", "--server-lr", "1",
+                     "--rounds", "6", "--straggler-delay-s", "0.3"))
+    rows = metrics(out)
+    assert [r["round"] for r in rows] == list(range(1, 7))
+    assert all(r["updates_accepted"] == 2 for r in rows)
+    assert "test_acc" in rows[-1]
+    assert_nothing_left(out)

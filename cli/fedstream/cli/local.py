@@ -41,6 +41,7 @@ class LocalRunConfig:
     device: str | None = None  # worker device; None: first GPU, else CPU
     out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
     prometheus_port: int | None = None  # the coordinator's Prometheus port (off: None)
+    straggler_delay_s: float = 0.0  # worker 0 sleeps this long per unit: a slow device
     tls: bool = False  # every link over TLS, with a throwaway CA made in <out>/tls
     mtls: bool = False  # and servers require client certificates
     quiet: bool = False  # print only the final line
@@ -58,6 +59,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prometheus-port", type=int, default=None,
                    help="the coordinator serves Prometheus metrics on this port (default: off)")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--straggler-delay-s", type=float, default=0.0,
+                   help="worker 0 sleeps this long after each unit (a slow device)")
     p.add_argument("--tls", action="store_true",
                    help="every link over TLS, certificates from a throwaway CA in <out>/tls")
     p.add_argument("--mtls", action="store_true", help="--tls, and servers verify clients too")
@@ -71,7 +74,8 @@ def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
         workers=args.workers, worker_threads=args.worker_threads,
         coordinator_threads=args.coordinator_threads, device=args.device,
         out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet,
-        prometheus_port=args.prometheus_port, tls=args.tls or args.mtls, mtls=args.mtls)
+        prometheus_port=args.prometheus_port, tls=args.tls or args.mtls, mtls=args.mtls,
+        straggler_delay_s=args.straggler_delay_s)
 
 
 class Processes:
@@ -251,6 +255,8 @@ def run(config: LocalRunConfig) -> int:
                     "--threads", str(threads), "--name", f"worker-{i}", *client_tls]
             if config.device:
                 argv += ["--device", config.device]
+            if i == 0 and config.straggler_delay_s:
+                argv += ["--delay-s", str(config.straggler_delay_s)]
             procs.start(f"worker-{i}", argv)
         say(f"{config.workers} workers   {threads} TensorFlow thread(s) each; logs in {config.out}")
         while coordinator_proc.poll() is None:

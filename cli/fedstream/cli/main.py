@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 
@@ -138,7 +139,11 @@ def _status(args) -> int:
     from fedstream.common.tls import tls_from_args
     client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args),
                                token=args.auth_token)
-    print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
+    if args.evaluate:
+        version, metrics = client.evaluate()
+        print(json.dumps({"version": version, **metrics}))
+    else:
+        print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
     client.close()
     return 0
 
@@ -202,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_health)
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate the current model on the test set now and print that")
     add_tls_arguments(p)
     add_client_auth_arguments(p)
     p.set_defaults(handler=_status)

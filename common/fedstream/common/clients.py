@@ -98,6 +98,12 @@ class CoordinatorClient:
                          metadata=self._md)
 
     @_domain_errors
+    def evaluate(self) -> tuple[int, dict[str, float]]:
+        reply = self._stub.Evaluate(coordinator_pb2.EvaluateRequest(), timeout=300.0,
+                                    metadata=self._md)
+        return reply.version, dict(reply.metrics)
+
+    @_domain_errors
     def status(self) -> coordinator_pb2.Status:
         return self._stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10.0,
                                     metadata=self._md)

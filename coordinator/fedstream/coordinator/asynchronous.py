@@ -57,6 +57,10 @@ class AsyncFederation(Federation):
         self._round_started = self._clock()
         self._cond.notify_all()
 
+    def check_deadline(self) -> bool:
+        """No rounds to close: server steps happen as updates arrive."""
+        return False
+
     def _step_of(self, unit: _Unit) -> int:
         return unit.index
 

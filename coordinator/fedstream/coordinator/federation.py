@@ -456,6 +456,13 @@ class Federation:
         else:
             self._open_round(self.round + 1)
 
+    def evaluate(self) -> tuple[int, dict[str, float]]:
+        """The current version and its test metrics, on demand."""
+        if self._evaluator is None:
+            raise FailedPrecondition("this coordinator was started without a test set")
+        with self._cond:
+            return self.version, self._evaluator(self.model)
+
     # -- status ----------------------------------------------------------------------------
     def status(self) -> dict:
         with self._cond:

@@ -64,6 +64,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             last_metrics={k: float(v) for k, v in s["last_metrics"].items()})
 
     @handles_errors
+    def Evaluate(self, request, context):
+        version, metrics = self._federation.evaluate()
+        return coordinator_pb2.EvaluateReply(version=version, metrics=metrics)
+
+    @handles_errors
     def Leave(self, request, context):
         self._federation.leave(self._owned(request.worker_id))
         return coordinator_pb2.LeaveReply()

@@ -64,6 +64,11 @@ class CoordinatorStub:
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.LeaveReply.FromString,
                 _registered_method=True)
+        self.Evaluate = channel.unary_unary(
+                '/fedstream.v1.Coordinator/Evaluate',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -123,6 +128,14 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Evaluate(self, request, context):
+        """Evaluate the current model on the test set now.
+        Errors: FAILED_PRECONDITION when the coordinator has no test set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Leave,
                     request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.LeaveRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_coordinator__pb2.LeaveReply.SerializeToString,
+            ),
+            'Evaluate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Evaluate,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -319,6 +337,33 @@ class Coordinator:
             '/fedstream.v1.Coordinator/Leave',
             fedstream_dot_v1_dot_coordinator__pb2.LeaveRequest.SerializeToString,
             fedstream_dot_v1_dot_coordinator__pb2.LeaveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Evaluate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/Evaluate',
+            fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.FromString,
             options,
             channel_credentials,
             insecure,

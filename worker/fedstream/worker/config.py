@@ -21,6 +21,7 @@ class WorkerConfig:
     name: str = f"{socket.gethostname()}-{os.getpid()}"  # shown in the coordinator's logs
     tls: TlsConfig = field(default_factory=TlsConfig)  # dials both services with it
     auth_token: str | None = None  # bearer token presented to both services
+    delay_s: float = 0.0  # sleep this long after each unit: an artificially slow device
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu-memory-mb", type=int, default=0, help="cap GPU memory (0: grow on demand)")
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--name", default=d.name)
+    p.add_argument("--delay-s", type=float, default=0.0,
+                   help="sleep this long after computing each unit (experiments: a slow device)")
     add_tls_arguments(p)
     add_client_auth_arguments(p)
 
@@ -38,4 +41,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> WorkerConfig:
     return WorkerConfig(coordinator=args.coordinator, datapool=args.datapool, device=args.device,
                         gpu_memory_mb=args.gpu_memory_mb, threads=args.threads, name=args.name,
-                        tls=tls_from_args(args), auth_token=args.auth_token)
+                        tls=tls_from_args(args), auth_token=args.auth_token,
+                        delay_s=args.delay_s)

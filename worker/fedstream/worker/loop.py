@@ -52,11 +52,13 @@ class WorkerLoop:
     restarted) is joined again."""
 
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
-                 wait_s: float = 10.0, prefetch: bool = True, retry_s: float = 300.0):
+                 wait_s: float = 10.0, prefetch: bool = True, retry_s: float = 300.0,
+                 delay_s: float = 0.0):
         self._coordinator = coordinator
         self._data = data
         self._wait_s = wait_s
         self._retry_s = retry_s
+        self._delay_s = delay_s
         self._name, self._device = name, device
         self.worker_id, self.task = self._retrying(lambda: coordinator.join(name, device), "join")
         self.computer = make_computer(self.task, device)
@@ -122,6 +124,8 @@ class WorkerLoop:
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
         update = self.computer.compute(batches, a.round)
+        if self._delay_s:
+            time.sleep(self._delay_s)
         t3 = time.perf_counter()
         meta = UpdateMeta(
             worker_id=self.worker_id, round=a.round, base_version=self.version, unit=a.unit,

@@ -35,7 +35,8 @@ def run(config: WorkerConfig) -> None:
     data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
                           token=config.auth_token)
     try:
-        WorkerLoop(coordinator, data, name=config.name, device=device).run()
+        WorkerLoop(coordinator, data, name=config.name, device=device,
+                   delay_s=config.delay_s).run()
     except Shutdown as e:
         log.info("received %s: left the federation", e)
     finally:
