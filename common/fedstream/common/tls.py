@@ -30,10 +30,6 @@ class TlsConfig:
         if self.mutual and not (self.ca and self.cert):
             raise ValueError("--mtls needs --tls-ca (to verify clients) and --tls-cert/--tls-key")
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.ca or self.cert)
-
     def server_credentials(self) -> grpc.ServerCredentials | None:
         if not self.cert:
             return None

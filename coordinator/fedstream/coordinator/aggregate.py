@@ -12,7 +12,6 @@ from typing import Sequence
 import numpy as np
 
 Update = Sequence[np.ndarray]
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")
 
 
 def weighted_mean_of_sums(partials: Sequence[tuple[Update, float]]) -> list[np.ndarray]:

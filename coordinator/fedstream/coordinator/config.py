@@ -12,8 +12,8 @@ from fedstream.common.protocol import Weighting
 from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
 
 MODELS = ("reference", "2nn", "cnn")  # or package.module:function
-AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # fedstream.coordinator.aggregate
-SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")  # fedstream.coordinator.optimizers
+AGGREGATORS = ("mean", "median", "trimmed_mean", "krum")  # see fedstream.coordinator.aggregate
+SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")  # see fedstream.coordinator.optimizers
 UPDATES = ("gradient", "delta")
 MODES = ("sync", "fedbuff", "fedasync")
 STALENESS = ("constant", "polynomial", "hinge")

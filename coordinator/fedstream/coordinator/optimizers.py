@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-SERVER_OPTIMIZERS = ("sgd", "adam", "adagrad", "yogi")
+from fedstream.coordinator.config import SERVER_OPTIMIZERS
 
 
 class Yogi(keras.optimizers.Optimizer):
