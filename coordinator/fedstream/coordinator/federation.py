@@ -121,7 +121,7 @@ class Federation:
             batch_size=max(client_sizes) if delta else config.batch_size,
             dropout=config.dropout,
             input_divisor=config.input_divisor,
-            update_specs=tuple(spec_of(v.path, np.zeros(v.shape, np.float32))
+            update_specs=tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
                                for v in self._trainable),
             rounds=config.rounds, per_client=config.aggregator != "mean",
             local=LocalTraining(epochs=config.local_epochs, batch_size=config.local_batch_size,
