@@ -101,17 +101,20 @@ def test_worker_count_changes_weights_only_within_float_tolerance(tmp_path):
     assert 0 < worst <= 0.1 * lr * rounds
 
 
-def test_ctrl_c_stops_every_process(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_every_process(tmp_path, signum):
     out = tmp_path / "run"
+    # started with SIGINT ignored, as a background job of a non-interactive shell would be
     proc = subprocess.Popen(fedstream("run", "--out", str(out), "--rounds", "100000",
                                       "--eval-every", "1000"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     deadline = time.monotonic() + 180
     while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").stat().st_size:
         assert time.monotonic() < deadline, "no round finished within 180 s"
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr
     assert "stopping every process" in stderr

@@ -212,7 +212,16 @@ class ProgressDisplay:
             self._bar.stop()
 
 
+def _interrupt(signum, _frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run(config: LocalRunConfig) -> int:
+    # Ctrl-C and SIGTERM both stop every child. Set explicitly: a process started in the
+    # background by a non-interactive shell inherits SIGINT ignored, and the children run in
+    # their own sessions, so without this they would outlive the launcher.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     os.makedirs(config.out, exist_ok=True)
     for stale in ("datapool.addr", "coordinator.addr", "metrics.jsonl", "summary.json"):
         # a reused run folder must not hand out a dead address or mix two runs' metrics
