@@ -27,12 +27,24 @@ def undisturbed(tmp_path_factory) -> Path:
     return path
 
 
+def federation_args(tmp_path: Path, pool: str, *extra: str) -> list[str]:
+    """Coordinator flags of every fault run: 2 units, ROUNDS rounds, metrics and weights."""
+    return ["--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS), "--metrics",
+            str(tmp_path / "metrics.jsonl"), "--save-weights", str(tmp_path / "weights.npz"),
+            *extra]
+
+
+def assert_each_round_counted_once(metrics: Path) -> None:
+    history = rows(metrics)
+    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
+    assert all(r["updates_accepted"] == 2 for r in history)  # every unit counted exactly once
+
+
 def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed):
     datapool, pool = start_service(tmp_path, "datapool")
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
-    coordinator, address = start_service(
-        tmp_path, "coordinator", "--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS),
-        "--lease-s", "2", "--metrics", str(metrics), "--save-weights", str(weights))
+    coordinator, address = start_service(tmp_path, "coordinator",
+                                         *federation_args(tmp_path, pool, "--lease-s", "2"))
     survivor = start_worker(tmp_path, address, pool, "survivor")
     victim = start_worker(tmp_path, address, pool, "victim")
     try:
@@ -42,9 +54,7 @@ def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed
         assert survivor.wait(timeout=60) == 0
     finally:
         stop(victim, survivor, coordinator, datapool)
-    history = rows(metrics)
-    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
-    assert all(r["updates_accepted"] == 2 for r in history)  # every unit counted exactly once
+    assert_each_round_counted_once(metrics)
     done = re.search(r"stopped after (\d+) units", (tmp_path / "survivor.log").read_text())
     assert int(done.group(1)) > ROUNDS  # it took over the victim's unit
     assert_same_weights(weights, undisturbed)
@@ -54,9 +64,8 @@ def test_a_restarted_data_pool_is_retried_transparently(tmp_path, undisturbed):
     port = free_port()
     datapool, pool = start_service(tmp_path, "datapool", listen=f"127.0.0.1:{port}")
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
-    coordinator, address = start_service(
-        tmp_path, "coordinator", "--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS),
-        "--metrics", str(metrics), "--save-weights", str(weights))
+    coordinator, address = start_service(tmp_path, "coordinator",
+                                         *federation_args(tmp_path, pool))
     workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
     restarted = None
     try:
@@ -70,9 +79,7 @@ def test_a_restarted_data_pool_is_retried_transparently(tmp_path, undisturbed):
         assert all(w.wait(timeout=60) == 0 for w in workers)
     finally:
         stop(*workers, coordinator, datapool, *([restarted] if restarted else []))
-    history = rows(metrics)
-    assert [r["round"] for r in history] == list(range(1, ROUNDS + 1))
-    assert all(r["updates_accepted"] == 2 for r in history)
+    assert_each_round_counted_once(metrics)
     assert_same_weights(weights, undisturbed)
     assert "retrying" in "".join((tmp_path / f"worker-{i}.log").read_text() for i in range(2))
 
@@ -81,9 +88,7 @@ def test_a_restarted_coordinator_resumes_from_its_checkpoint(tmp_path, undisturb
     datapool, pool = start_service(tmp_path, "datapool")
     port = free_port()
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
-    args = ["--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS), "--metrics",
-            str(metrics), "--save-weights", str(weights), "--checkpoint-dir",
-            str(tmp_path / "ckpt")]
+    args = federation_args(tmp_path, pool, "--checkpoint-dir", str(tmp_path / "ckpt"))
     coordinator, address = start_service(tmp_path, "coordinator", *args,
                                          listen=f"127.0.0.1:{port}")
     workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
