@@ -18,26 +18,40 @@ class CountingStore:
     def __init__(self, store):
         self.store = store
         self.calls = []
+        self.threads = []  # which thread asked: "prefetch..." for a background guess
         self.lock = threading.Lock()
 
     def batches(self, client_ids, step, batch_size):
         with self.lock:
             self.calls.append((tuple(client_ids), step))
+            self.threads.append(threading.current_thread().name)
         return self.store.batches(client_ids, step, batch_size)
 
 
-def test_prefetched_batches_are_used_and_equal_a_direct_fetch():
+def test_repeating_clients_are_prefetched_and_equal_a_direct_fetch():
     store = synthetic_store()
     counting = CountingStore(store)
     prefetcher = BatchPrefetcher(counting)
-    prefetcher.prefetch((1, 2), 3, 8)
-    got = prefetcher.get((1, 2), 3, 8)
-    assert counting.calls == [((1, 2), 3)]
-    for g, w in zip(got, store.batches([1, 2], 3, 8)):
-        np.testing.assert_array_equal(g.x, w.x)
-    prefetcher.get((1, 2), 4, 8)  # not prefetched: fetched directly
-    assert counting.calls[-1] == ((1, 2), 4)
+    prefetcher.get((1, 2), 3, 8)
+    prefetcher.get((1, 2), 4, 8)  # the clients repeat: step 5 is fetched in the background
+    got = prefetcher.get((1, 2), 5, 8)
     prefetcher.close()
+    # step 5 was fetched once, in the background; close() may cancel the guess of step 6
+    assert counting.calls[:3] == [((1, 2), 3), ((1, 2), 4), ((1, 2), 5)]
+    assert counting.calls[3:] in ([], [((1, 2), 6)])
+    assert [t.startswith("prefetch") for t in counting.threads[:3]] == [False, False, True]
+    for g, w in zip(got, store.batches([1, 2], 5, 8)):
+        np.testing.assert_array_equal(g.x, w.x)
+
+
+def test_changing_clients_are_fetched_on_demand_only():
+    counting = CountingStore(synthetic_store())
+    prefetcher = BatchPrefetcher(counting)
+    for clients in [(1, 2), (3, 4), (3, 5), (6, 7)]:
+        prefetcher.get(clients, 0, 8)
+    prefetcher.close()
+    assert counting.calls == [((1, 2), 0), ((3, 4), 0), ((3, 5), 0), ((6, 7), 0)]
+    assert not any(t.startswith("prefetch") for t in counting.threads)
 
 
 def test_loop_trains_to_stop_and_every_unit_is_pushed_once():

@@ -20,15 +20,27 @@ log = logging.getLogger(__name__)
 
 class BatchPrefetcher:
     """Fetches the batches a worker will most likely need next (its unit's clients, next
-    step) while it computes, so the data pool's latency hides behind the device call."""
+    step) while it computes, so the data pool's latency hides behind the device call.
+
+    It guesses only while units repeat their clients (the sticky units of FedSGD). Sampled
+    clients and asynchronous units change every time: there a guess would be a wasted fetch,
+    so after one unit with new clients it fetches on demand until the clients repeat."""
 
     def __init__(self, data: DataPort):
         self._data = data
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch")
         self._key: tuple | None = None
         self._future: Future | None = None
+        self._previous_ids: tuple[int, ...] | None = None
 
     def get(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> list[Batch]:
+        batches = self._fetch(client_ids, step, batch_size)
+        if client_ids == self._previous_ids:
+            self._prefetch(client_ids, step + 1, batch_size)
+        self._previous_ids = client_ids
+        return batches
+
+    def _fetch(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> list[Batch]:
         key = (client_ids, step, batch_size)
         if self._future is not None and self._key == key:
             future, self._future = self._future, None
@@ -38,7 +50,7 @@ class BatchPrefetcher:
                 log.info("prefetch failed (%s); fetching again", e)
         return self._data.batches(client_ids, step, batch_size)
 
-    def prefetch(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> None:
+    def _prefetch(self, client_ids: tuple[int, ...], step: int, batch_size: int) -> None:
         self._key = (client_ids, step, batch_size)
         self._future = self._pool.submit(self._data.batches, client_ids, step, batch_size)
 
@@ -92,9 +104,7 @@ class WorkerLoop:
         bs = self.task.batch_size
         if self._prefetcher is None:
             return self._retrying(lambda: self._data.batches(client_ids, step, bs), "batches")
-        batches = self._retrying(lambda: self._prefetcher.get(client_ids, step, bs), "batches")
-        self._prefetcher.prefetch(client_ids, step + 1, bs)
-        return batches
+        return self._retrying(lambda: self._prefetcher.get(client_ids, step, bs), "batches")
 
     def step(self) -> bool:
         """Handle one assignment; False once the coordinator says STOP."""
