@@ -72,3 +72,6 @@ def test_plot_writes_a_png_comparing_runs(tmp_path):
                str(tmp_path / "runs.png"))
     data = (tmp_path / "runs.png").read_bytes()
     assert out.endswith("runs.png") and data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    zoomed = plot([str(tmp_path / "a" / "metrics.jsonl")], str(tmp_path / "zoomed.png"),
+                  log_x=True, acc_from=0.4)
+    assert (tmp_path / "zoomed.png").read_bytes() != data and zoomed.endswith("zoomed.png")

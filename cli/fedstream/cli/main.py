@@ -75,7 +75,7 @@ def _fetch_mnist(args) -> int:
 
 def _plot(args) -> int:
     from fedstream.cli.plot import plot
-    print(f"wrote {plot(args.metrics, args.output)}")
+    print(f"wrote {plot(args.metrics, args.output, log_x=args.log_x, acc_from=args.acc_from)}")
     return 0
 
 

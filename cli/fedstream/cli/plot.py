@@ -17,6 +17,10 @@ PANELS = [("test_acc", "round", "test accuracy"), ("test_acc", "elapsed_s", "tes
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("metrics", nargs="+", help="metrics.jsonl files written by run/simulate")
     p.add_argument("-o", "--output", default="metrics.png", help="PNG to write")
+    p.add_argument("--log-x", action="store_true",
+                   help="logarithmic round and time axes (runs of 20 and 1500 rounds together)")
+    p.add_argument("--acc-from", type=float, default=None,
+                   help="lowest test accuracy shown, to see the last percent (e.g. 0.9)")
 
 
 def read_rows(path: str) -> list[dict]:
@@ -29,7 +33,8 @@ def label_of(path: str) -> str:
     return p.parent.name if p.name == "metrics.jsonl" else p.stem
 
 
-def plot(paths: list[str], output: str) -> str:
+def plot(paths: list[str], output: str, *, log_x: bool = False,
+         acc_from: float | None = None) -> str:
     try:
         import matplotlib
     except ImportError as e:
@@ -47,6 +52,10 @@ def plot(paths: list[str], output: str) -> str:
                 ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label_of(path))
             ax.set_xlabel("wall time (s)" if x == "elapsed_s" else "round")
             ax.set_ylabel(ylabel)
+            if log_x:
+                ax.set_xscale("log")
+            if y == "test_acc" and acc_from is not None:
+                ax.set_ylim(acc_from, 1.0)
             ax.grid(alpha=0.3)
     axes[0, 0].legend()
     fig.tight_layout()
