@@ -19,23 +19,17 @@ import tomllib
 HERE = Path(__file__).resolve().parent
 
 
-def run(name: str) -> dict:
-    config_path = HERE / "configs" / f"{name}.toml"
-    spec = tomllib.loads(config_path.read_text())
+def load(name: str) -> tuple[dict, str]:
+    """An experiment's [experiment] table and the rest of its file as fedstream flags."""
+    spec = tomllib.loads((HERE / "configs" / f"{name}.toml").read_text())
     experiment = spec.pop("experiment", {})
-    command = experiment.get("command", "simulate")
-    out = HERE / "results" / name
-    out.mkdir(parents=True, exist_ok=True)
-    metrics = out / "metrics.jsonl"
-    metrics.unlink(missing_ok=True)
-    flags = out / "flags.toml"  # the file without its [experiment] table: fedstream's flags only
-    flags.write_text("".join(f"{key} = {json.dumps(value)}\n" for table in spec.values()
-                             for key, value in table.items()))
-    argv = [sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", command,
-            "--config", str(flags)]
-    argv += ["--out", str(out), "--quiet"] if command == "run" else ["--metrics", str(metrics)]
-    subprocess.run(argv, check=True)
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    flags = "".join(f"{key} = {json.dumps(value)}\n" for table in spec.values()
+                    for key, value in table.items())
+    return experiment, flags
+
+
+def summarize(name: str, experiment: dict, rows: list[dict]) -> dict:
+    """What summary.json records of one run, from its per-round metrics."""
     target = experiment.get("target", 1.0)
     reached = next((r for r in rows if r.get("test_acc", 0) >= target), None)
     evaluated = [r for r in rows if "test_acc" in r]
@@ -45,6 +39,26 @@ def run(name: str) -> dict:
             "rounds_run": rows[-1]["round"], "final_test_acc": evaluated[-1]["test_acc"],
             "best_test_acc": max(r["test_acc"] for r in evaluated),
             "wall_s": rows[-1]["elapsed_s"]}
+
+
+def run(name: str) -> dict:
+    experiment, flags_text = load(name)
+    command = experiment.get("command", "simulate")
+    out = HERE / "results" / name
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    metrics.unlink(missing_ok=True)
+    flags = out / "flags.toml"  # the file without its [experiment] table: fedstream's flags only
+    flags.write_text(flags_text)
+    argv = [sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", command,
+            "--config", str(flags)]
+    argv += ["--out", str(out), "--quiet"] if command == "run" else ["--metrics", str(metrics)]
+    subprocess.run(argv, check=True)
+    return summarize(name, experiment, read_metrics(metrics))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def main() -> None:

@@ -1,0 +1,41 @@
+"""The committed experiments: every file is a valid run of its command, and every figure in
+summary.json is what its committed metrics say."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from fedstream.cli import local, simulate
+from fedstream.cli.main import parse
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+_spec = importlib.util.spec_from_file_location("experiments_run", EXPERIMENTS / "run.py")
+runner = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(runner)
+
+NAMES = sorted(p.stem for p in (EXPERIMENTS / "configs").glob("*.toml"))
+SUMMARY = runner.json.loads((EXPERIMENTS / "results" / "summary.json").read_text())
+CONFIG_OF = {"simulate": simulate.config_from_args, "run": local.config_from_args}
+
+
+def test_there_are_experiments():
+    assert len(NAMES) >= 10
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_experiment_file_is_a_valid_run(name, tmp_path):
+    experiment, flags = runner.load(name)
+    assert experiment["description"] and 0 < experiment["target"] <= 1
+    command = experiment.get("command", "simulate")
+    path = tmp_path / "flags.toml"
+    path.write_text(flags)
+    config = CONFIG_OF[command](parse([command, "--config", str(path)]))
+    assert config.federation.rounds >= 1
+
+
+@pytest.mark.parametrize("name", sorted(SUMMARY))
+def test_summary_is_what_the_metrics_say(name):
+    experiment, _ = runner.load(name)
+    rows = runner.read_metrics(EXPERIMENTS / "results" / name / "metrics.jsonl")
+    assert SUMMARY[name] == runner.summarize(name, experiment, rows)
