@@ -1,4 +1,5 @@
-"""Run experiment files and collect their results: `python experiments/run.py NAME...`.
+"""Run experiment files and collect their results: `python experiments/run.py NAME...`;
+`python experiments/run.py --table` prints the summary as the README's Markdown table.
 
 Each `experiments/configs/NAME.toml` is an experiment file for `fedstream simulate` (or for
 `fedstream run` when it sets `command = "run"`). Metrics go to experiments/results/NAME/, and
@@ -61,16 +62,37 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def _order(name: str) -> tuple:
+    """2NN before CNN, IID before shards, FedSGD first; the straggler pair last."""
+    algorithm, model, partition = (name.split("_") + ["", ""])[:3]
+    return ("straggler" in name, model, partition, algorithm != "fedsgd", name)
+
+
+def table(summary: dict) -> str:
+    lines = ["| experiment | target | rounds to target | seconds to target | rounds run "
+             "| best test accuracy |", "|---|---|---|---|---|---|"]
+    for name in sorted(summary, key=_order):
+        r = summary[name]
+        rounds = "not reached" if r["rounds_to_target"] is None else r["rounds_to_target"]
+        seconds = "-" if r["seconds_to_target"] is None else f"{r['seconds_to_target']:.1f}"
+        lines.append(f"| `{name}`: {r['description']} | {r['target']:.0%} | {rounds} "
+                     f"| {seconds} | {r['rounds_run']} | {r['best_test_acc']:.2%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("names", nargs="+")
-    names = p.parse_args().names
+    p.add_argument("names", nargs="*")
+    p.add_argument("--table", action="store_true", help="print the summary as Markdown")
+    args = p.parse_args()
     summary_path = HERE / "results" / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    for name in names:
+    for name in args.names:
         summary[name] = run(name)
         print(json.dumps(summary[name]))
         summary_path.write_text(json.dumps(summary, indent=1, sort_keys=True))
+    if args.table:
+        print(table(summary))
 
 
 if __name__ == "__main__":

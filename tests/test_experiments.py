@@ -39,3 +39,8 @@ def test_summary_is_what_the_metrics_say(name):
     experiment, _ = runner.load(name)
     rows = runner.read_metrics(EXPERIMENTS / "results" / name / "metrics.jsonl")
     assert SUMMARY[name] == runner.summarize(name, experiment, rows)
+
+
+def test_readme_table_is_the_summary():
+    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    assert runner.table(SUMMARY) in readme
