@@ -114,3 +114,19 @@ def test_the_coordinators_deadline_tick_is_harmless_without_rounds():
     wid, _ = fed.join("w", "cpu")
     push(fed, wid, fed.assignment(wid, 0), 1.0)
     assert not fed.check_deadline() and fed.version == 1 and rows == []
+
+
+def test_a_restarted_coordinator_goes_on_numbering_units(tmp_path):
+    config = FederationConfig(mode="fedbuff", rounds=10, server_optimizer="sgd", server_lr=1.0,
+                              clients_per_unit=2, buffer_size=2)
+    fed = AsyncFederation(config, tiny_model(), [8] * 6, checkpoint_dir=str(tmp_path))
+    wid, _ = fed.join("w", "cpu")
+    work = [fed.assignment(wid, 0) for _ in range(3)]
+    push(fed, wid, work[0], 1.0)
+    push(fed, wid, work[1], 1.0)  # one server step: checkpointed with units 0-2 handed out
+    assert fed.version == 2
+    again = AsyncFederation(config, tiny_model(seed=5), [8] * 6, checkpoint_dir=str(tmp_path))
+    wid, _ = again.join("w", "cpu")
+    assert again.version == 2 and again.assignment(wid, 0).unit == 3
+    with pytest.raises(FailedPrecondition, match="unit 2 is not outstanding"):
+        push(again, wid, work[2], 1.0)  # handed out before the restart: dropped, not applied

@@ -37,18 +37,26 @@ def staleness_weight(kind: str, staleness: int, a: float, b: float) -> float:
 
 class AsyncFederation(Federation):
     def __init__(self, *args, **kwargs):
+        self._outstanding: dict[int, _Unit] = {}
+        self._next_unit = 0  # set before the base class resumes a checkpoint, which restores it
+        self._buffer: list[tuple[_Unit, float]] = []
         super().__init__(*args, **kwargs)
         if self.config.mode == "fedasync" and self.task.update_kind is not UpdateKind.MODEL_DELTA:
             raise ValueError("fedasync mixes client models: use --update delta")
-        self._outstanding: dict[int, _Unit] = {}
-        self._next_unit = 0
-        self._buffer: list[tuple[_Unit, float]] = []
         self._history: deque = deque(maxlen=self.config.max_staleness + 1)
         self._remember_version()
 
     def _remember_version(self) -> None:
         if self.config.mode == "fedasync":
             self._history.append((self.version, [v.numpy() for v in self._trainable]))
+
+    def _checkpoint_state(self) -> dict:
+        return {"next_unit": self._next_unit}
+
+    def _restore_state(self, state: dict) -> None:
+        """Units go on numbering where they stopped, so a restart samples new clients rather
+        than repeating the first units' (buffered updates are not kept: they are dropped)."""
+        self._next_unit = int(state.get("next_unit", 0))
 
     # -- work ------------------------------------------------------------------------------
     def _open_round(self, number: int) -> None:

@@ -2,7 +2,8 @@
 
 One `checkpoint.npz` per folder, replaced atomically after every round: the model's weights,
 the server optimizer's variables (Adam's step count and moments), and a JSON header with the
-last completed round, the version, the model's Keras JSON and the federation config. Arrays
+last completed round, the version, the model's Keras JSON, the federation config and the mode's
+own counters (asynchronous modes: the next unit number, so sampling goes on). Arrays
 are stored without pickles and loaded with `allow_pickle=False`: never change that.
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,15 @@ class Checkpoint:
     config: dict
     weights: list[np.ndarray]
     optimizer: list[np.ndarray]
+    state: dict = field(default_factory=dict)  # the mode's own JSON-able counters
 
 
 def save(directory: str | Path, ckpt: Checkpoint) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"round": ckpt.round, "version": ckpt.version,
-                         "model_json": ckpt.model_json, "config": ckpt.config})
+                         "model_json": ckpt.model_json, "config": ckpt.config,
+                         "state": ckpt.state})
     arrays = {"header": np.frombuffer(header.encode(), np.uint8)}
     arrays.update({f"weight_{i:04d}": w for i, w in enumerate(ckpt.weights)})
     arrays.update({f"optimizer_{i:04d}": v for i, v in enumerate(ckpt.optimizer)})
@@ -56,4 +59,4 @@ def load(directory: str | Path) -> Checkpoint | None:
         optimizer = [data[k] for k in sorted(k for k in data.files if k.startswith("optimizer_"))]
     return Checkpoint(round=header["round"], version=header["version"],
                       model_json=header["model_json"], config=header["config"],
-                      weights=weights, optimizer=optimizer)
+                      weights=weights, optimizer=optimizer, state=header.get("state", {}))

@@ -163,6 +163,7 @@ class Federation:
         for variable, value in zip(self._optimizer.variables, ckpt.optimizer):
             variable.assign(value)
         self.round, self.version = ckpt.round, ckpt.version
+        self._restore_state(ckpt.state)
         self._snapshot()
         if self.round >= self.config.rounds:
             self.phase = "done"
@@ -184,7 +185,15 @@ class Federation:
             version=self.version, model_json=self.task.model_json,
             config=dataclasses.asdict(self.config),
             weights=[np.asarray(v.numpy()) for v in self.model.weights],
-            optimizer=[np.asarray(v.numpy()) for v in self._optimizer.variables]))
+            optimizer=[np.asarray(v.numpy()) for v in self._optimizer.variables],
+            state=self._checkpoint_state()))
+
+    def _checkpoint_state(self) -> dict:
+        """What a mode keeps beyond weights, optimizer, round and version: none here."""
+        return {}
+
+    def _restore_state(self, state: dict) -> None:
+        """The counterpart of `_checkpoint_state`."""
 
     # -- weights ---------------------------------------------------------------------------
     def _snapshot(self) -> None:
