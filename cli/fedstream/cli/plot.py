@@ -1,6 +1,7 @@
 """`fedstream plot A/metrics.jsonl B/metrics.jsonl -o runs.png`: runs side by side.
 
-Four panels: test accuracy and training loss, each against round and against wall time.
+Four panels: test accuracy and training loss (log scale), each against round and against
+wall time.
 Needs matplotlib (`pip install fedstream[plot]`).
 """
 
@@ -54,6 +55,8 @@ def plot(paths: list[str], output: str, *, log_x: bool = False,
             ax.set_ylabel(ylabel)
             if log_x:
                 ax.set_xscale("log")
+            if y == "train_loss":
+                ax.set_yscale("log")  # losses span decades, and spikes would flatten the rest
             if y == "test_acc" and acc_from is not None:
                 ax.set_ylim(acc_from, 1.0)
             ax.grid(alpha=0.3)
