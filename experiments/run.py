@@ -17,6 +17,8 @@ from pathlib import Path
 
 import tomllib
 
+from fedstream.cli.plot import read_rows
+
 HERE = Path(__file__).resolve().parent
 
 
@@ -55,11 +57,7 @@ def run(name: str) -> dict:
             "--config", str(flags)]
     argv += ["--out", str(out), "--quiet"] if command == "run" else ["--metrics", str(metrics)]
     subprocess.run(argv, check=True)
-    return summarize(name, experiment, read_metrics(metrics))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return summarize(name, experiment, read_rows(str(metrics)))
 
 
 def _order(name: str) -> tuple:

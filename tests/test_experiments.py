@@ -2,12 +2,14 @@
 summary.json is what its committed metrics say."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
 
 from fedstream.cli import local, simulate
 from fedstream.cli.main import parse
+from fedstream.cli.plot import read_rows
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 _spec = importlib.util.spec_from_file_location("experiments_run", EXPERIMENTS / "run.py")
@@ -15,7 +17,7 @@ runner = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(runner)
 
 NAMES = sorted(p.stem for p in (EXPERIMENTS / "configs").glob("*.toml"))
-SUMMARY = runner.json.loads((EXPERIMENTS / "results" / "summary.json").read_text())
+SUMMARY = json.loads((EXPERIMENTS / "results" / "summary.json").read_text())
 CONFIG_OF = {"simulate": simulate.config_from_args, "run": local.config_from_args}
 
 
@@ -37,7 +39,7 @@ def test_experiment_file_is_a_valid_run(name, tmp_path):
 @pytest.mark.parametrize("name", sorted(SUMMARY))
 def test_summary_is_what_the_metrics_say(name):
     experiment, _ = runner.load(name)
-    rows = runner.read_metrics(EXPERIMENTS / "results" / name / "metrics.jsonl")
+    rows = read_rows(str(EXPERIMENTS / "results" / name / "metrics.jsonl"))
     assert SUMMARY[name] == runner.summarize(name, experiment, rows)
 
 
