@@ -21,7 +21,8 @@ import time
 
 import grpc
 
-from fedstream.common.grpc_server import CHANNEL_OPTIONS, create_server, publish_address
+from fedstream.common.clients import CHANNEL_OPTIONS
+from fedstream.common.grpc_server import create_server, publish_address
 from fedstream.common.memory import keep_chunk_buffers_in_heap
 from fedstream.common.tensors import CHUNK_BYTES
 

@@ -14,7 +14,9 @@ from fedstream.common.protocol import Batch, LocalTraining, UpdateKind, Weightin
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.optimizers import Yogi, make_server_optimizer
-from fedstream.worker.compute import GradientComputer, make_computer
+from fedstream.coordinator.units import sample_round
+from fedstream.worker.compute import GradientComputer
+from fedstream.worker.computers import make_computer
 from fedstream.worker.local_training import LocalTrainer
 
 from conftest import tiny_model
@@ -135,7 +137,7 @@ def test_client_sampling_is_seeded_and_sized():
         fed = Federation(FederationConfig(rounds=rounds, units=2, client_fraction=0.1,
                                           min_clients=3, sampling_seed=seed,
                                           server_optimizer="sgd"), tiny_model(), [5] * 20)
-        return [sorted(fed._sample(r).tolist()) for r in range(1, rounds + 1)]
+        return [sorted(sample_round(fed.config, 20, r).tolist()) for r in range(1, rounds + 1)]
 
     first = sampled(7)
     assert first == sampled(7) and first != sampled(8)
@@ -145,7 +147,7 @@ def test_client_sampling_is_seeded_and_sized():
                      tiny_model(), [5] * 20)
     wid, _ = fed.join("w", "cpu")
     units = [fed.assignment(wid, 0).client_ids for _ in range(2)]
-    assert sorted(units[0] + units[1]) == sorted(fed._sample(1).tolist()) and len(units[0]) == 3
+    assert sorted(units[0] + units[1]) == sorted(sample_round(fed.config, 20, 1).tolist()) and len(units[0]) == 3
 
 
 def test_fedavg_learns_on_a_slice_of_mnist():

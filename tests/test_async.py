@@ -9,8 +9,9 @@ import pytest
 
 from fedstream.common.errors import FailedPrecondition
 from fedstream.common.protocol import Action, UpdateMeta
-from fedstream.coordinator.asynchronous import AsyncFederation, staleness_weight
+from fedstream.coordinator.asynchronous import staleness_weight
 from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.federation import Federation
 
 from conftest import tiny_model
 
@@ -19,7 +20,7 @@ def make(mode="fedbuff", **kw):
     config = FederationConfig(mode=mode, rounds=kw.pop("rounds", 10), server_optimizer="sgd",
                               server_lr=1.0, clients_per_unit=2, **kw)
     rows = []
-    return AsyncFederation(config, tiny_model(), [8] * 6, on_metrics=rows.append), rows
+    return Federation(config, tiny_model(), [8] * 6, on_metrics=rows.append), rows
 
 
 def push(fed, wid, a, value, version=None):
@@ -102,8 +103,7 @@ def test_fedbuff_trains_a_model_with_the_worker_loop():
                               update="delta", local_batch_size=8, client_lr=0.01,
                               server_optimizer="sgd", server_lr=1.0)
     rows = []
-    fed = AsyncFederation(config, tiny_model(), store.summary.client_sizes,
-                          on_metrics=rows.append)
+    fed = Federation(config, tiny_model(), store.summary.client_sizes, on_metrics=rows.append)
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
     assert fed.phase == "done" and fed.version == 4 and len(rows) == 3
     assert all(r["updates_accepted"] == 2 for r in rows)
@@ -119,13 +119,13 @@ def test_the_coordinators_deadline_tick_is_harmless_without_rounds():
 def test_a_restarted_coordinator_goes_on_numbering_units(tmp_path):
     config = FederationConfig(mode="fedbuff", rounds=10, server_optimizer="sgd", server_lr=1.0,
                               clients_per_unit=2, buffer_size=2)
-    fed = AsyncFederation(config, tiny_model(), [8] * 6, checkpoint_dir=str(tmp_path))
+    fed = Federation(config, tiny_model(), [8] * 6, checkpoint_dir=str(tmp_path))
     wid, _ = fed.join("w", "cpu")
     work = [fed.assignment(wid, 0) for _ in range(3)]
     push(fed, wid, work[0], 1.0)
     push(fed, wid, work[1], 1.0)  # one server step: checkpointed with units 0-2 handed out
     assert fed.version == 2
-    again = AsyncFederation(config, tiny_model(seed=5), [8] * 6, checkpoint_dir=str(tmp_path))
+    again = Federation(config, tiny_model(seed=5), [8] * 6, checkpoint_dir=str(tmp_path))
     wid, _ = again.join("w", "cpu")
     assert again.version == 2 and again.assignment(wid, 0).unit == 3
     with pytest.raises(FailedPrecondition, match="unit 2 is not outstanding"):

@@ -107,7 +107,7 @@ def test_malformed_update_streams(coordinator, case):
         stub.PushUpdate(iter(mutate(messages, total)))
     assert e.value.code().name == code and text in e.value.details()
     assert weights_digest(federation.model) == digest and federation.version == 1
-    assert federation._units[a.unit].partial is None
+    assert federation.policy.units[a.unit].update is None
 
 
 def test_wrong_shape_dtype_and_nan_get_invalid_argument(coordinator):

@@ -152,7 +152,7 @@ def test_duplicate_push_is_counted_once(open_round):
     again = fed.push(meta_for(wid, a), ones_update(fed, 100.0))
     assert first.accepted and not first.duplicate
     assert again.duplicate and not again.accepted
-    assert fed._units[a.unit].partial[0][0][0, 0] == 1.0
+    assert fed.policy.units[a.unit].update.arrays[0][0, 0] == 1.0
 
 
 def test_expired_lease_goes_to_another_worker_and_the_old_holder_is_refused():

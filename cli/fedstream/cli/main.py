@@ -112,7 +112,7 @@ def _health(args) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from fedstream.common.grpc_server import channel
+    from fedstream.common.clients import channel
     from fedstream.common.tls import tls_from_args
     with channel(args.address, tls_from_args(args).channel_credentials()) as ch:
         try:
@@ -133,7 +133,7 @@ def _partitions(args) -> int:
 
 
 def _status(args) -> int:
-    from google.protobuf import json_format
+    import dataclasses
 
     from fedstream.common.clients import CoordinatorClient
     from fedstream.common.tls import tls_from_args
@@ -143,7 +143,7 @@ def _status(args) -> int:
         version, metrics = client.evaluate()
         print(json.dumps({"version": version, **metrics}))
     else:
-        print(json_format.MessageToJson(client.status(), preserving_proto_field_name=True))
+        print(json.dumps(dataclasses.asdict(client.status()), indent=2))
     client.close()
     return 0
 

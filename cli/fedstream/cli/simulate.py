@@ -61,8 +61,8 @@ def run(config: SimulateConfig) -> dict:
     log_config(log, "simulate", config)
     from fedstream.common.learning import configure_threads
     configure_threads(config.threads)
+    from fedstream.coordinator.build import build_federation, save_weights
     from fedstream.coordinator.metrics import MetricsLog
-    from fedstream.coordinator.server import create_federation, save_weights
     from fedstream.datapool.server import build_store
     from fedstream.worker.device import select_device
     from fedstream.worker.loop import WorkerLoop
@@ -70,9 +70,10 @@ def run(config: SimulateConfig) -> dict:
     device = select_device(config.device)
     store = build_store(config.data)
     metrics = MetricsLog(config.metrics, tensorboard=config.tensorboard)
-    federation = create_federation(config.federation, store.summary,
-                                   (store.x_test, store.y_test), metrics)
+    federation = build_federation(config.federation, store.summary,
+                                  (store.x_test, store.y_test), metrics)
     WorkerLoop(federation, store, name="simulate", device=device, prefetch=False).run()
+    federation.wait_until_done()
     metrics.close()
     if config.save_weights:
         save_weights(config.save_weights, federation)

@@ -1,4 +1,5 @@
-"""gRPC clients of the two services, speaking the domain types of `protocol`.
+"""gRPC clients of the two services, speaking the domain types of `protocol`, and the
+channel they dial with.
 
 Failed calls raise the same FedstreamError types the servers raised, so callers handle
 remote and in-process errors alike.
@@ -12,14 +13,44 @@ from typing import Sequence
 import grpc
 import numpy as np
 
-from fedstream.common import serde
+from fedstream.common import errors, serde
 from fedstream.common.auth import call_metadata
-from fedstream.common.errors import InvalidArgument
-from fedstream.common.grpc_server import channel, error_from_rpc, wait_ready
-from fedstream.common.protocol import Assignment, Batch, DatasetSummary, PushResult, Task, UpdateMeta, Weights
+from fedstream.common.grpc_server import MAX_MESSAGE_BYTES
+from fedstream.common.protocol import (
+    Assignment,
+    Batch,
+    DatasetSummary,
+    FederationStatus,
+    PushResult,
+    Task,
+    UpdateMeta,
+    Weights,
+)
+from fedstream.common.status_codes import error_from_rpc
 from fedstream.common.tensors import pack
 from fedstream.common.tls import TlsConfig
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+
+
+def wait_ready(ch: grpc.Channel, address: str, timeout_s: float) -> None:
+    try:
+        grpc.channel_ready_future(ch).result(timeout=timeout_s)
+    except grpc.FutureTimeoutError as e:
+        raise errors.Unavailable(
+            f"no server answered at {address} within {timeout_s:.0f} s: is it running?") from e
 
 
 def _domain_errors(method):
@@ -104,9 +135,9 @@ class CoordinatorClient:
         return reply.version, dict(reply.metrics)
 
     @_domain_errors
-    def status(self) -> coordinator_pb2.Status:
-        return self._stub.GetStatus(coordinator_pb2.GetStatusRequest(), timeout=10.0,
-                                    metadata=self._md)
+    def status(self) -> FederationStatus:
+        return serde.status_from_proto(self._stub.GetStatus(
+            coordinator_pb2.GetStatusRequest(), timeout=10.0, metadata=self._md))
 
 
 def _prepend(first, rest):
@@ -115,38 +146,40 @@ def _prepend(first, rest):
 
 
 class DataPoolClient:
+    """Requests larger than the pool's `max_clients_per_request` (read from GetInfo on first
+    use) are split into several, so a unit of any size can be fetched."""
+
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
                  tls: TlsConfig | None = None, token: str | None = None):
         self.address = address
         self._md = call_metadata(token)
         self._channel = _connect(address, tls, connect_timeout_s)
         self._stub = datapool_pb2_grpc.DataPoolStub(self._channel)
+        self._max_clients: int | None = None  # per StreamBatches request, from GetInfo
 
     def close(self) -> None:
         self._channel.close()
 
+    def _info(self) -> datapool_pb2.DatasetInfo:
+        info = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)
+        self._max_clients = info.max_clients_per_request
+        return info
+
     @_domain_errors
     def info(self) -> DatasetSummary:
-        r = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)
-        example = serde.spec_from_proto(r.example)
-        return DatasetSummary(
-            dataset=r.dataset, partitioner=r.partitioner, seed=r.seed,
-            client_sizes=tuple(r.client_sizes), example_shape=example.shape,
-            example_dtype=example.dtype, num_classes=r.num_classes, num_test=r.num_test,
-            max_batch_size=r.max_batch_size, max_clients_per_request=r.max_clients_per_request,
-            label_histograms=tuple(tuple(r.label_counts[c * r.num_classes:(c + 1) * r.num_classes])
-                                   for c in range(r.num_clients if r.label_counts else 0)))
+        return serde.dataset_summary_from_proto(self._info())
 
     @_domain_errors
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:
-        stream = self._stub.StreamBatches(datapool_pb2.BatchRequest(
-            client_ids=list(client_ids), step=step, batch_size=batch_size), metadata=self._md)
-        header, (x, y) = serde.read_one(stream)
-        if list(header.client_ids) != list(client_ids) or sum(header.sizes) != len(y):
-            raise InvalidArgument("the data pool answered for other clients or sizes than asked")
-        ends = np.cumsum(header.sizes)
-        return [Batch(c, header.step, x[e - n:e], y[e - n:e])
-                for c, n, e in zip(header.client_ids, header.sizes, ends)]
+        if self._max_clients is None:
+            self._info()
+        out = []
+        for start in range(0, len(client_ids), self._max_clients):
+            ids = list(client_ids[start:start + self._max_clients])
+            stream = self._stub.StreamBatches(datapool_pb2.BatchRequest(
+                client_ids=ids, step=step, batch_size=batch_size), metadata=self._md)
+            out += serde.batches_from_stream(stream, ids)
+        return out
 
     @_domain_errors
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""One gRPC server factory for every service: options, health, reflection, graceful stop."""
+"""One gRPC server factory for every service: options, health, reflection, graceful stop;
+and the servicer decorators that turn domain errors into status codes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from fedstream.common import errors
+from fedstream.common.status_codes import grpc_status
 
 log = logging.getLogger(__name__)
 
@@ -32,38 +34,6 @@ SERVER_OPTIONS = [
     # Refuse to share a port with a stale process: a second bind must fail loudly.
     ("grpc.so_reuseport", 0),
 ]
-
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.keepalive_time_ms", 30_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-]
-
-_STATUS = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-}
-
-
-def grpc_status(error: errors.FedstreamError) -> grpc.StatusCode:
-    for kind, code in _STATUS.items():
-        if isinstance(error, kind):
-            return code
-    return grpc.StatusCode.INTERNAL
-
-
-def error_from_rpc(error: grpc.RpcError) -> errors.FedstreamError:
-    """The domain error for a failed call, so clients raise the same types servers do."""
-    code = error.code()
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:  # a hung or unreachable peer: retry later
-        return errors.Unavailable(f"{code.name}: {error.details()}")
-    kind = next((k for k, c in _STATUS.items() if c == code), errors.FedstreamError)
-    return kind(f"{code.name}: {error.details()}")
 
 
 def handles_errors(method: Callable) -> Callable:
@@ -173,17 +143,3 @@ def publish_address(path: str | None, address: str) -> None:
 
 def bound_address(listen: str, port: int) -> str:
     return f"{listen.rsplit(':', 1)[0]}:{port}"
-
-
-def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
-    if credentials is not None:
-        return grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-    return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-
-
-def wait_ready(ch: grpc.Channel, address: str, timeout_s: float) -> None:
-    try:
-        grpc.channel_ready_future(ch).result(timeout=timeout_s)
-    except grpc.FutureTimeoutError as e:
-        raise errors.Unavailable(
-            f"no server answered at {address} within {timeout_s:.0f} s: is it running?") from e

@@ -4,6 +4,7 @@ as plain dataclasses and numpy arrays. `serde` converts them to and from protobu
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 from typing import Protocol, Sequence
 
@@ -26,6 +27,17 @@ class Action(enum.Enum):
     TRAIN = "train"
     WAIT = "wait"
     STOP = "stop"
+
+
+def input_divisor(normalize: bool) -> float:
+    """What examples are divided by before the model sees them: 255 to scale pixels to
+    [0, 1], else 1 (the reference feeds raw 0..255)."""
+    return 255.0 if normalize else 1.0
+
+
+def steps_per_pass(client_size: int, batch_size: int) -> int:
+    """Batches of `batch_size` in one pass over a client's data (the last may be short)."""
+    return max(1, math.ceil(client_size / batch_size))
 
 
 @dataclass(frozen=True)
@@ -113,8 +125,6 @@ class DatasetSummary:
     example_dtype: np.dtype
     num_classes: int
     num_test: int
-    max_batch_size: int
-    max_clients_per_request: int
     label_histograms: tuple[tuple[int, ...], ...] = ()  # [client][class] example counts
 
     def describe(self, limit: int = 10) -> str:
@@ -134,6 +144,26 @@ class DatasetSummary:
     @property
     def num_clients(self) -> int:
         return len(self.client_sizes)
+
+
+@dataclass(frozen=True)
+class WorkerStatus:
+    worker_id: str
+    worker_name: str
+    device: str
+    last_seen_s_ago: float
+    updates_accepted: int
+
+
+@dataclass(frozen=True)
+class FederationStatus:
+    """Where a coordinator stands: what `GetStatus` and `fedstream status` report."""
+    phase: str  # waiting_for_workers, training, done
+    round: int
+    version: int
+    total_rounds: int
+    workers: tuple[WorkerStatus, ...]
+    last_metrics: dict[str, float]
 
 
 class CoordinatorPort(Protocol):

@@ -15,15 +15,26 @@ from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import (
     Action,
     Assignment,
+    Batch,
+    DatasetSummary,
+    FederationStatus,
     LocalTraining,
     PushResult,
     Task,
     UpdateKind,
     UpdateMeta,
     Weighting,
+    WorkerStatus,
 )
-from fedstream.common.tensors import CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSetAssembler, TensorSpec, iter_chunks
-from fedstream.v1 import coordinator_pb2, tensor_pb2
+from fedstream.common.tensors import (
+    CHUNK_BYTES,
+    MAX_TENSOR_SET_BYTES,
+    TensorSetAssembler,
+    TensorSpec,
+    iter_chunks,
+    pack,
+)
+from fedstream.v1 import coordinator_pb2, datapool_pb2, tensor_pb2
 
 _DTYPE_TO_PROTO = {
     np.dtype("<f4"): tensor_pb2.DTYPE_FLOAT32,
@@ -111,7 +122,6 @@ def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
     return header, assembler.finish()
 
 
-
 _UPDATE_KIND = {UpdateKind.GRADIENT: coordinator_pb2.UPDATE_KIND_GRADIENT,
                 UpdateKind.MODEL_DELTA: coordinator_pb2.UPDATE_KIND_MODEL_DELTA}
 _WEIGHTING = {Weighting.UNIFORM: coordinator_pb2.CLIENT_WEIGHTING_UNIFORM,
@@ -189,3 +199,79 @@ def push_result_to_proto(r: PushResult) -> coordinator_pb2.PushUpdateReply:
 def push_result_from_proto(msg: coordinator_pb2.PushUpdateReply) -> PushResult:
     return PushResult(accepted=msg.accepted, duplicate=msg.duplicate, round=msg.round,
                       version=msg.version)
+
+
+def status_to_proto(s: FederationStatus) -> coordinator_pb2.Status:
+    return coordinator_pb2.Status(
+        phase=s.phase, round=s.round, version=s.version, total_rounds=s.total_rounds,
+        workers=[coordinator_pb2.WorkerInfo(
+            worker_id=w.worker_id, worker_name=w.worker_name, device=w.device,
+            last_seen_s_ago=w.last_seen_s_ago, updates_accepted=w.updates_accepted)
+            for w in s.workers],
+        last_metrics={k: float(v) for k, v in s.last_metrics.items()})
+
+
+def status_from_proto(msg: coordinator_pb2.Status) -> FederationStatus:
+    return FederationStatus(
+        phase=msg.phase, round=msg.round, version=msg.version, total_rounds=msg.total_rounds,
+        workers=tuple(WorkerStatus(worker_id=w.worker_id, worker_name=w.worker_name,
+                                   device=w.device, last_seen_s_ago=w.last_seen_s_ago,
+                                   updates_accepted=w.updates_accepted) for w in msg.workers),
+        last_metrics=dict(msg.last_metrics))
+
+
+def dataset_info_to_proto(s: DatasetSummary, *, max_batch_size: int,
+                          max_clients_per_request: int) -> datapool_pb2.DatasetInfo:
+    """The summary and the limits of the pool that serves it."""
+    return datapool_pb2.DatasetInfo(
+        dataset=s.dataset, partitioner=s.partitioner, seed=s.seed,
+        num_clients=s.num_clients, client_sizes=list(s.client_sizes),
+        example=spec_to_proto(TensorSpec("x", s.example_dtype, s.example_shape)),
+        num_classes=s.num_classes, num_test=s.num_test, max_batch_size=max_batch_size,
+        max_clients_per_request=max_clients_per_request,
+        label_counts=[v for row in s.label_histograms for v in row])
+
+
+def dataset_summary_from_proto(msg: datapool_pb2.DatasetInfo) -> DatasetSummary:
+    example = spec_from_proto(msg.example)
+    k = msg.num_classes
+    return DatasetSummary(
+        dataset=msg.dataset, partitioner=msg.partitioner, seed=msg.seed,
+        client_sizes=tuple(msg.client_sizes), example_shape=example.shape,
+        example_dtype=example.dtype, num_classes=k, num_test=msg.num_test,
+        label_histograms=tuple(tuple(msg.label_counts[c * k:(c + 1) * k])
+                               for c in range(msg.num_clients if msg.label_counts else 0)))
+
+
+def batches_to_stream(batches: Sequence[Batch], step: int) -> Iterator[datapool_pb2.BatchMessage]:
+    """One header naming each client's size, then the chunks of x and y, each the
+    concatenation of the clients' arrays in order (one copy, into the payload)."""
+    return _examples_stream([b.client_id for b in batches], [len(b.y) for b in batches], step,
+                            _concat([b.x for b in batches]), _concat([b.y for b in batches]))
+
+
+def test_set_to_stream(x: np.ndarray, y: np.ndarray) -> Iterator[datapool_pb2.BatchMessage]:
+    """The test set in the batch framing: no client ids, one size."""
+    return _examples_stream([], [len(y)], 0, x, y)
+
+
+def _examples_stream(client_ids, sizes, step, x, y) -> Iterator[datapool_pb2.BatchMessage]:
+    specs, payload = pack(["x", "y"], [x, y])
+    header = datapool_pb2.BatchMessage(header=datapool_pb2.BatchHeader(
+        client_ids=client_ids, sizes=sizes, step=step,
+        tensors=header_to_proto(specs, len(payload))))
+    return frame(header, payload, datapool_pb2.BatchMessage)
+
+
+def batches_from_stream(messages: Iterable, client_ids: Sequence[int]) -> list[Batch]:
+    """The batches of a StreamBatches answer, checked against the clients asked for."""
+    header, (x, y) = read_one(messages)
+    if list(header.client_ids) != list(client_ids) or sum(header.sizes) != len(y):
+        raise InvalidArgument("the data pool answered for other clients or sizes than asked")
+    ends = np.cumsum(header.sizes)
+    return [Batch(c, header.step, x[e - n:e], y[e - n:e])
+            for c, n, e in zip(header.client_ids, header.sizes, ends)]
+
+
+def _concat(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)

@@ -61,6 +61,14 @@ def pack(names: Sequence[str], arrays: Sequence[np.ndarray]) -> tuple[list[Tenso
     return specs, b"".join(parts)
 
 
+def stack_updates(updates: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
+    """Per-client updates (each a list of arrays, one per variable) as one [clients, ...]
+    array per variable."""
+    if not updates:
+        raise ValueError("no updates to stack")
+    return [np.stack([u[i] for u in updates]) for i in range(len(updates[0]))]
+
+
 def iter_chunks(payload: bytes | memoryview, chunk_bytes: int = CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
     """(offset, bytes) slices of at most `chunk_bytes`; nothing for an empty payload."""
     view = memoryview(payload)

@@ -11,6 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fedstream.common.tensors import stack_updates
+
 Update = Sequence[np.ndarray]
 
 
@@ -30,15 +32,9 @@ def weighted_mean_of_sums(partials: Sequence[tuple[Update, float]]) -> list[np.n
     return [s / np.float32(total_weight) for s in sums]
 
 
-def _stacked(updates: Sequence[Update]) -> list[np.ndarray]:
-    if not updates:
-        raise ValueError("nothing to aggregate")
-    return [np.stack([u[i] for u in updates]) for i in range(len(updates[0]))]
-
-
 def coordinate_median(updates: Sequence[Update]) -> list[np.ndarray]:
     """Every coordinate's median over the clients."""
-    return [np.median(s, axis=0).astype(np.float32) for s in _stacked(updates)]
+    return [np.median(s, axis=0).astype(np.float32) for s in stack_updates(updates)]
 
 
 def trimmed_mean(updates: Sequence[Update], fraction: float) -> list[np.ndarray]:
@@ -48,7 +44,7 @@ def trimmed_mean(updates: Sequence[Update], fraction: float) -> list[np.ndarray]
     if not 0 <= fraction < 0.5 or n - 2 * k < 1:
         raise ValueError(f"cannot trim {fraction:.0%} from each end of {n} updates")
     return [np.sort(s, axis=0)[k:n - k].mean(axis=0).astype(np.float32)
-            for s in _stacked(updates)]
+            for s in stack_updates(updates)]
 
 
 def krum_select(updates: Sequence[Update], byzantine: int, select: int = 1) -> list[int]:
@@ -72,4 +68,4 @@ def krum_select(updates: Sequence[Update], byzantine: int, select: int = 1) -> l
 def krum(updates: Sequence[Update], byzantine: int, select: int = 1) -> list[np.ndarray]:
     """Krum (select=1) or Multi-Krum: the mean of the selected updates."""
     chosen = krum_select(updates, byzantine, select)
-    return [np.mean(s[chosen], axis=0).astype(np.float32) for s in _stacked(updates)]
+    return [np.mean(s[chosen], axis=0).astype(np.float32) for s in stack_updates(updates)]

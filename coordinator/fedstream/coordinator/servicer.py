@@ -1,19 +1,41 @@
-"""Coordinator gRPC servicer: decode protobuf, call the Federation, encode. Nothing else."""
+"""Coordinator gRPC servicer: decode protobuf, call the Federation, encode. It also owns the
+wire form of the weights: packed once per version, on the first pull that needs it."""
 
 from __future__ import annotations
+
+import threading
 
 from fedstream.common import serde
 from fedstream.common.auth import caller
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
+from fedstream.common.protocol import Weights
+from fedstream.common.tensors import pack
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.identities import WorkerIdentities
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
+
+
+class PackedWeights:
+    """The payload of the latest version pulled; concurrent pulls of one version pack once."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._version = -1
+        self._payload = b""
+
+    def payload(self, weights: Weights) -> bytes:
+        with self._lock:
+            if weights.version != self._version:
+                _, self._payload = pack([s.name for s in weights.specs], weights.arrays)
+                self._version = weights.version
+            return self._payload
 
 
 class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation):
         self._federation = federation
         self._identities = WorkerIdentities()
+        self._packed = PackedWeights()
 
     def _owned(self, worker_id: str) -> str:
         self._identities.check(worker_id, caller())
@@ -32,16 +54,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @handles_stream_errors
     def PullWeights(self, request, context):
-        version, specs, payload = self._federation.weights_payload(self._owned(request.worker_id),
-                                                                   request.have_version)
-        total = sum(s.nbytes for s in specs)
+        weights = self._federation.pull_weights(self._owned(request.worker_id),
+                                                request.have_version)
         header = coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
-            version=version, unchanged=payload is None,
-            tensors=serde.header_to_proto(specs, total)))
-        if payload is None:
+            version=weights.version, unchanged=weights.arrays is None,
+            tensors=serde.header_to_proto(weights.specs, sum(s.nbytes for s in weights.specs))))
+        if weights.arrays is None:
             yield header
         else:
-            yield from serde.frame(header, payload, coordinator_pb2.WeightsMessage)
+            yield from serde.frame(header, self._packed.payload(weights),
+                                   coordinator_pb2.WeightsMessage)
 
     @handles_errors
     def PushUpdate(self, request_iterator, context):
@@ -56,12 +78,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @handles_errors
     def GetStatus(self, request, context):
-        s = self._federation.status()
-        return coordinator_pb2.Status(
-            phase=s["phase"], round=s["round"], version=s["version"],
-            total_rounds=s["total_rounds"],
-            workers=[coordinator_pb2.WorkerInfo(**w) for w in s["workers"]],
-            last_metrics={k: float(v) for k, v in s["last_metrics"].items()})
+        return serde.status_to_proto(self._federation.status())
 
     @handles_errors
     def Evaluate(self, request, context):

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 
 from fedstream.common.errors import InvalidArgument, ResourceExhausted
-from fedstream.common.protocol import Batch, DatasetSummary
+from fedstream.common.protocol import Batch, DatasetSummary, steps_per_pass
 from fedstream.datapool.partition import label_histograms, partition
 
 MAX_BATCH_SIZE = 65536
 MAX_CLIENTS_PER_REQUEST = 100_000
-
-
-def steps_per_pass(client_size: int, batch_size: int) -> int:
-    return max(1, math.ceil(client_size / batch_size))
 
 
 class ClientStore:
@@ -37,7 +32,6 @@ class ClientStore:
             dataset=dataset, partitioner=partitioner, seed=seed,
             client_sizes=tuple(int(s) for s in sizes), example_shape=tuple(x.shape[1:]),
             example_dtype=x.dtype, num_classes=num_classes, num_test=len(x_test),
-            max_batch_size=MAX_BATCH_SIZE, max_clients_per_request=MAX_CLIENTS_PER_REQUEST,
             label_histograms=tuple(tuple(int(v) for v in row)
                                    for row in label_histograms(y, shards, num_classes)))
 

@@ -10,59 +10,25 @@ device memory depends on that bound, not on the number of clients.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from fedstream.common.learning import model_from_json, per_example_loss, preprocess
-from fedstream.common.protocol import Batch, Task, Weighting
-
-
-@dataclass(frozen=True)
-class UnitUpdate:
-    arrays: list[np.ndarray]  # sum over clients of weight * gradient, one per trainable variable
-    weight: float  # sum of the clients' weights
-    num_examples: int
-    loss: float  # the clients' weighted mean training loss
-
+from fedstream.common.learning import per_example_loss, preprocess
+from fedstream.common.protocol import Batch, Task
+from fedstream.common.tensors import stack_updates
+from fedstream.worker.update_computer import UnitUpdate, UpdateComputer, client_weights
 
 MAX_EXAMPLES_PER_CALL = 8192
 
 
-def client_weights(task: Task, batches: Sequence[Batch]) -> np.ndarray:
-    """Each client's weight in the aggregate: 1, or its number of examples."""
-    if task.weighting is Weighting.EXAMPLES:
-        return np.array([len(b.y) for b in batches], np.float32)
-    return np.ones(len(batches), np.float32)
-
-
-def load_task_model(task: Task, device: str):
-    """The task's model on `device`, checked against the update specs it must produce."""
-    with tf.device(device):
-        model = model_from_json(task.model_json)
-    shapes = [tuple(v.shape) for v in model.trainable_variables]
-    expected = [s.shape for s in task.update_specs]
-    if shapes != expected:
-        raise ValueError(f"the task's model has trainable shapes {shapes}, but its update "
-                         f"spec lists {expected}")
-    return model
-
-
-class GradientComputer:
+class GradientComputer(UpdateComputer):
     def __init__(self, task: Task, device: str, *,
                  max_examples_per_call: int = MAX_EXAMPLES_PER_CALL):
-        self.task = task
-        self.device = device
+        super().__init__(task, device)
         self.max_examples_per_call = max_examples_per_call
-        self.model = load_task_model(task, device)
-        self._trainable = self.model.trainable_variables
         self._step = tf.function(self._weighted_gradient, reduce_retracing=True)
-
-    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
-        for variable, array in zip(self.model.weights, arrays, strict=True):
-            variable.assign(array)
 
     def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
         if self.task.per_client:
@@ -93,7 +59,7 @@ class GradientComputer:
                 grads, loss = self._step(b.x, b.y, np.full(n, 1.0 / n, np.float32))
                 per_client.append([g.numpy() for g in grads])
                 losses.append(float(loss))
-        return UnitUpdate(stack_clients(per_client), float(len(batches)), sum(len(b.y) for b in batches),
+        return UnitUpdate(stack_updates(per_client), float(len(batches)), sum(len(b.y) for b in batches),
                           float(np.mean(losses)))
 
     def _weighted_gradient(self, x, y, example_weights):
@@ -103,15 +69,3 @@ class GradientComputer:
             weighted = tf.reduce_sum(losses * example_weights)
         return tape.gradient(weighted, self._trainable), weighted
 
-
-def stack_clients(updates: Sequence[list[np.ndarray]]) -> list[np.ndarray]:
-    """Per-client updates as one [clients, ...] array per variable."""
-    return [np.stack([u[i] for u in updates]) for i in range(len(updates[0]))]
-
-
-def make_computer(task: Task, device: str):
-    """The update computer a task asks for: gradients (FedSGD) or local training (FedAvg)."""
-    if task.local is not None:
-        from fedstream.worker.local_training import LocalTrainer
-        return LocalTrainer(task, device)
-    return GradientComputer(task, device)

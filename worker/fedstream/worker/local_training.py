@@ -17,17 +17,15 @@ import tensorflow as tf
 
 from fedstream.common.learning import per_example_loss, preprocess
 from fedstream.common.protocol import Batch, Task
-from fedstream.worker.compute import UnitUpdate, client_weights, load_task_model, stack_clients
+from fedstream.common.tensors import stack_updates
+from fedstream.worker.update_computer import UnitUpdate, UpdateComputer, client_weights
 
 
-class LocalTrainer:
+class LocalTrainer(UpdateComputer):
     def __init__(self, task: Task, device: str):
         if task.local is None or task.local.optimizer != "sgd":
             raise ValueError("local training supports the sgd client optimizer")
-        self.task = task
-        self.device = device
-        self.model = load_task_model(task, device)
-        self._trainable = self.model.trainable_variables
+        super().__init__(task, device)
         with tf.device(device):
             self._optimizer = keras.optimizers.SGD(learning_rate=task.local.lr,
                                                    momentum=task.local.momentum)
@@ -38,10 +36,6 @@ class LocalTrainer:
             self._anchor = [tf.Variable(tf.zeros_like(v), trainable=False)
                             for v in self._trainable]
         self._train_step = tf.function(self._step, reduce_retracing=True)
-
-    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
-        for variable, array in zip(self.model.weights, arrays, strict=True):
-            variable.assign(array)
 
     def _step(self, x, y):
         with tf.GradientTape() as tape:
@@ -88,7 +82,7 @@ class LocalTrainer:
             self._start_client(start)  # the model holds the round's weights again
         examples = sum(len(b.y) for b in batches)
         if self.task.per_client:
-            return UnitUpdate(stack_clients(deltas), float(len(batches)), examples,
+            return UnitUpdate(stack_updates(deltas), float(len(batches)), examples,
                               float(np.mean(losses)))
         weights = client_weights(self.task, batches)
         summed = [sum(w * d[i] for w, d in zip(weights, deltas)).astype(np.float32)

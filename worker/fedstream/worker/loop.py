@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
 from fedstream.common.protocol import Action, Batch, CoordinatorPort, DataPort, UpdateMeta
-from fedstream.worker.compute import make_computer
+from fedstream.worker.computers import make_computer
 
 log = logging.getLogger(__name__)
 

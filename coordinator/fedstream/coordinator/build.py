@@ -1,0 +1,39 @@
+"""A federation from its configuration and data summary, as both run modes build it: the
+model from the zoo, evaluation on the test set, reports off the round's critical path.
+No gRPC here, so `simulate` builds without the network stack."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import numpy as np
+
+from fedstream.common.protocol import DatasetSummary
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.evaluate import evaluate
+from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.models import build_model
+
+log = logging.getLogger(__name__)
+
+LOSS = "categorical_crossentropy"
+
+
+def build_federation(config: FederationConfig, summary: DatasetSummary,
+                     test_set: tuple[np.ndarray, np.ndarray], on_metrics, *,
+                     checkpoint_dir: str | None = None) -> Federation:
+    model = build_model(config.model, config.model_seed, summary.num_classes)
+    evaluator = functools.partial(evaluate, x=test_set[0], y=test_set[1], loss=LOSS,
+                                  num_classes=summary.num_classes,
+                                  input_divisor=config.input_divisor)
+    return Federation(config, model, summary.client_sizes, loss=LOSS,
+                      num_classes=summary.num_classes, evaluator=evaluator,
+                      on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
+                      background_reports=True)
+
+
+def save_weights(path: str, federation: Federation) -> None:
+    arrays = {v.path: v.numpy() for v in federation.model.weights}
+    np.savez(path, **arrays)
+    log.info("saved weights of version %d to %s", federation.version, path)

@@ -1,0 +1,61 @@
+"""Which workers joined, when each was last heard from, and which were told to stop."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from fedstream.common.errors import NotFound
+from fedstream.common.protocol import WorkerStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Worker:
+    name: str
+    device: str
+    last_seen: float
+    accepted: int = 0
+    stopped: bool = False
+
+
+class Membership:
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self._workers: dict[str, _Worker] = {}
+
+    def __len__(self) -> int:
+        return len(self._workers)
+
+    def join(self, name: str, device: str) -> str:
+        worker_id = f"w{len(self._workers) + 1}-{uuid.uuid4().hex[:8]}"
+        self._workers[worker_id] = _Worker(name, device, self._clock())
+        log.info("[Join] worker %s (%s on %s) joined; %d connected", worker_id, name, device,
+                 len(self._workers))
+        return worker_id
+
+    def touch(self, worker_id: str) -> None:
+        """Note that the worker called; NOT_FOUND for an id this coordinator never gave."""
+        worker = self._workers.get(worker_id)
+        if worker is None:
+            raise NotFound(f"unknown worker id {worker_id!r}: call Join first and use the id "
+                           "it returns")
+        worker.last_seen = self._clock()
+
+    def credit(self, worker_id: str) -> None:
+        self._workers[worker_id].accepted += 1
+
+    def stop(self, worker_id: str) -> None:
+        self._workers[worker_id].stopped = True
+
+    def all_stopped(self) -> bool:
+        return all(w.stopped for w in self._workers.values())
+
+    def status(self) -> tuple[WorkerStatus, ...]:
+        now = self._clock()
+        return tuple(WorkerStatus(worker_id=wid, worker_name=w.name, device=w.device,
+                                  last_seen_s_ago=now - w.last_seen, updates_accepted=w.accepted)
+                     for wid, w in self._workers.items())

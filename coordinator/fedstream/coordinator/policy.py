@@ -1,0 +1,80 @@
+"""Round policies: when work exists, which update fits it, and when the model steps.
+
+The `Federation` facade owns the lock and calls its policy; a policy owns its units and
+never calls back up. It reads and steps the `ServerModel` it was given, and writes only to
+the counters it was given. One implementation per file: synchronous rounds (`rounds`),
+FedBuff (`fedbuff`) and FedAsync (`fedasync`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from fedstream.common.protocol import UpdateMeta
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.server_model import ServerModel
+from fedstream.coordinator.units import Contribution, Unit
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one server step used: the units it applied and metrics of its own."""
+    units: Sequence[Unit]
+    metrics: dict = field(default_factory=dict)
+
+
+class RoundPolicy(abc.ABC):
+    def __init__(self, config: FederationConfig, n_clients: int, model: ServerModel,
+                 counts: Counter):
+        self.config = config
+        self.n_clients = n_clients
+        self.model = model
+        self.counts = counts  # leases_expired is counted here
+
+    @abc.abstractmethod
+    def open(self, round_number: int) -> None:
+        """Round (or, asynchronously, server step) `round_number` starts collecting."""
+
+    @abc.abstractmethod
+    def lease(self, worker_id: str, now: float) -> Unit | None:
+        """A unit for this worker, leased to it; None when there is nothing to do now."""
+
+    @abc.abstractmethod
+    def step_of(self, unit: Unit) -> int:
+        """Which batch of its clients a unit computes."""
+
+    @abc.abstractmethod
+    def admit(self, meta: UpdateMeta) -> Unit:
+        """The unit an update header is for; raises when it does not fit the moment
+        (wrong round, too stale, not outstanding) or the unit (other clients, lease)."""
+
+    @abc.abstractmethod
+    def receive(self, unit: Unit, contribution: Contribution) -> bool:
+        """Store an admitted unit's update; True when a server step is due."""
+
+    def due(self, now: float, opened_at: float) -> bool:
+        """A server step is due without a new update (a deadline passed)."""
+        return False
+
+    @abc.abstractmethod
+    def step(self) -> Step:
+        """Apply what is due to the model (a new version) and forget it."""
+
+    @abc.abstractmethod
+    def release(self, worker_id: str) -> None:
+        """The worker left: its leases go back to the pool."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Training is over: nothing more is handed out."""
+
+    @abc.abstractmethod
+    def state(self) -> dict:
+        """What the policy keeps in a checkpoint beyond the model: JSON-able."""
+
+    @abc.abstractmethod
+    def restore(self, state: dict) -> None:
+        """The counterpart of `state`."""

@@ -1,0 +1,96 @@
+"""What follows a server step that the next round need not wait for: test-set evaluation,
+the checkpoint and the metrics sinks. Each step's report holds that step's pinned weights
+(and optimizer state, when checkpointing), so the work reads nothing that moves; reports are
+handled one at a time in step order, on a background thread or, where a caller wants every
+effect visible when `push` returns (domain tests, a library user), inline.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from fedstream.common.learning import model_from_json
+from fedstream.coordinator import checkpoint
+
+log = logging.getLogger(__name__)
+
+Evaluator = Callable[[keras.Model], dict]
+
+
+@dataclass(frozen=True)
+class Report:
+    metrics: dict | None  # the step's own metrics; None for a checkpoint alone
+    evaluate: Sequence[np.ndarray] | None = None  # weights to evaluate, when due
+    checkpoint: checkpoint.Checkpoint | None = None
+
+
+class Reporter:
+    def __init__(self, *, model_json: str, evaluator: Evaluator | None,
+                 on_metrics: Callable[[dict], None], checkpoint_dir: str | None,
+                 background: bool):
+        self._model_json = model_json
+        self._evaluator = evaluator
+        self._on_metrics = on_metrics
+        self._checkpoint_dir = checkpoint_dir
+        self.last_metrics: dict = {}
+        self._eval_model: keras.Model | None = None
+        self._eval_lock = threading.Lock()
+        self._error: BaseException | None = None
+        self._queue: queue.Queue | None = None
+        if background:
+            self._queue = queue.Queue()
+            threading.Thread(target=self._work, name="reports", daemon=True).start()
+
+    @property
+    def evaluates(self) -> bool:
+        return self._evaluator is not None
+
+    def submit(self, report: Report) -> None:
+        if self._queue is None:
+            self._handle(report)
+        else:
+            self._queue.put(report)
+
+    def flush(self) -> None:
+        """Wait until every submitted report is handled; raise the first failure."""
+        if self._queue is not None:
+            self._queue.join()
+        if self._error is not None:
+            raise RuntimeError(f"reporting a round failed: {self._error}") from self._error
+
+    def evaluate(self, weights: Sequence[np.ndarray]) -> dict[str, float]:
+        """Test metrics of `weights`, on a model of their own (the live one moves on)."""
+        with self._eval_lock:
+            if self._eval_model is None:
+                self._eval_model = model_from_json(self._model_json)
+            self._eval_model.set_weights(list(weights))
+            return self._evaluator(self._eval_model)
+
+    def _work(self) -> None:
+        while True:
+            report = self._queue.get()
+            try:
+                if self._error is None:
+                    self._handle(report)
+            except Exception as e:  # kept for flush(), which the coordinator's main loop calls
+                log.exception("reporting failed")
+                self._error = e
+            finally:
+                self._queue.task_done()
+
+    def _handle(self, report: Report) -> None:
+        metrics = None if report.metrics is None else dict(report.metrics)
+        if report.evaluate is not None and metrics is not None:
+            metrics.update(self.evaluate(report.evaluate))
+        if report.checkpoint is not None and self._checkpoint_dir is not None:
+            checkpoint.save(self._checkpoint_dir, report.checkpoint)
+        if metrics is not None:
+            self.last_metrics = metrics
+            self._on_metrics(metrics)

@@ -1,0 +1,113 @@
+"""Synchronous rounds (FedSGD, FedAvg and the robust aggregators).
+
+A round asks every sampled client for the update of its next batch. The round's clients are
+split into `units` contiguous work units; a worker leases one unit at a time and pushes one
+update for it. When every unit is in (or the deadline passed with a quorum), the units'
+contributions go through the aggregation pipeline in unit order, so arrival order never
+changes a bit, and the server optimizer applies the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+
+from fedstream.common.errors import FailedPrecondition, InvalidArgument
+from fedstream.common.protocol import UpdateMeta
+from fedstream.coordinator.pipeline import build_aggregator
+from fedstream.coordinator.policy import RoundPolicy, Step
+from fedstream.coordinator.units import Contribution, Unit, sample_round
+from fedstream.coordinator.validation import check_claim
+
+log = logging.getLogger(__name__)
+
+
+class SyncRounds(RoundPolicy):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._aggregate = build_aggregator(self.config)
+        self.round = 0
+        self.units: list[Unit] = []
+        self._last_unit: dict[str, int] = {}
+
+    def open(self, round_number):
+        self.round = round_number
+        groups = np.array_split(sample_round(self.config, self.n_clients, round_number),
+                                self.config.units)
+        self.units = [Unit(i, tuple(int(c) for c in g)) for i, g in enumerate(groups) if len(g)]
+
+    def lease(self, worker_id, now):
+        """A unit nobody holds (or whose lease expired), preferring the one this worker
+        computed last round: its clients' next batches are what it prefetched."""
+        last = self._last_unit.get(worker_id)
+        preferred = [self.units[last]] if last is not None and last < len(self.units) else []
+        for unit in preferred + self.units:
+            if unit.free(now):
+                if unit.leased_to is not None:
+                    self.counts["leases_expired"] += 1
+                    log.warning("lease of unit %d (round %d) held by %s expired: reassigning",
+                                unit.index, self.round, unit.leased_to)
+                self._last_unit[worker_id] = unit.index
+                unit.lease(worker_id, now, self.config.lease_s)
+                return unit
+        return None
+
+    def step_of(self, unit):
+        return self.round - 1
+
+    def admit(self, meta: UpdateMeta) -> Unit:
+        if meta.round != self.round:
+            raise FailedPrecondition(
+                f"update for round {meta.round} but round {self.round} is open: the round was "
+                "closed; drop this update and ask GetAssignment for new work")
+        if meta.base_version != self.model.version:
+            raise FailedPrecondition(
+                f"update computed from version {meta.base_version} but the model is at "
+                f"version {self.model.version}: pull the weights again and recompute")
+        if not 0 <= meta.unit < len(self.units):
+            raise InvalidArgument(f"unit {meta.unit} does not exist in round {self.round} "
+                                  f"(units 0..{len(self.units) - 1})")
+        unit = self.units[meta.unit]
+        check_claim(meta, unit)
+        return unit
+
+    def receive(self, unit: Unit, contribution: Contribution) -> bool:
+        unit.update = contribution
+        return all(u.update is not None for u in self.units)
+
+    def due(self, now, opened_at):
+        """The deadline passed with a quorum of units in."""
+        received = sum(u.update is not None for u in self.units)
+        deadline = self.config.round_deadline_s
+        quorum = self.config.quorum or len(self.units)
+        return deadline > 0 and received >= quorum and now - opened_at >= deadline
+
+    def step(self) -> Step:
+        t0 = time.perf_counter()
+        received = [u for u in self.units if u.update is not None]
+        stragglers = len(self.units) - len(received)
+        if stragglers:
+            log.warning("round %d closes at its deadline without %d unit(s): their updates "
+                        "will be refused", self.round, stragglers)
+        mean = self._aggregate([u.update for u in received])
+        t1 = time.perf_counter()
+        self.model.apply(mean)
+        return Step(received, {"stragglers": stragglers, "aggregate_s": t1 - t0,
+                               "apply_s": time.perf_counter() - t1})
+
+    def release(self, worker_id):
+        for unit in self.units:
+            if unit.leased_to == worker_id and unit.update is None:
+                unit.leased_to = None
+
+    def close(self):
+        self.units = []
+
+    def state(self):
+        """Nothing beyond the model's round and version: a round's units are resampled."""
+        return {}
+
+    def restore(self, state):
+        """See `state`."""

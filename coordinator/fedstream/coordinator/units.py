@@ -1,0 +1,60 @@
+"""Work units: a set of clients that one worker computes and pushes one update for, the lease
+that says who holds it, and the seeded client sampling that fills it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from fedstream.coordinator.config import FederationConfig
+
+
+@dataclass(frozen=True)
+class Contribution:
+    """One unit's accepted update: the weighted sum over its clients (or, for robust
+    aggregators, every client's own update stacked [clients, ...]) and their total weight."""
+    arrays: Sequence[np.ndarray]
+    weight: float
+    clients: int
+    base_version: int  # the version it was computed from
+    metrics: dict[str, float] = field(default_factory=dict)  # the worker's report, and weight
+    staleness_factor: float = 1.0  # asynchronous modes: its down-weighting
+
+
+@dataclass
+class Unit:
+    index: int
+    client_ids: tuple[int, ...]
+    leased_to: str | None = None
+    lease_deadline: float = 0.0
+    update: Contribution | None = None
+    staleness: int = 0  # asynchronous modes: versions between its base and the model's
+
+    def lease(self, worker_id: str, now: float, lease_s: float) -> None:
+        self.leased_to, self.lease_deadline = worker_id, now + lease_s
+
+    def expired(self, now: float) -> bool:
+        """Leased, not pushed, and past its deadline: another worker may take it."""
+        return self.update is None and self.leased_to is not None and self.lease_deadline < now
+
+    def free(self, now: float) -> bool:
+        return self.update is None and (self.leased_to is None or self.lease_deadline < now)
+
+
+def sample_round(config: FederationConfig, n_clients: int, round_number: int) -> np.ndarray:
+    """A round's clients, sorted: all of them, or a seeded sample of
+    max(min_clients, round(C * N)) that depends only on (sampling seed, round)."""
+    if config.client_fraction >= 1:
+        return np.arange(n_clients)
+    k = min(n_clients, max(config.min_clients, round(config.client_fraction * n_clients)))
+    rng = np.random.default_rng([config.sampling_seed, round_number])
+    return np.sort(rng.choice(n_clients, size=k, replace=False))
+
+
+def sample_unit(config: FederationConfig, n_clients: int, unit_number: int) -> tuple[int, ...]:
+    """The clients of asynchronous unit `unit_number`: seeded by (sampling seed, unit)."""
+    k = min(n_clients, config.clients_per_unit)
+    rng = np.random.default_rng([config.sampling_seed, unit_number])
+    return tuple(int(c) for c in np.sort(rng.choice(n_clients, k, replace=False)))

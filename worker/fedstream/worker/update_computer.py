@@ -1,0 +1,55 @@
+"""What every update computer shares: the task's model on one device, the weights it is set
+to, and the one method a worker loop calls. Implementations: the fused FedSGD gradient
+(`compute.GradientComputer`) and local training (`local_training.LocalTrainer`);
+`computers.make_computer` picks one for a task."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from fedstream.common.learning import model_from_json
+from fedstream.common.protocol import Batch, Task, Weighting
+
+
+@dataclass(frozen=True)
+class UnitUpdate:
+    arrays: list[np.ndarray]  # sum over clients of weight * update, or per-client, stacked
+    weight: float  # sum of the clients' weights
+    num_examples: int
+    loss: float  # the clients' weighted mean training loss
+
+
+def client_weights(task: Task, batches: Sequence[Batch]) -> np.ndarray:
+    """Each client's weight in the aggregate: 1, or its number of examples."""
+    if task.weighting is Weighting.EXAMPLES:
+        return np.array([len(b.y) for b in batches], np.float32)
+    return np.ones(len(batches), np.float32)
+
+
+class UpdateComputer(abc.ABC):
+    def __init__(self, task: Task, device: str):
+        self.task = task
+        self.device = device
+        with tf.device(device):
+            self.model = model_from_json(task.model_json)
+        shapes = [tuple(v.shape) for v in self.model.trainable_variables]
+        expected = [s.shape for s in task.update_specs]
+        if shapes != expected:
+            raise ValueError(f"the task's model has trainable shapes {shapes}, but its update "
+                             f"spec lists {expected}")
+        self._trainable = self.model.trainable_variables
+
+    def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
+        for variable, array in zip(self.model.weights, arrays, strict=True):
+            variable.assign(array)
+
+    @abc.abstractmethod
+    def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
+        """The unit's update from the current weights, which it leaves as they were.
+        `round_number` seeds whatever a computation draws at random (local training's
+        minibatch order); a gradient draws nothing."""
