@@ -7,7 +7,7 @@ each ratio is taken within one repetition before its median, so machine noise hi
 sides of a ratio alike.
 
   naive          the reference's computation: one eager gradient per client (bench/naive.py)
-  simulate-K     `fedstream simulate --workers K`: one process, K work units per round
+  simulate-K     `fedstream simulate --units K`: one process, K work units per round
   distributed-K  `fedstream run --workers K`: data pool, coordinator, K workers over gRPC
   wire           PullWeights/PushUpdate against a bytes-only gRPC echo (bench/wire.py)
   memory         one worker's peak RSS simulating 100 vs 10,000 clients (distributed-1)
@@ -140,7 +140,7 @@ def naive(tmp: Path, rounds: int) -> dict:
 def simulate(tmp: Path, rounds: int, workers: int, device: str | None) -> dict:
     metrics = tmp / f"simulate-{workers}.jsonl"
     metrics.unlink(missing_ok=True)
-    argv = fedstream("simulate", "--workers", str(workers), "--rounds", str(rounds),
+    argv = fedstream("simulate", "--units", str(workers), "--rounds", str(rounds),
                      "--eval-every", str(10 ** 6), "--metrics", str(metrics))
     if device:
         argv += ["--device", device]

@@ -28,9 +28,9 @@ def main() -> None:
     import tensorflow as tf
 
     from fedstream.coordinator.models import build_model
-    from fedstream.datapool.server import DataPoolConfig, build_store
+    from fedstream.datapool.server import DataConfig, build_store
 
-    store = build_store(DataPoolConfig())
+    store = build_store(DataConfig())
     model = build_model("reference", seed=0)
     optimizer = keras.optimizers.Adam(learning_rate=1e-4)
     cce = keras.losses.CategoricalCrossentropy()

@@ -2,7 +2,9 @@
 `python experiments/run.py --table` prints the summary as the README's Markdown table.
 
 Each `experiments/configs/NAME.toml` is an experiment file for `fedstream simulate` (or for
-`fedstream run` when it sets `command = "run"`). Metrics go to experiments/results/NAME/, and
+`fedstream run` when its [experiment] table sets `command = "run"`), given to it as it is:
+`fedstream simulate --config experiments/configs/NAME.toml` repeats a run by hand. Metrics go
+to experiments/results/NAME/, and
 experiments/results/summary.json records for each run the rounds and wall time it took to
 reach its `target` accuracy (or that it did not within its rounds).
 """
@@ -22,13 +24,13 @@ from fedstream.cli.plot import read_rows
 HERE = Path(__file__).resolve().parent
 
 
-def load(name: str) -> tuple[dict, str]:
-    """An experiment's [experiment] table and the rest of its file as fedstream flags."""
-    spec = tomllib.loads((HERE / "configs" / f"{name}.toml").read_text())
-    experiment = spec.pop("experiment", {})
-    flags = "".join(f"{key} = {json.dumps(value)}\n" for table in spec.values()
-                    for key, value in table.items())
-    return experiment, flags
+def path_of(name: str) -> Path:
+    return HERE / "configs" / f"{name}.toml"
+
+
+def experiment_of(name: str) -> dict:
+    """An experiment file's [experiment] table: description, target, command."""
+    return tomllib.loads(path_of(name).read_text()).get("experiment", {})
 
 
 def summarize(name: str, experiment: dict, rows: list[dict]) -> dict:
@@ -45,16 +47,14 @@ def summarize(name: str, experiment: dict, rows: list[dict]) -> dict:
 
 
 def run(name: str) -> dict:
-    experiment, flags_text = load(name)
+    experiment = experiment_of(name)
     command = experiment.get("command", "simulate")
     out = HERE / "results" / name
     out.mkdir(parents=True, exist_ok=True)
     metrics = out / "metrics.jsonl"
     metrics.unlink(missing_ok=True)
-    flags = out / "flags.toml"  # the file without its [experiment] table: fedstream's flags only
-    flags.write_text(flags_text)
     argv = [sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", command,
-            "--config", str(flags)]
+            "--config", str(path_of(name))]
     argv += ["--out", str(out), "--quiet"] if command == "run" else ["--metrics", str(metrics)]
     subprocess.run(argv, check=True)
     return summarize(name, experiment, read_rows(str(metrics)))

@@ -18,14 +18,14 @@ from fedstream.datapool.store import ClientStore
 
 
 def synthetic_store(n_train: int = 240, n_clients: int = 8, seed: int = 3,
-                    partitioner: str = "reference") -> ClientStore:
+                    partitioner: str = "reference", **store_options) -> ClientStore:
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
     y = rng.integers(0, 10, n_train).astype(np.uint8)
     xt = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
     yt = rng.integers(0, 10, 50).astype(np.uint8)
     return ClientStore(x, y, xt, yt, partitioner=partitioner, n_clients=n_clients, seed=seed,
-                       dataset="synthetic", num_classes=10)
+                       dataset="synthetic", num_classes=10, **store_options)
 
 
 @pytest.fixture

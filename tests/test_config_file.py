@@ -54,5 +54,5 @@ def test_resolved_config_repeats_the_run(tmp_path):
     write_resolved(saved, args, args.parser)
     again = parse(["simulate", "--config", str(saved)])
     for key in ("rounds", "normalize", "partitioner", "server_lr", "clients", "model_seed",
-                "batch_size", "workers", "seed"):
+                "batch_size", "units", "data_seed"):
         assert getattr(again, key) == getattr(args, key), key

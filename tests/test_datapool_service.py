@@ -93,3 +93,21 @@ def test_health_command_exit_codes(pool, capsys):
     assert main(["health", address]) == 0
     assert "SERVING" in capsys.readouterr().out
     assert main(["health", "127.0.0.1:1", "--timeout", "0.5"]) == 1
+
+
+def test_the_client_splits_requests_beyond_the_pools_limit(serve):
+    from fedstream.common.errors import ResourceExhausted
+
+    from conftest import synthetic_store
+    store = synthetic_store(n_clients=8, max_clients_per_request=3)
+    with pytest.raises(ResourceExhausted, match="at most 3"):
+        store.batches(list(range(8)), 0, 4)  # the pool itself refuses 8 clients at once
+    server = serve(lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(
+        DataPoolServicer(store), s), [SERVICE_NAME])
+    client = DataPoolClient(f"127.0.0.1:{server.port}", connect_timeout_s=5)
+    got = client.batches([7, 6, 5, 4, 3, 2, 1, 0], step=1, batch_size=4)
+    client.close()
+    assert [b.client_id for b in got] == [7, 6, 5, 4, 3, 2, 1, 0]
+    for g in got:
+        (want,) = store.batches([g.client_id], 1, 4)
+        assert g.x.tobytes() == want.x.tobytes() and g.y.tobytes() == want.y.tobytes()

@@ -43,7 +43,7 @@ def test_compose_commands_parse_and_addresses_match_services():
     assert parsed["coordinator"].datapool == "datapool:50052"
     assert parsed["worker"].coordinator == "coordinator:50051"
     assert parsed["worker"].datapool == "datapool:50052"
-    assert parsed["coordinator"].workers == compose["worker"]["deploy"]["replicas"]
+    assert parsed["coordinator"].min_workers == compose["worker"]["deploy"]["replicas"]
     for name in ("datapool", "coordinator"):
         check = compose[name]["healthcheck"]["test"]
         assert check[:2] == ["CMD", "fedstream"]
@@ -97,7 +97,7 @@ def test_kubernetes_manifests_agree_with_the_cli():
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
     coordinator_args = parse_cli(deployments["fedstream-coordinator"]["spec"]["template"]["spec"]
                                  ["containers"][0]["args"])
-    assert coordinator_args.workers == deployments["fedstream-worker"]["spec"]["replicas"]
+    assert coordinator_args.min_workers == deployments["fedstream-worker"]["spec"]["replicas"]
     assert services["coordinator"]["metadata"]["annotations"]["prometheus.io/port"] == \
         str(coordinator_args.prometheus_port)
 

@@ -74,11 +74,12 @@ def test_run_trains_the_reference_recipe_and_cleans_up(tmp_path):
 
 
 def test_distributed_and_simulate_give_bit_identical_weights(tmp_path):
-    rounds = ["--rounds", "8", "--workers", "2"]
+    rounds = ["--rounds", "8"]
     out = tmp_path / "run"
-    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", *rounds))
+    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
+                     "2", *rounds))
     run_ok(fedstream("simulate", "--threads", "1", "--save-weights",
-                     str(tmp_path / "sim.npz"), *rounds))
+                     str(tmp_path / "sim.npz"), "--units", "2", *rounds))
     distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
     assert sorted(distributed.keys()) == sorted(simulated.keys())
     for name in distributed:
@@ -92,9 +93,9 @@ def test_worker_count_changes_weights_only_within_float_tolerance(tmp_path):
     57 rounds we measured at most 3.1% of it (1 vs 2, 4, 5 units)."""
     rounds, lr = 19, 1e-4
     weights = []
-    for workers in ("1", "3"):
-        path = tmp_path / f"w{workers}.npz"
-        run_ok(fedstream("simulate", "--rounds", str(rounds), "--workers", workers,
+    for units in ("1", "3"):
+        path = tmp_path / f"w{units}.npz"
+        run_ok(fedstream("simulate", "--rounds", str(rounds), "--units", units,
                          "--threads", "1", "--save-weights", str(path)))
         weights.append(np.load(path))
     worst = max(np.abs(weights[0][n] - weights[1][n]).max() for n in weights[0])
@@ -142,14 +143,15 @@ def test_a_run_over_mutual_tls(tmp_path):
 
 
 def test_fedavg_distributed_equals_simulate(tmp_path):
-    recipe = ["--rounds", "3", "--workers", "2", "--update", "delta", "--model", "2nn",
+    recipe = ["--rounds", "3", "--update", "delta", "--model", "2nn",
               "--client-fraction", "0.05", "--local-batch-size", "20", "--normalize",
               "--server-optimizer", "sgd", "--server-lr", "1", "--weighting", "examples",
               "--partitioner", "shards"]
     out = tmp_path / "run"
-    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", *recipe))
+    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
+                     "2", *recipe))
     run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
-                     *recipe))
+                     "--units", "2", *recipe))
     distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
     for name in distributed:
         assert distributed[name].tobytes() == simulated[name].tobytes(), name

@@ -26,19 +26,17 @@ def test_there_are_experiments():
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_experiment_file_is_a_valid_run(name, tmp_path):
-    experiment, flags = runner.load(name)
+def test_experiment_file_is_a_valid_run(name):
+    experiment = runner.experiment_of(name)
     assert experiment["description"] and 0 < experiment["target"] <= 1
     command = experiment.get("command", "simulate")
-    path = tmp_path / "flags.toml"
-    path.write_text(flags)
-    config = CONFIG_OF[command](parse([command, "--config", str(path)]))
+    config = CONFIG_OF[command](parse([command, "--config", str(runner.path_of(name))]))
     assert config.federation.rounds >= 1
 
 
 @pytest.mark.parametrize("name", sorted(SUMMARY))
 def test_summary_is_what_the_metrics_say(name):
-    experiment, _ = runner.load(name)
+    experiment = runner.experiment_of(name)
     rows = read_rows(str(EXPERIMENTS / "results" / name / "metrics.jsonl"))
     assert SUMMARY[name] == runner.summarize(name, experiment, rows)
 

@@ -22,14 +22,14 @@ ROUNDS = 30
 def undisturbed(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("reference") / "weights.npz"
     subprocess.run([sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", "simulate",
-                    "--workers", "2", "--threads", "1", "--rounds", str(ROUNDS),
+                    "--units", "2", "--threads", "1", "--rounds", str(ROUNDS),
                     "--save-weights", str(path)], check=True, capture_output=True, timeout=300)
     return path
 
 
 def federation_args(tmp_path: Path, pool: str, *extra: str) -> list[str]:
     """Coordinator flags of every fault run: 2 units, ROUNDS rounds, metrics and weights."""
-    return ["--datapool", pool, "--workers", "2", "--rounds", str(ROUNDS), "--metrics",
+    return ["--datapool", pool, "--min-workers", "2", "--rounds", str(ROUNDS), "--metrics",
             str(tmp_path / "metrics.jsonl"), "--save-weights", str(tmp_path / "weights.npz"),
             *extra]
 

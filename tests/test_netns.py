@@ -101,7 +101,7 @@ def test_separate_hosts_survive_a_cut_worker_link(hosts, tmp_path):
                 (tmp_path / "pool.log").read_text()
             time.sleep(0.1)
         coordinator = hosts.run("coord", [
-            "coordinator", "--listen", coord, "--datapool", pool, "--workers", "2", "--rounds",
+            "coordinator", "--listen", coord, "--datapool", pool, "--min-workers", "2", "--rounds",
             str(ROUNDS), "--lease-s", "3", "--metrics", str(metrics)], tmp_path / "coord.log")
         procs.append(coordinator)
         for w in ("w1", "w2"):

@@ -42,7 +42,7 @@ def test_node_worker_gradient_is_accepted_and_equals_python(tmp_path, node_modul
     datapool, pool_address = start_service(tmp_path, "datapool", "--clients", str(clients))
     try:
         coordinator, address = start_service(
-            tmp_path, "coordinator", "--datapool", pool_address, "--workers", "1",
+            tmp_path, "coordinator", "--datapool", pool_address, "--min-workers", "1",
             "--rounds", "1", "--metrics", str(tmp_path / "metrics.jsonl"))
         dump = tmp_path / "update.bin"
         node = subprocess.run(["node", str(NODE_DIR / "worker.js"), "--coordinator", address,

@@ -50,7 +50,7 @@ def test_sigterm_stops_workers_and_coordinator_cleanly(tmp_path):
     datapool, pool = start_service(tmp_path, "datapool")
     metrics, ckpt = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
     coordinator, address = start_service(
-        tmp_path, "coordinator", "--datapool", pool, "--workers", "2", "--rounds", "100000",
+        tmp_path, "coordinator", "--datapool", pool, "--min-workers", "2", "--rounds", "100000",
         "--eval-every", "100000", "--lease-s", "600", "--metrics", str(metrics),
         "--checkpoint-dir", str(ckpt))
     leaver, stayer = (start_worker(tmp_path, address, pool, n) for n in ("leaver", "stayer"))

@@ -8,6 +8,9 @@
     [federation]
     rounds = 57
     server-lr = 1e-4
+    [experiment]   # optional: what the run is for, read by experiments/run.py, not a flag
+    description = "the reference recipe"
+    target = 0.84
 
 `fedstream run --config experiment.toml --rounds 10` trains 10 rounds. Every run writes the
 resolved flags as `config.toml` beside its metrics, so `--config that/config.toml` repeats it.
@@ -26,7 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 NOT_CONFIGURABLE = {"help", "config", "log_level"}
-SECRETS = {"auth_token"}  # never written out; pass them by flag or environment
+EXPERIMENT_TABLE = "experiment"  # describes the run (description, target, command): no flags
 
 
 class ConfigError(ValueError):
@@ -61,6 +64,9 @@ def config_argv(path: str, parser: argparse.ArgumentParser, command: str) -> lis
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
     options = _options(parser)
+    experiment = table.pop(EXPERIMENT_TABLE, {})
+    if not isinstance(experiment, dict):
+        raise ConfigError(f"{path}: {EXPERIMENT_TABLE!r} must be a table describing the run")
     argv = []
     for dest, (where, value) in _flatten(table, "", {}).items():
         action = options.get(dest)
@@ -95,7 +101,7 @@ def write_resolved(path: Path, args: argparse.Namespace, parser: argparse.Argume
     lines = []
     for name, action in sorted(_options(parser).items()):
         value = getattr(args, action.dest, None)
-        if value is None or action.dest in SECRETS:
+        if value is None or getattr(action, "secret", False):  # secrets: by flag or environment
             continue
         key = name.replace("_", "-")
         text = ("true" if value else "false") if isinstance(value, bool) else (

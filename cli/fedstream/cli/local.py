@@ -15,16 +15,13 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from fedstream.coordinator.config import (
-    FederationConfig,
-    add_federation_arguments,
-    federation_argv,
-    federation_config_from_args,
-)
-from fedstream.datapool.server import DataPoolConfig, add_data_arguments
-from fedstream.datapool.server import data_config_from_args as data_config
+from fedstream.common.options import add_options, from_args, option, section, to_argv
+from fedstream.common.tls import TlsConfig
+from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, MetricsConfig
+from fedstream.datapool.server import DataConfig, DataPoolConfig
+from fedstream.worker.config import WorkerConfig
 
 START_TIMEOUT_S = 300.0  # first start may fetch MNIST and load TensorFlow
 STOP_GRACE_S = 15.0
@@ -32,50 +29,39 @@ STOP_GRACE_S = 15.0
 
 @dataclass(frozen=True)
 class LocalRunConfig:
-    data: DataPoolConfig = field(default_factory=DataPoolConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    workers: int = 2  # worker processes
-    worker_threads: int = 0  # TensorFlow threads per worker (0: cores / workers)
-    coordinator_threads: int = 0  # TensorFlow threads of the coordinator (0: all cores; it
-    # computes only while the workers wait for the next round, so it oversubscribes nothing)
-    device: str | None = None  # worker device; None: first GPU, else CPU
-    out: str = ""  # run folder for logs, metrics, weights ("" : runs/<timestamp>)
-    prometheus_port: int | None = None  # the coordinator's Prometheus port (off: None)
-    straggler_delay_s: float = 0.0  # worker 0 sleeps this long per unit: a slow device
-    tls: bool = False  # every link over TLS, with a throwaway CA made in <out>/tls
-    mtls: bool = False  # and servers require client certificates
-    quiet: bool = False  # print only the final line
+    data: DataConfig = section(DataConfig, "data")
+    federation: FederationConfig = section(FederationConfig,
+                                           "federation (defaults: the reference recipe)")
+    workers: int = option(2, "worker processes; the first round waits for all of them")
+    worker_threads: int = option(0, "TensorFlow threads per worker (0: cores / workers)")
+    coordinator_threads: int = option(0, "TensorFlow threads of the coordinator (0: "
+                                         "TensorFlow's default; it computes only while the "
+                                         "workers wait, so it oversubscribes nothing)")
+    device: str | None = option(None, "workers' device: /CPU:0 or /GPU:<n> (default: the "
+                                      "first GPU, else the CPU)")
+    out: str = option("", "run folder for logs, metrics, weights (default: runs/<timestamp>)")
+    sinks: MetricsConfig = section(MetricsConfig)
+    straggler_delay_s: float = option(0.0, "worker 0 sleeps this long after each unit (a slow "
+                                           "device)")
+    tls: bool = option(False, "every link over TLS, certificates from a throwaway CA in "
+                              "<out>/tls")
+    mtls: bool = option(False, "--tls, and servers verify clients too")
+    quiet: bool = option(False, "print only the final line")
+
+
+# the launcher writes the coordinator's metrics and TensorBoard files into the run folder, and
+# makes the coordinator wait for the workers it starts
+LAUNCHER_SETS = ("min_workers", "metrics", "tensorboard")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    add_data_arguments(p)
-    p.add_argument("--workers", type=int, default=2, help="worker processes")
-    p.add_argument("--worker-threads", type=int, default=0,
-                   help="TensorFlow threads per worker (0: cores / workers)")
-    p.add_argument("--coordinator-threads", type=int, default=0,
-                   help="TensorFlow threads of the coordinator (0: TensorFlow's default)")
-    p.add_argument("--device", default=None, help="workers' device: /CPU:0 or /GPU:<n>")
-    p.add_argument("--out", default="", help="run folder (default: runs/<timestamp>)")
-    p.add_argument("--prometheus-port", type=int, default=None,
-                   help="the coordinator serves Prometheus metrics on this port (default: off)")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--straggler-delay-s", type=float, default=0.0,
-                   help="worker 0 sleeps this long after each unit (a slow device)")
-    p.add_argument("--tls", action="store_true",
-                   help="every link over TLS, certificates from a throwaway CA in <out>/tls")
-    p.add_argument("--mtls", action="store_true", help="--tls, and servers verify clients too")
-    add_federation_arguments(p)
+    add_options(p, LocalRunConfig, exclude=LAUNCHER_SETS)
 
 
 def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
-    return LocalRunConfig(
-        data=data_config(args),
-        federation=federation_config_from_args(args, workers=args.workers),
-        workers=args.workers, worker_threads=args.worker_threads,
-        coordinator_threads=args.coordinator_threads, device=args.device,
-        out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"), quiet=args.quiet,
-        prometheus_port=args.prometheus_port, tls=args.tls or args.mtls, mtls=args.mtls,
-        straggler_delay_s=args.straggler_delay_s)
+    return from_args(LocalRunConfig, args, federation={"min_workers": args.workers},
+                     out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"),
+                     tls=args.tls or args.mtls)
 
 
 class Processes:
@@ -162,19 +148,17 @@ def progress_line(row: dict, rounds: int) -> str:
     return line
 
 
-def tls_flags(config: LocalRunConfig) -> tuple[list[str], list[str]]:
-    """(server flags, worker flags) for a TLS run; the servers' certificate also serves the
+def tls_configs(config: LocalRunConfig) -> tuple[TlsConfig, TlsConfig]:
+    """(servers', workers') TLS for a TLS run; the servers' certificate also serves the
     coordinator as a client of the data pool."""
     if not config.tls:
-        return [], []
+        return TlsConfig(), TlsConfig()
     from fedstream.common.tls import make_certificates
     certs = make_certificates(os.path.join(config.out, "tls"), ["127.0.0.1", "localhost"])
     ca, server, client = (str(certs[k]) for k in ("ca", "server", "client"))
     key = lambda pem: pem[:-len(".pem")] + ".key"  # noqa: E731
-    mutual = ["--mtls"] if config.mtls else []
-    workers = ["--tls-cert", client, "--tls-key", key(client)] if config.mtls else []
-    return (["--tls-ca", ca, "--tls-cert", server, "--tls-key", key(server), *mutual],
-            ["--tls-ca", ca, *workers])
+    workers = TlsConfig(ca=ca, cert=client, key=key(client)) if config.mtls else TlsConfig(ca=ca)
+    return TlsConfig(ca=ca, cert=server, key=key(server), mutual=config.mtls), workers
 
 
 class ProgressDisplay:
@@ -235,38 +219,29 @@ def run(config: LocalRunConfig) -> int:
     tail = MetricsTail(metrics_path)
     started = time.monotonic()
     last = None
-    server_tls, client_tls = tls_flags(config)
+    server_tls, client_tls = tls_configs(config)
     try:
-        d = config.data
-        data_argv = ["datapool", "--listen", "127.0.0.1:0", "--clients", str(d.clients),
-                     "--partitioner", d.partitioner, "--data-seed", str(d.seed),
-                     "--dirichlet-alpha", str(d.dirichlet_alpha),
-                     "--min-client-size", str(d.min_client_size),
-                     "--port-file", os.path.join(config.out, "datapool.addr")]
-        if d.data:
-            data_argv += ["--data", d.data]
-        data_argv += server_tls
-        datapool = procs.address("datapool", procs.start("datapool", data_argv))
+        datapool_proc = procs.start("datapool", ["datapool", *to_argv(DataPoolConfig(
+            listen="127.0.0.1:0", port_file=os.path.join(config.out, "datapool.addr"),
+            data=config.data, tls=server_tls))])
+        datapool = procs.address("datapool", datapool_proc)
         say(f"datapool     {datapool}")
-        coordinator_proc = procs.start("coordinator", [
-            "coordinator", "--listen", "127.0.0.1:0", "--datapool", datapool,
-            "--threads", str(config.coordinator_threads), "--metrics", metrics_path,
-            "--tensorboard", os.path.join(config.out, "tensorboard"),
-            "--save-weights", os.path.join(config.out, "weights.npz"),
-            "--port-file", os.path.join(config.out, "coordinator.addr"),
-            *federation_argv(config.federation), *server_tls,
-            *([] if config.prometheus_port is None
-              else ["--prometheus-port", str(config.prometheus_port)])])
+        sinks = MetricsConfig(metrics=metrics_path,
+                              tensorboard=os.path.join(config.out, "tensorboard"),
+                              prometheus_port=config.sinks.prometheus_port)
+        coordinator_proc = procs.start("coordinator", ["coordinator", *to_argv(CoordinatorConfig(
+            listen="127.0.0.1:0", datapool=datapool, threads=config.coordinator_threads,
+            sinks=sinks, save_weights=os.path.join(config.out, "weights.npz"),
+            port_file=os.path.join(config.out, "coordinator.addr"), tls=server_tls,
+            federation=config.federation))])
         coordinator = procs.address("coordinator", coordinator_proc)
         say(f"coordinator  {coordinator}")
         for i in range(config.workers):
-            argv = ["worker", "--coordinator", coordinator, "--datapool", datapool,
-                    "--threads", str(threads), "--name", f"worker-{i}", *client_tls]
-            if config.device:
-                argv += ["--device", config.device]
-            if i == 0 and config.straggler_delay_s:
-                argv += ["--delay-s", str(config.straggler_delay_s)]
-            procs.start(f"worker-{i}", argv)
+            worker = WorkerConfig(
+                coordinator=coordinator, datapool=datapool, device=config.device,
+                threads=threads, name=f"worker-{i}", tls=client_tls,
+                delay_s=config.straggler_delay_s if i == 0 else 0.0)
+            procs.start(f"worker-{i}", ["worker", *to_argv(worker)])
         say(f"{config.workers} workers   {threads} TensorFlow thread(s) each; logs in {config.out}")
         while coordinator_proc.poll() is None:
             for row in tail.rows():

@@ -113,8 +113,9 @@ def _health(args) -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     from fedstream.common.clients import channel
-    from fedstream.common.tls import tls_from_args
-    with channel(args.address, tls_from_args(args).channel_credentials()) as ch:
+    from fedstream.common.options import from_args
+    from fedstream.common.tls import TlsConfig
+    with channel(args.address, from_args(TlsConfig, args).channel_credentials()) as ch:
         try:
             reply = health_pb2_grpc.HealthStub(ch).Check(
                 health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
@@ -127,18 +128,21 @@ def _health(args) -> int:
 
 
 def _partitions(args) -> int:
-    from fedstream.datapool.server import build_store, data_config_from_args
-    print(build_store(data_config_from_args(args)).summary.describe(limit=args.show))
+    from fedstream.common.options import from_args
+    from fedstream.datapool.server import DataConfig, build_store
+    print(build_store(from_args(DataConfig, args)).summary.describe(limit=args.show))
     return 0
 
 
 def _status(args) -> int:
     import dataclasses
 
+    from fedstream.common.auth import ClientCredentials
     from fedstream.common.clients import CoordinatorClient
-    from fedstream.common.tls import tls_from_args
-    client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=tls_from_args(args),
-                               token=args.auth_token)
+    from fedstream.common.options import from_args
+    credentials = from_args(ClientCredentials, args)
+    client = CoordinatorClient(args.address, connect_timeout_s=10.0, tls=credentials.tls,
+                               token=credentials.auth_token)
     if args.evaluate:
         version, metrics = client.evaluate()
         print(json.dumps({"version": version, **metrics}))
@@ -178,8 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download even if cached")
     p.set_defaults(handler=_fetch_mnist)
     from fedstream.cli import plot
-    from fedstream.common.auth import add_client_auth_arguments
-    from fedstream.common.tls import add_tls_arguments
+    from fedstream.common.auth import ClientCredentials
+    from fedstream.common.options import add_options
+    from fedstream.common.tls import TlsConfig
     p = sub.add_parser("plot", help="accuracy and loss of one or more runs, as a PNG")
     plot.add_arguments(p)
     p.set_defaults(handler=_plot)
@@ -196,21 +201,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--days", type=int, default=30)
     p.set_defaults(handler=_make_certs)
     p = sub.add_parser("partitions", help="the clients' sizes and label histograms of a partition")
-    datapool.add_data_arguments(p)
+    add_options(p, datapool.DataConfig)
     p.add_argument("--show", type=int, default=10, help="clients listed in full")
     p.set_defaults(handler=_partitions)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")
     p.add_argument("--timeout", type=float, default=5.0)
-    add_tls_arguments(p)
+    add_options(p, TlsConfig)
     p.set_defaults(handler=_health)
     p = sub.add_parser("status", help="a running coordinator's round, version and workers")
     p.add_argument("address", help="coordinator host:port")
     p.add_argument("--evaluate", action="store_true",
                    help="evaluate the current model on the test set now and print that")
-    add_tls_arguments(p)
-    add_client_auth_arguments(p)
+    add_options(p, ClientCredentials)
     p.set_defaults(handler=_status)
     return parser
 

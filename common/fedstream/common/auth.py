@@ -9,13 +9,15 @@ worker id to the identity that joined with it.
 
 from __future__ import annotations
 
-import argparse
 import contextvars
 import hmac
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+from fedstream.common.options import option, section
+from fedstream.common.tls import TlsConfig
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedstream_caller",
@@ -119,14 +121,21 @@ def _refusal(handler):
     return _wrap(handler, wrap)
 
 
-def add_server_auth_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--auth-tokens", default=None,
-                   help="file of `NAME TOKEN` lines: accept only calls bearing one of these")
+def auth_tokens_option():
+    """The server's token file, as a configuration field."""
+    return option(None, "file of `NAME TOKEN` lines: accept only calls bearing one of these")
 
 
-def add_client_auth_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--auth-token", default=os.environ.get("FEDSTREAM_TOKEN"),
-                   help="bearer token to present (default: $FEDSTREAM_TOKEN)")
+def auth_token_option():
+    """A client's bearer token, as a configuration field."""
+    return option(None, "bearer token to present", env="FEDSTREAM_TOKEN", secret=True)
+
+
+@dataclass(frozen=True)
+class ClientCredentials:
+    """How a client proves who it is and checks whom it talks to (`fedstream status`)."""
+    tls: TlsConfig = section(TlsConfig, "TLS (default: plaintext)")
+    auth_token: str | None = auth_token_option()
 
 
 def server_interceptors(tokens_file: str | None) -> list[grpc.ServerInterceptor]:

@@ -7,6 +7,8 @@ import json
 import logging
 import os
 
+from fedstream.common.options import secret_names
+
 
 def setup_logging(level: str | None = None) -> None:
     logging.basicConfig(
@@ -15,16 +17,14 @@ def setup_logging(level: str | None = None) -> None:
     )
 
 
-SECRET_KEYS = {"auth_token"}
-
-
-def _redacted(value):
+def _redacted(value, secrets: set[str]):
     if isinstance(value, dict):
-        return {k: ("***" if k in SECRET_KEYS and v else _redacted(v)) for k, v in value.items()}
+        return {k: ("***" if k in secrets and v else _redacted(v, secrets))
+                for k, v in value.items()}
     return value
 
 
 def log_config(logger: logging.Logger, name: str, config) -> None:
     """The resolved configuration, secrets masked."""
-    logger.info("%s config: %s", name, json.dumps(_redacted(dataclasses.asdict(config)),
-                                                  sort_keys=True, default=str))
+    values = _redacted(dataclasses.asdict(config), secret_names(type(config)))
+    logger.info("%s config: %s", name, json.dumps(values, sort_keys=True, default=str))

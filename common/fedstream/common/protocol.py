@@ -13,12 +13,12 @@ import numpy as np
 from fedstream.common.tensors import TensorSpec
 
 
-class UpdateKind(enum.Enum):
+class UpdateKind(str, enum.Enum):
     GRADIENT = "gradient"  # FedSGD: gradient of the mean loss over one client batch
     MODEL_DELTA = "delta"  # FedAvg family: w_start - w_after local training
 
 
-class Weighting(enum.Enum):
+class Weighting(str, enum.Enum):
     UNIFORM = "uniform"  # every client weighs 1: the reference's plain mean of gradients
     EXAMPLES = "examples"  # every client weighs its number of examples
 

@@ -8,7 +8,6 @@ throwaway CA and certificates for tests and first deployments (`fedstream make-c
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
 from dataclasses import dataclass
@@ -16,13 +15,17 @@ from pathlib import Path
 
 import grpc
 
+from fedstream.common.options import option
+
 
 @dataclass(frozen=True)
 class TlsConfig:
-    ca: str | None = None  # PEM bundle of the CA(s) that sign the peers' certificates
-    cert: str | None = None  # this process's certificate chain (PEM)
-    key: str | None = None  # its private key (PEM)
-    mutual: bool = False  # servers: require client certificates signed by `ca`
+    ca: str | None = option(None, "PEM bundle of the CA(s) that sign the peers' certificates; "
+                                  "clients verify servers against it", flag="--tls-ca")
+    cert: str | None = option(None, "this process's PEM certificate chain", flag="--tls-cert")
+    key: str | None = option(None, "this process's PEM private key", flag="--tls-key")
+    mutual: bool = option(False, "servers require client certificates signed by --tls-ca",
+                          flag="--mtls")
 
     def __post_init__(self):
         if bool(self.cert) != bool(self.key):
@@ -52,19 +55,6 @@ def _read(path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"cannot read TLS file {path}: {e.strerror}") from e
-
-
-def add_tls_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("TLS (default: plaintext)")
-    g.add_argument("--tls-ca", default=None, help="PEM CA bundle that signs the peers")
-    g.add_argument("--tls-cert", default=None, help="this process's PEM certificate")
-    g.add_argument("--tls-key", default=None, help="this process's PEM private key")
-    g.add_argument("--mtls", action="store_true",
-                   help="servers require client certificates signed by --tls-ca")
-
-
-def tls_from_args(args: argparse.Namespace) -> TlsConfig:
-    return TlsConfig(ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, mutual=args.mtls)
 
 
 def make_certificates(directory: str | Path, hosts: list[str], *, days: int = 30) -> dict[str, Path]:

@@ -36,7 +36,7 @@ from fedstream.common.protocol import (
 )
 from fedstream.common.tensors import TensorSpec, spec_of
 from fedstream.coordinator import checkpoint
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import FederationConfig, Mode
 from fedstream.coordinator.fedasync import FedAsync
 from fedstream.coordinator.fedbuff import FedBuff
 from fedstream.coordinator.membership import Membership
@@ -70,9 +70,9 @@ def unit_metrics(reports: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def make_policy(config: FederationConfig, n_clients: int, model: ServerModel, counts: Counter,
                 update_kind: UpdateKind) -> RoundPolicy:
-    if config.mode == "fedbuff":
+    if config.mode is Mode.FEDBUFF:
         return FedBuff(config, n_clients, model, counts)
-    if config.mode == "fedasync":
+    if config.mode is Mode.FEDASYNC:
         return FedAsync(config, n_clients, model, counts, update_kind=update_kind)
     return SyncRounds(config, n_clients, model, counts)
 

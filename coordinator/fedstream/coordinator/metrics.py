@@ -7,6 +7,8 @@ import json
 import logging
 import os
 
+from fedstream.coordinator.config import MetricsConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -66,6 +68,11 @@ class PrometheusGauges:
 
 
 class MetricsLog:
+    @classmethod
+    def of(cls, config: MetricsConfig) -> MetricsLog:
+        return cls(config.metrics, tensorboard=config.tensorboard,
+                   prometheus_port=config.prometheus_port)
+
     def __init__(self, path: str | None, *, tensorboard: str | None = None,
                  prometheus_port: int | None = None):
         self.path = path

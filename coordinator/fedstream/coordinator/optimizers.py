@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from fedstream.coordinator.config import SERVER_OPTIMIZERS
+from fedstream.coordinator.config import ServerOptimizer
 
 
 class Yogi(keras.optimizers.Optimizer):
@@ -46,7 +46,7 @@ class Yogi(keras.optimizers.Optimizer):
                 "epsilon": self.epsilon, "initial_accumulator": self.initial_accumulator}
 
 
-def make_server_optimizer(name: str, lr: float, *, momentum: float = 0.0,
+def make_server_optimizer(name: ServerOptimizer | str, lr: float, *, momentum: float = 0.0,
                           epsilon: float | None = None) -> keras.optimizers.Optimizer:
     if name == "sgd":
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
@@ -57,4 +57,4 @@ def make_server_optimizer(name: str, lr: float, *, momentum: float = 0.0,
     if name == "yogi":
         return Yogi(learning_rate=lr, epsilon=epsilon or 1e-3)
     raise ValueError(f"unknown server optimizer {name!r}; choose one of "
-                     f"{', '.join(SERVER_OPTIMIZERS)}")
+                     f"{', '.join(o.value for o in ServerOptimizer)}")

@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 
 from fedstream.coordinator import aggregate
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import Aggregator as Rule
+from fedstream.coordinator.config import FederationConfig, Mode
 from fedstream.coordinator.units import Contribution
 
 
@@ -59,12 +60,13 @@ class StalenessWeighted(Aggregator):
 
 def build_aggregator(config: FederationConfig) -> Aggregator:
     """The pipeline a configuration asks for."""
-    if config.aggregator == "median":
+    rule = config.aggregator
+    if rule is Rule.MEDIAN:
         inner: Aggregator = PerClient(aggregate.coordinate_median)
-    elif config.aggregator == "trimmed_mean":
+    elif rule is Rule.TRIMMED_MEAN:
         inner = PerClient(lambda u: aggregate.trimmed_mean(u, config.trim_fraction))
-    elif config.aggregator == "krum":
+    elif rule is Rule.KRUM:
         inner = PerClient(lambda u: aggregate.krum(u, config.krum_byzantine, config.krum_select))
     else:
         inner = WeightedMean()
-    return StalenessWeighted(inner) if config.mode == "fedbuff" else inner
+    return StalenessWeighted(inner) if config.mode is Mode.FEDBUFF else inner

@@ -36,8 +36,7 @@ def serve(config: CoordinatorConfig) -> None:
     pool.close()
     log.info("data: %s, %d clients (%s), %d test examples", summary.dataset,
              summary.num_clients, summary.partitioner, summary.num_test)
-    metrics = MetricsLog(config.metrics, tensorboard=config.tensorboard,
-                         prometheus_port=config.prometheus_port)
+    metrics = MetricsLog.of(config.sinks)
     federation = build_federation(config.federation, summary, test_set, metrics,
                                   checkpoint_dir=config.checkpoint_dir)
     server = create_server(

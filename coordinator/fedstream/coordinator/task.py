@@ -8,25 +8,25 @@ from typing import Sequence
 import keras
 import numpy as np
 
-from fedstream.common.protocol import LocalTraining, Task, UpdateKind, Weighting, steps_per_pass
+from fedstream.common.protocol import LocalTraining, Task, UpdateKind, steps_per_pass
 from fedstream.common.tensors import TensorSpec
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import Aggregator, FederationConfig
 
 
 def make_task(config: FederationConfig, model: keras.Model, client_sizes: Sequence[int], *,
               loss: str, num_classes: int) -> Task:
-    delta = config.update == "delta"
+    delta = config.update is UpdateKind.MODEL_DELTA
     return Task(
         model_json=model.to_json(), loss=loss, num_classes=num_classes,
         update_kind=UpdateKind.MODEL_DELTA if delta else UpdateKind.GRADIENT,
-        weighting=Weighting(config.weighting),
+        weighting=config.weighting,
         # local training fetches a client's whole data as its one "batch"
         batch_size=max(client_sizes) if delta else config.batch_size,
         dropout=config.dropout,
         input_divisor=config.input_divisor,
         update_specs=tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
                            for v in model.trainable_variables),
-        rounds=config.rounds, per_client=config.aggregator != "mean",
+        rounds=config.rounds, per_client=config.aggregator is not Aggregator.MEAN,
         local=LocalTraining(epochs=config.local_epochs, batch_size=config.local_batch_size,
                             lr=config.client_lr, momentum=config.client_momentum,
                             prox_mu=config.prox_mu) if delta else None)

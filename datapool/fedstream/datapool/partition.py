@@ -3,9 +3,16 @@ for the label-skewed ones, their parameters."""
 
 from __future__ import annotations
 
+import enum
+
 import numpy as np
 
-PARTITIONERS = ("reference", "iid", "shards", "dirichlet")
+
+class Partitioner(str, enum.Enum):
+    REFERENCE = "reference"
+    IID = "iid"
+    SHARDS = "shards"
+    DIRICHLET = "dirichlet"
 
 
 def reference_partition(n_examples: int, n_clients: int, seed: int) -> list[np.ndarray]:
@@ -77,7 +84,8 @@ def partition(name: str, labels: np.ndarray, n_clients: int, seed: int, *,
         return shards_partition(labels, n_clients, seed)
     if name == "dirichlet":
         return dirichlet_partition(labels, n_clients, seed, alpha=alpha, min_size=min_size)
-    raise ValueError(f"unknown partitioner {name!r}; choose one of {', '.join(PARTITIONERS)}")
+    raise ValueError(f"unknown partitioner {name!r}; choose one of "
+                     f"{', '.join(p.value for p in Partitioner)}")
 
 
 def label_histograms(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> np.ndarray:

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 
-from fedstream.common.auth import add_server_auth_arguments, server_interceptors
+from fedstream.common.auth import auth_tokens_option, server_interceptors
 from fedstream.common.grpc_server import bound_address, create_server, publish_address, stop_on_signals
 from fedstream.common.logs import log_config
-from fedstream.common.tls import TlsConfig, add_tls_arguments, tls_from_args
+from fedstream.common.options import add_options, coerce_choices, from_args, option, section
+from fedstream.common.tls import TlsConfig
 from fedstream.datapool.mnist import load_mnist
-from fedstream.datapool.partition import PARTITIONERS
+from fedstream.datapool.partition import Partitioner
 from fedstream.datapool.servicer import DataPoolServicer
 from fedstream.datapool.store import ClientStore
 from fedstream.v1 import datapool_pb2, datapool_pb2_grpc
@@ -23,67 +23,57 @@ SERVICE_NAME = datapool_pb2.DESCRIPTOR.services_by_name["DataPool"].full_name
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """What data and which partition: shared by the data pool, `run`, `simulate` and
+    `partitions`."""
+    data: str | None = option(None, "keras-layout mnist.npz or a folder of the four IDX files "
+                                    "(default: the cached copy, fetched on first use)",
+                              env="FEDSTREAM_DATA")
+    clients: int = option(100, "number of clients")
+    partitioner: Partitioner = option(Partitioner.REFERENCE, "reference (seeded shuffle, "
+                                      "contiguous shards), iid, shards (two label-sorted shards "
+                                      "per client) or dirichlet (label skew)")
+    data_seed: int = option(200, "partition seed (the reference program uses 200)")
+    dirichlet_alpha: float = option(0.5, "dirichlet partitioner: label concentration (small: "
+                                         "more skew)")
+    min_client_size: int = option(10, "dirichlet partitioner: fewest examples per client")
+
+    def __post_init__(self):
+        problems = coerce_choices(self)
+        if problems:
+            raise ValueError("invalid data config: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
 class DataPoolConfig:
-    listen: str = "127.0.0.1:50052"  # host:port to serve on; port 0 picks a free port
-    data: str | None = None  # mnist.npz or IDX folder; None: cached copy, fetched on first use
-    clients: int = 100  # number of simulated clients
-    partitioner: str = "reference"  # "reference" (seeded shuffle, contiguous shards) or "iid"
-    seed: int = 200  # partition seed (the reference program uses 200)
-    dirichlet_alpha: float = 0.5  # dirichlet partitioner: concentration (small: more skew)
-    min_client_size: int = 10  # dirichlet partitioner: fewest examples a client may hold
-    port_file: str | None = None  # write the bound host:port here once serving
-    tls: TlsConfig = field(default_factory=TlsConfig)  # plaintext unless certificates are given
-    auth_tokens: str | None = None  # file of `NAME TOKEN` lines; None: no authentication
-
-
-def add_data_arguments(p: argparse.ArgumentParser) -> None:
-    """What data and which partition: shared by the data pool, `run` and `simulate`."""
-    d = DataPoolConfig()
-    p.add_argument("--data", default=os.environ.get("FEDSTREAM_DATA"),
-                   help="keras-layout mnist.npz or a folder of the four IDX files "
-                        "(default: the cached copy, fetched on first use)")
-    p.add_argument("--clients", type=int, default=d.clients, help="number of clients")
-    p.add_argument("--partitioner", choices=PARTITIONERS, default=d.partitioner)
-    p.add_argument("--data-seed", dest="seed", type=int, default=d.seed, help="partition seed")
-    p.add_argument("--dirichlet-alpha", type=float, default=d.dirichlet_alpha,
-                   help="dirichlet partitioner: label concentration (small: more skew)")
-    p.add_argument("--min-client-size", type=int, default=d.min_client_size,
-                   help="dirichlet partitioner: fewest examples per client")
-
-
-def data_config_from_args(args: argparse.Namespace) -> DataPoolConfig:
-    return DataPoolConfig(data=args.data, clients=args.clients, partitioner=args.partitioner,
-                          seed=args.seed, dirichlet_alpha=args.dirichlet_alpha,
-                          min_client_size=args.min_client_size)
+    listen: str = option("127.0.0.1:50052", "host:port to serve on (port 0: any free port)",
+                         env="FEDSTREAM_DATAPOOL_LISTEN")
+    port_file: str | None = option(None, "write the bound host:port here when ready")
+    data: DataConfig = section(DataConfig, "data")
+    tls: TlsConfig = section(TlsConfig, "TLS (default: plaintext)")
+    auth_tokens: str | None = auth_tokens_option()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--listen", default=os.environ.get("FEDSTREAM_DATAPOOL_LISTEN",
-                                                      DataPoolConfig.listen),
-                   help="host:port to serve on (port 0: any free port)")
-    p.add_argument("--port-file", default=None, help="write the bound host:port here when ready")
-    add_data_arguments(p)
-    add_tls_arguments(p)
-    add_server_auth_arguments(p)
+    add_options(p, DataPoolConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> DataPoolConfig:
-    return replace(data_config_from_args(args), listen=args.listen, port_file=args.port_file,
-                   tls=tls_from_args(args), auth_tokens=args.auth_tokens)
+    return from_args(DataPoolConfig, args)
 
 
-def build_store(config: DataPoolConfig) -> ClientStore:
+def build_store(config: DataConfig) -> ClientStore:
     mnist = load_mnist(config.data)
     return ClientStore(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test,
-                       partitioner=config.partitioner, n_clients=config.clients,
-                       seed=config.seed, dataset="mnist", num_classes=10,
+                       partitioner=config.partitioner.value, n_clients=config.clients,
+                       seed=config.data_seed, dataset="mnist", num_classes=10,
                        dirichlet_alpha=config.dirichlet_alpha,
                        min_client_size=config.min_client_size)
 
 
 def serve(config: DataPoolConfig) -> None:
     log_config(log, "datapool", config)
-    store = build_store(config)
+    store = build_store(config.data)
     server = create_server(
         config.listen,
         lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(DataPoolServicer(store), s),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fedstream.common import serde
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
-from fedstream.datapool.store import MAX_BATCH_SIZE, MAX_CLIENTS_PER_REQUEST, ClientStore
+from fedstream.datapool.store import MAX_BATCH_SIZE, ClientStore
 from fedstream.v1 import datapool_pb2_grpc
 
 
@@ -15,7 +15,7 @@ class DataPoolServicer(datapool_pb2_grpc.DataPoolServicer):
     @handles_errors
     def GetInfo(self, request, context):
         return serde.dataset_info_to_proto(self._store.summary, max_batch_size=MAX_BATCH_SIZE,
-                                           max_clients_per_request=MAX_CLIENTS_PER_REQUEST)
+                                           max_clients_per_request=self._store.max_clients_per_request)
 
     @handles_stream_errors
     def StreamBatches(self, request, context):

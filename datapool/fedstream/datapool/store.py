@@ -19,7 +19,8 @@ class ClientStore:
 
     def __init__(self, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
                  partitioner: str, n_clients: int, seed: int, dataset: str, num_classes: int,
-                 dirichlet_alpha: float = 0.5, min_client_size: int = 10):
+                 dirichlet_alpha: float = 0.5, min_client_size: int = 10,
+                 max_clients_per_request: int = MAX_CLIENTS_PER_REQUEST):
         shards = partition(partitioner, y, n_clients, seed, alpha=dirichlet_alpha,
                            min_size=min_client_size)
         order = np.concatenate(shards)
@@ -28,6 +29,7 @@ class ClientStore:
         sizes = np.array([len(s) for s in shards], dtype=np.int64)
         self._starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         self.x_test, self.y_test = x_test, y_test
+        self.max_clients_per_request = max_clients_per_request
         self.summary = DatasetSummary(
             dataset=dataset, partitioner=partitioner, seed=seed,
             client_sizes=tuple(int(s) for s in sizes), example_shape=tuple(x.shape[1:]),
@@ -55,9 +57,9 @@ class ClientStore:
         n = self.summary.num_clients
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise InvalidArgument(f"batch_size {batch_size} is out of range: ask for 1..{MAX_BATCH_SIZE}")
-        if len(client_ids) > MAX_CLIENTS_PER_REQUEST:
+        if len(client_ids) > self.max_clients_per_request:
             raise ResourceExhausted(f"{len(client_ids)} clients in one request; split it into "
-                                    f"requests of at most {MAX_CLIENTS_PER_REQUEST}")
+                                    f"requests of at most {self.max_clients_per_request}")
         bad = [c for c in client_ids if not 0 <= c < n]
         if bad:
             raise InvalidArgument(f"unknown client ids {bad[:5]}: this pool serves clients 0..{n - 1}")
