@@ -8,6 +8,8 @@ sides of a ratio alike.
 
   naive          the reference's computation: one eager gradient per client (bench/naive.py)
   simulate-K     `fedstream simulate --units K`: one process, K work units per round
+  simulate-2-eval  simulate-2 with a test-set evaluation after every round (it runs off the
+                 round's critical path: compare cycle times, round start to round start)
   distributed-K  `fedstream run --workers K`: data pool, coordinator, K workers over gRPC
   wire           PullWeights/PushUpdate against a bytes-only gRPC echo (bench/wire.py)
   memory         one worker's peak RSS simulating 100 vs 10,000 clients (distributed-1)
@@ -121,8 +123,10 @@ def summarise_rounds(rows: list[dict]) -> dict:
     rows = rows[WARMUP_ROUNDS:]
     med = lambda key: statistics.median(r[key] for r in rows) if key in rows[0] else None  # noqa: E731
     round_s = med("round_s")
+    elapsed = [r["elapsed_s"] for r in rows]
     result = {"rounds_timed": len(rows), "median_round_s": round_s, "rounds_per_s": 1 / round_s,
-              "client_grads_per_s": 100 / round_s}
+              "client_grads_per_s": 100 / round_s,
+              "median_cycle_s": statistics.median(b - a for a, b in zip(elapsed, elapsed[1:]))}
     split = {k: med(k) for k in SPLIT_KEYS if med(k) is not None}
     if split:
         result["split_s"] = split
@@ -137,11 +141,12 @@ def naive(tmp: Path, rounds: int) -> dict:
     return {**summarise_rounds(json.loads(path.read_text())), "peak_rss_mb": peaks}
 
 
-def simulate(tmp: Path, rounds: int, workers: int, device: str | None) -> dict:
-    metrics = tmp / f"simulate-{workers}.jsonl"
+def simulate(tmp: Path, rounds: int, units: int, device: str | None,
+             eval_every: int = 10 ** 6) -> dict:
+    metrics = tmp / f"simulate-{units}.jsonl"
     metrics.unlink(missing_ok=True)
-    argv = fedstream("simulate", "--units", str(workers), "--rounds", str(rounds),
-                     "--eval-every", str(10 ** 6), "--metrics", str(metrics))
+    argv = fedstream("simulate", "--units", str(units), "--rounds", str(rounds),
+                     "--eval-every", str(eval_every), "--metrics", str(metrics))
     if device:
         argv += ["--device", device]
     peaks, _ = run_mode(argv)
@@ -185,6 +190,7 @@ def main() -> None:
         "naive": lambda tmp: naive(tmp, args.naive_rounds),
         "simulate-1": lambda tmp: simulate(tmp, args.rounds, 1, args.device),
         "simulate-2": lambda tmp: simulate(tmp, args.rounds, 2, args.device),
+        "simulate-2-eval": lambda tmp: simulate(tmp, args.rounds, 2, args.device, eval_every=1),
         "distributed-1": lambda tmp: distributed(tmp, args.rounds, 1, args.device),
         "distributed-2": lambda tmp: distributed(tmp, args.rounds, 2, args.device),
     }
@@ -220,6 +226,8 @@ def main() -> None:
                 lambda r: rps(r, "distributed-2") / rps(r, "simulate-1")),
             "distributed-2 / simulate-2": across(
                 lambda r: rps(r, "distributed-2") / rps(r, "simulate-2")),
+            "simulate-2 evaluating every round / simulate-2, cycle time": across(
+                lambda r: r["simulate-2"]["median_cycle_s"] / r["simulate-2-eval"]["median_cycle_s"]),
             "pull / wire": across(lambda r: r["wire"]["pull_vs_wire"]),
             "push / wire": across(lambda r: r["wire"]["push_vs_wire"]),
             "worker rss 10000 / 100 clients": worker_rss[10_000] / worker_rss[100],

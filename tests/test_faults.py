@@ -60,13 +60,17 @@ def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed
     assert_same_weights(weights, undisturbed)
 
 
+def start_federation(tmp_path: Path, pool: str, args: list[str], **listen):
+    """The coordinator (with `args`) and its two workers."""
+    coordinator, address = start_service(tmp_path, "coordinator", *args, **listen)
+    return coordinator, [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
+
+
 def test_a_restarted_data_pool_is_retried_transparently(tmp_path, undisturbed):
     port = free_port()
     datapool, pool = start_service(tmp_path, "datapool", listen=f"127.0.0.1:{port}")
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
-    coordinator, address = start_service(tmp_path, "coordinator",
-                                         *federation_args(tmp_path, pool))
-    workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
+    coordinator, workers = start_federation(tmp_path, pool, federation_args(tmp_path, pool))
     restarted = None
     try:
         wait_for_round(metrics, 3, [datapool, coordinator, *workers])
@@ -89,9 +93,7 @@ def test_a_restarted_coordinator_resumes_from_its_checkpoint(tmp_path, undisturb
     port = free_port()
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
     args = federation_args(tmp_path, pool, "--checkpoint-dir", str(tmp_path / "ckpt"))
-    coordinator, address = start_service(tmp_path, "coordinator", *args,
-                                         listen=f"127.0.0.1:{port}")
-    workers = [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
+    coordinator, workers = start_federation(tmp_path, pool, args, listen=f"127.0.0.1:{port}")
     restarted = None
     try:
         wait_for_round(metrics, 5, [datapool, coordinator, *workers])

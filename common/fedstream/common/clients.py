@@ -70,17 +70,24 @@ def _connect(address: str, tls: TlsConfig | None, timeout_s: float):
     return ch
 
 
-class CoordinatorClient:
+class _Client:
+    """A channel to one server, ready when constructed, with the caller's token on each call."""
+
     def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
                  tls: TlsConfig | None = None, token: str | None = None):
         self.address = address
         self._md = call_metadata(token)
         self._channel = _connect(address, tls, connect_timeout_s)
-        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
-        self._update_names: list[str] | None = None
 
     def close(self) -> None:
         self._channel.close()
+
+
+class CoordinatorClient(_Client):
+    def __init__(self, address: str, **connection):
+        super().__init__(address, **connection)
+        self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)
+        self._update_names: list[str] | None = None
 
     @_domain_errors
     def join(self, worker_name: str, device: str) -> tuple[str, Task]:
@@ -145,20 +152,14 @@ def _prepend(first, rest):
     yield from rest
 
 
-class DataPoolClient:
+class DataPoolClient(_Client):
     """Requests larger than the pool's `max_clients_per_request` (read from GetInfo on first
     use) are split into several, so a unit of any size can be fetched."""
 
-    def __init__(self, address: str, *, connect_timeout_s: float = 30.0,
-                 tls: TlsConfig | None = None, token: str | None = None):
-        self.address = address
-        self._md = call_metadata(token)
-        self._channel = _connect(address, tls, connect_timeout_s)
+    def __init__(self, address: str, **connection):
+        super().__init__(address, **connection)
         self._stub = datapool_pb2_grpc.DataPoolStub(self._channel)
         self._max_clients: int | None = None  # per StreamBatches request, from GetInfo
-
-    def close(self) -> None:
-        self._channel.close()
 
     def _info(self) -> datapool_pb2.DatasetInfo:
         info = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)

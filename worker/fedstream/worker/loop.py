@@ -73,6 +73,8 @@ class WorkerLoop:
         self._delay_s = delay_s
         self._name, self._device = name, device
         self.worker_id, self.task = self._retrying(lambda: coordinator.join(name, device), "join")
+        log.info("joined as %s: %s updates for a task of %d rounds", self.worker_id,
+                 self.task.update_kind.value, self.task.rounds)
         self.computer = make_computer(self.task, device)
         self._prefetcher = BatchPrefetcher(data) if prefetch else None
         self.version = 0
