@@ -123,10 +123,11 @@ def summarise_rounds(rows: list[dict]) -> dict:
     rows = rows[WARMUP_ROUNDS:]
     med = lambda key: statistics.median(r[key] for r in rows) if key in rows[0] else None  # noqa: E731
     round_s = med("round_s")
-    elapsed = [r["elapsed_s"] for r in rows]
     result = {"rounds_timed": len(rows), "median_round_s": round_s, "rounds_per_s": 1 / round_s,
-              "client_grads_per_s": 100 / round_s,
-              "median_cycle_s": statistics.median(b - a for a, b in zip(elapsed, elapsed[1:]))}
+              "client_grads_per_s": 100 / round_s}
+    if "elapsed_s" in rows[0] and len(rows) > 1:  # round start to round start, evaluation in
+        elapsed = [r["elapsed_s"] for r in rows]
+        result["median_cycle_s"] = statistics.median(b - a for a, b in zip(elapsed, elapsed[1:]))
     split = {k: med(k) for k in SPLIT_KEYS if med(k) is not None}
     if split:
         result["split_s"] = split

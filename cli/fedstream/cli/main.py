@@ -91,12 +91,13 @@ def _export(args) -> int:
     model.save(args.output)
     print(f"round {ckpt.round}, version {ckpt.version}: wrote {args.output}")
     if args.evaluate:
+        from fedstream.common.protocol import input_divisor
+        from fedstream.coordinator.build import LOSS
         from fedstream.coordinator.evaluate import evaluate
         from fedstream.datapool.mnist import load_mnist
         mnist = load_mnist(args.data)
-        divisor = 255.0 if ckpt.config.get("normalize") else 1.0
-        print(evaluate(model, mnist.x_test, mnist.y_test, loss="categorical_crossentropy",
-                       num_classes=10, input_divisor=divisor))
+        print(evaluate(model, mnist.x_test, mnist.y_test, loss=LOSS, num_classes=10,
+                       input_divisor=input_divisor(bool(ckpt.config.get("normalize")))))
     return 0
 
 

@@ -40,8 +40,8 @@ from fedstream.coordinator.config import FederationConfig, Mode
 from fedstream.coordinator.fedasync import FedAsync
 from fedstream.coordinator.fedbuff import FedBuff
 from fedstream.coordinator.membership import Membership
-from fedstream.coordinator.policy import RoundPolicy, Step
-from fedstream.coordinator.reporting import Evaluator, Report, Reporter
+from fedstream.coordinator.policy import RoundPolicy
+from fedstream.coordinator.reporting import Evaluator, Report, Reporter, step_metrics
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.task import make_task, rounds_per_pass
@@ -51,21 +51,6 @@ from fedstream.coordinator.validation import check_finite, check_specs, check_we
 log = logging.getLogger(__name__)
 
 MAX_WAIT_S = 30.0  # longest a GetAssignment long-poll is held
-COUNTERS = ("updates_accepted", "updates_duplicate", "updates_rejected", "leases_expired")
-
-
-def unit_metrics(reports: Sequence[dict[str, float]]) -> dict[str, float]:
-    """One step's worker reports combined: the training loss weighted like the updates,
-    byte counts summed, timings (`*_s`) averaged over units."""
-    total_weight = sum(r["weight"] for r in reports)
-    out = {"train_loss": sum(r.get("loss", 0.0) * r["weight"] for r in reports) / total_weight}
-    for key in sorted({k for r in reports for k in r}):
-        values = [float(r[key]) for r in reports if key in r]
-        if key.endswith("_bytes"):
-            out[key] = sum(values)
-        elif key.endswith("_s"):
-            out[key] = sum(values) / len(values)
-    return out
 
 
 def make_policy(config: FederationConfig, n_clients: int, model: ServerModel, counts: Counter,
@@ -257,17 +242,9 @@ class Federation:
     def _step(self) -> None:
         """The model moves to a new version; its report is handed off; the next round opens
         (or training ends)."""
-        step: Step = self.policy.step()
-        now = self._clock()
-        round_s = now - self._opened_at
-        metrics = {
-            "round": self.round, "version": self.version, "round_s": round_s,
-            "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
-            "elapsed_s": now - self._started,
-            "clients": sum(len(u.client_ids) for u in step.units),
-            **unit_metrics([u.update.metrics for u in step.units]), **step.metrics,
-            **{k: self._counts[k] for k in COUNTERS},
-        }
+        metrics = step_metrics(self.policy.step(), self._counts, round_number=self.round,
+                               version=self.version, opened_at=self._opened_at,
+                               started=self._started, now=self._clock())
         self._counts.clear()
         final = self.round >= self.config.rounds
         evaluate = self._reports.evaluates and (self.round % self.eval_every == 0 or final)

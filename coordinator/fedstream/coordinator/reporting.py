@@ -11,17 +11,47 @@ import logging
 import queue
 import threading
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
 
 from fedstream.common.learning import model_from_json
 from fedstream.coordinator import checkpoint
+from fedstream.coordinator.policy import Step
 
 log = logging.getLogger(__name__)
 
 Evaluator = Callable[[keras.Model], dict]
+COUNTERS = ("updates_accepted", "updates_duplicate", "updates_rejected", "leases_expired")
+
+
+def unit_metrics(reports: Sequence[dict[str, float]]) -> dict[str, float]:
+    """One step's worker reports combined: the training loss weighted like the updates,
+    byte counts summed, timings (`*_s`) averaged over units."""
+    total_weight = sum(r["weight"] for r in reports)
+    out = {"train_loss": sum(r.get("loss", 0.0) * r["weight"] for r in reports) / total_weight}
+    for key in sorted({k for r in reports for k in r}):
+        values = [float(r[key]) for r in reports if key in r]
+        if key.endswith("_bytes"):
+            out[key] = sum(values)
+        elif key.endswith("_s"):
+            out[key] = sum(values) / len(values)
+    return out
+
+
+def step_metrics(step: Step, counts: Mapping[str, int], *, round_number: int, version: int,
+                 opened_at: float, started: float, now: float) -> dict:
+    """The row a server step writes (before evaluation adds test metrics)."""
+    round_s = now - opened_at
+    return {
+        "round": round_number, "version": version, "round_s": round_s,
+        "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
+        "elapsed_s": now - started,
+        "clients": sum(len(u.client_ids) for u in step.units),
+        **unit_metrics([u.update.metrics for u in step.units]), **step.metrics,
+        **{k: counts[k] for k in COUNTERS},
+    }
 
 
 @dataclass(frozen=True)
