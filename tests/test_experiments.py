@@ -44,3 +44,17 @@ def test_summary_is_what_the_metrics_say(name):
 def test_readme_table_is_the_summary():
     readme = (EXPERIMENTS.parent / "README.md").read_text()
     assert runner.table(SUMMARY) in readme
+
+
+RESOLVED = sorted((p.parent.name, p.name) for p in (EXPERIMENTS / "results").glob("*/*config.toml"))
+
+
+@pytest.mark.parametrize("name, file", RESOLVED)
+def test_resolved_configs_of_committed_runs_repeat_them(name, file):
+    """`run` writes config.toml (its own flags) and its coordinator metrics.config.toml;
+    `simulate` writes metrics.config.toml. Each must still be a valid --config of its command."""
+    command = runner.experiment_of(name).get("command", "simulate")
+    if command == "run" and file == "metrics.config.toml":
+        command = "coordinator"
+    args = parse([command, "--config", str(EXPERIMENTS / "results" / name / file)])
+    assert args.rounds == SUMMARY[name]["rounds_run"]
