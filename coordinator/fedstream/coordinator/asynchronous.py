@@ -10,7 +10,6 @@ clients sampled by a generator seeded with (sampling seed, unit number).
 
 from __future__ import annotations
 
-import abc
 import dataclasses
 import time
 
@@ -19,7 +18,7 @@ import numpy as np
 from fedstream.common.errors import FailedPrecondition
 from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.policy import RoundPolicy, Step
-from fedstream.coordinator.units import Unit, sample_unit
+from fedstream.coordinator.units import Contribution, Unit, sample_unit
 from fedstream.coordinator.validation import check_claim
 
 
@@ -32,7 +31,8 @@ def staleness_weight(kind: str, staleness: int, a: float, b: float) -> float:
 
 
 class AsynchronousPolicy(RoundPolicy):
-    """Units made on demand and kept until applied; subclasses say what an update does."""
+    """Units made on demand and kept until applied; subclasses say what an update does
+    (`receive`, `step`)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -72,15 +72,11 @@ class AsynchronousPolicy(RoundPolicy):
         unit.staleness = staleness
         return unit
 
-    def receive(self, unit, contribution):
+    def _store(self, unit: Unit, contribution: Contribution) -> None:
+        """Keep an admitted unit's update with its staleness factor."""
         c = self.config
         factor = staleness_weight(c.staleness, unit.staleness, c.staleness_a, c.staleness_b)
         unit.update = dataclasses.replace(contribution, staleness_factor=factor)
-        return self._received(unit)
-
-    @abc.abstractmethod
-    def _received(self, unit: Unit) -> bool:
-        """The unit is stored with its factor: is a server step due?"""
 
     def _applied(self, units: list[Unit], t0: float, t1: float) -> Step:
         for unit in units:

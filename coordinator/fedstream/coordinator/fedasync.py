@@ -35,7 +35,8 @@ class FedAsync(AsynchronousPolicy):
                                      "kept (the coordinator restarted?): pull and recompute")
         return unit
 
-    def _received(self, unit):
+    def receive(self, unit, contribution):
+        self._store(unit, contribution)
         self._pending = unit
         return True
 

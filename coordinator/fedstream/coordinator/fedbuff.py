@@ -16,7 +16,8 @@ class FedBuff(AsynchronousPolicy):
         self._aggregate = build_aggregator(self.config)
         self._buffer = []
 
-    def _received(self, unit):
+    def receive(self, unit, contribution):
+        self._store(unit, contribution)
         self._buffer.append(unit)
         return len(self._buffer) >= self.config.buffer_size
 
