@@ -1,6 +1,7 @@
 """The committed experiments: every file is a valid run of its command, and every figure in
 summary.json is what its committed metrics say."""
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -32,6 +33,10 @@ def test_experiment_file_is_a_valid_run(name):
     command = experiment.get("command", "simulate")
     config = CONFIG_OF[command](parse([command, "--config", str(runner.path_of(name))]))
     assert config.federation.rounds >= 1
+    if command == "simulate":  # the same experiment over the network, as it is
+        distributed = local.config_from_args(parse(["run", "--config", str(runner.path_of(name))]))
+        # equal but for the workers the coordinator awaits: `run` starts 2 by default
+        assert dataclasses.replace(distributed.federation, min_workers=1) == config.federation
 
 
 @pytest.mark.parametrize("name", sorted(SUMMARY))
