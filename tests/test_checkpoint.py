@@ -59,3 +59,18 @@ def test_checkpoint_files_hold_no_pickles_and_export_to_keras(tmp_path, capsys):
     model = keras.saving.load_model(tmp_path / "model.keras")
     for a, b in zip(model.weights, fed.model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_a_resumed_run_goes_on_with_the_workers_that_come_back(tmp_path):
+    """Before the first round a coordinator waits for --min-workers; a resumed one must not,
+    or a worker that died with the old coordinator would stall the run forever."""
+    config = FederationConfig(rounds=5, units=2, min_workers=2, server_optimizer="sgd")
+    first = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    alone, _ = first.join("a", "cpu")
+    assert first.assignment(alone, 0).action is Action.WAIT  # a fresh run waits for both
+    first.join("b", "cpu")
+    train(first, 2)
+    resumed = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    survivor, _ = resumed.join("a", "cpu")
+    a = resumed.assignment(survivor, 0)
+    assert (a.action, a.round) == (Action.TRAIN, 3)

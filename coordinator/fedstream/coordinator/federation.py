@@ -117,8 +117,8 @@ class Federation:
         self.policy.restore(ckpt.state)
         if self.round >= self.config.rounds:
             self.phase = "done"
-        log.info("resumed from %s after round %d (version %d)", self._checkpoint_dir,
-                 self.round, self.version)
+        log.info("resumed from %s after round %d (version %d); the next round opens when a "
+                 "worker joins", self._checkpoint_dir, self.round, self.version)
 
     def _checkpoint(self, completed_round: int) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
@@ -139,7 +139,10 @@ class Federation:
     def join(self, worker_name: str, device: str):
         with self._cond:
             worker_id = self._members.join(worker_name, device)
-            if self.phase == "waiting_for_workers" and len(self._members) >= self.config.min_workers:
+            # a resumed run goes on with whoever comes back: waiting again for min_workers
+            # would stall it on a worker that died with the old coordinator
+            needed = 1 if self.round > 0 else self.config.min_workers
+            if self.phase == "waiting_for_workers" and len(self._members) >= needed:
                 self._started = self._clock()
                 self._open(self.round + 1)
             return worker_id, self.task
