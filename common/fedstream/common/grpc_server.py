@@ -125,7 +125,15 @@ def stop_on_signals(server: Server, on_stop: Callable[[], None] = lambda: None,
             return
         stopping.set()
         log.info("received %s: shutting down", signal.Signals(signum).name)
-        threading.Thread(target=lambda: (on_stop(), server.stop(grace_s)), daemon=True).start()
+        threading.Thread(target=_stop, daemon=True).start()
+
+    def _stop():
+        try:
+            on_stop()
+        except Exception:  # a failed last checkpoint must not keep the server up
+            log.exception("could not finish before stopping")
+        finally:
+            server.stop(grace_s)
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
