@@ -81,6 +81,36 @@ def test_no_state_leaks_between_clients_of_a_unit(momentum):
         np.testing.assert_array_equal(v.numpy(), w.numpy())
 
 
+@pytest.mark.parametrize("momentum, prox_mu", [(0.0, 0.0), (0.9, 0.1)])
+def test_the_compiled_epoch_loop_equals_one_step_at_a_time(momentum, prox_mu):
+    """Clients of 12 and 9 examples, B=4: full minibatches in the compiled loop, a short last
+    one (9 = 2 x 4 + 1) on its own; every step must match the step-by-step reference bit for
+    bit, and one trace of the loop serves both sizes and both rounds."""
+    model = tiny_model(seed=6)
+    task = delta_task(model, epochs=2, batch_size=4, client_lr=0.01, client_momentum=momentum,
+                      prox_mu=prox_mu)
+    clients = batches([12, 9], seed=7)
+    trainer = fresh(task, model)
+    for round_number in (1, 2):
+        fast = [trainer.compute([c], round_number=round_number).arrays for c in clients]
+        for client, got in zip(clients, fast):
+            reference = fresh(task, model)
+            start = [v.numpy() for v in reference._trainable]
+            for anchor, value in zip(reference._anchor, start):
+                anchor.assign(value)
+            reference._start_client(start)
+            for epoch in range(2):
+                order = np.random.default_rng([round_number, client.client_id, epoch]
+                                              ).permutation(len(client.y))
+                for begin in range(0, len(client.y), 4):
+                    chosen = order[begin:begin + 4]
+                    reference._train_step(client.x[chosen], client.y[chosen])
+            for g, s, v in zip(got, start, reference._trainable):
+                want = (s - v.numpy()) * len(client.y)  # examples weighting
+                assert g.tobytes() == want.astype(np.float32).tobytes()
+    assert trainer._train_steps.experimental_get_tracing_count() == 1
+
+
 def test_fedprox_pulls_clients_towards_the_round_weights():
     model = tiny_model(seed=3)
     (b,) = batches([16], seed=5)

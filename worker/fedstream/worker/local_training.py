@@ -4,7 +4,8 @@ fresh optimizer state and reports its model delta w_start - w_end.
 Nothing carries over from one simulated client to the next: the weights are reset to the
 round's and the optimizer's slots and step count zeroed before every client, and restored to
 the round's weights afterwards. Minibatch order is shuffled by a generator seeded with
-(round, client id, epoch), so simulate and distributed runs train identically.
+(round, client id, epoch), so simulate and distributed runs train identically. An epoch's
+steps run in one compiled loop, without a return to Python between them.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class LocalTrainer(UpdateComputer):
             self._anchor = [tf.Variable(tf.zeros_like(v), trainable=False)
                             for v in self._trainable]
         self._train_step = tf.function(self._step, reduce_retracing=True)
+        self._train_steps = None  # traced on first use, for the data's dtype and shape
 
     def _step(self, x, y):
         with tf.GradientTape() as tape:
@@ -51,6 +53,23 @@ class LocalTrainer(UpdateComputer):
         self._optimizer.apply_gradients(zip(grads, self._trainable))
         return loss
 
+    def _steps(self, x, y, order):
+        """One full minibatch per row of `order` ([steps, batch size] indices into x and y),
+        all in one graph: no return to Python between steps. Returns the sum of their losses."""
+        total = tf.constant(0.0)
+        for i in tf.range(tf.shape(order)[0]):
+            total += self._step(tf.gather(x, order[i]), tf.gather(y, order[i]))
+        return total
+
+    def _compiled_steps(self, batch: Batch):
+        """`_steps` as one graph for any number of examples and steps: traced once per task."""
+        if self._train_steps is None:
+            def spec(a):
+                return tf.TensorSpec([None, *a.shape[1:]], tf.as_dtype(a.dtype))
+            self._train_steps = tf.function(self._steps, input_signature=[
+                spec(batch.x), spec(batch.y), tf.TensorSpec([None, None], tf.int64)])
+        return self._train_steps
+
     def _start_client(self, start: Sequence[np.ndarray]) -> None:
         for variable, value in zip(self._trainable, start):
             variable.assign(value)
@@ -58,16 +77,27 @@ class LocalTrainer(UpdateComputer):
             slot.assign(tf.zeros_like(slot))
 
     def _train_client(self, batch: Batch, round_number: int) -> float:
+        """E epochs over the client's data in seeded minibatch order. Each epoch's full
+        minibatches run as one compiled loop (traced once per task for any number of examples
+        and steps, so clients of any size reuse it); a short last minibatch, when the client's size is
+        not a multiple of B, is one more step of its own, so every step sees exactly the
+        examples and shapes it would one call at a time."""
         local = self.task.local
         n = len(batch.y)
         size = local.batch_size or n
-        losses = []
+        full = n // size
+        x, y = tf.convert_to_tensor(batch.x), tf.convert_to_tensor(batch.y)
+        total, steps = 0.0, 0
         for epoch in range(local.epochs):
             order = np.random.default_rng([round_number, batch.client_id, epoch]).permutation(n)
-            for begin in range(0, n, size):
-                chosen = order[begin:begin + size]
-                losses.append(self._train_step(batch.x[chosen], batch.y[chosen]))
-        return float(tf.reduce_mean(tf.stack(losses)))
+            if full:
+                loop = self._compiled_steps(batch)
+                total += float(loop(x, y, order[:full * size].reshape(full, size)))
+            if full * size < n:
+                rest = order[full * size:]
+                total += float(self._train_step(batch.x[rest], batch.y[rest]))
+            steps += full + (full * size < n)
+        return total / steps
 
     def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
         start = [v.numpy() for v in self._trainable]
