@@ -5,7 +5,8 @@ Nothing carries over from one simulated client to the next: the weights are rese
 round's and the optimizer's slots and step count zeroed before every client, and restored to
 the round's weights afterwards. Minibatch order is shuffled by a generator seeded with
 (round, client id, epoch), so simulate and distributed runs train identically. An epoch's
-steps run in one compiled loop, without a return to Python between them.
+steps run in one compiled loop, without a return to Python between them; for models that
+vectorise, the unit's clients train together on a client axis (`clients_together`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import tensorflow as tf
 from fedstream.common.learning import per_example_loss, preprocess
 from fedstream.common.protocol import Batch, Task
 from fedstream.common.tensors import stack_updates
+from fedstream.worker.clients_together import ClientsTogether, trains_together
 from fedstream.worker.update_computer import UnitUpdate, UpdateComputer, client_weights
 
 
@@ -38,6 +40,8 @@ class LocalTrainer(UpdateComputer):
                             for v in self._trainable]
         self._train_step = tf.function(self._step, reduce_retracing=True)
         self._train_steps = None  # traced on first use, for the data's dtype and shape
+        self._together = (ClientsTogether(task, self.model, self._anchor)
+                          if trains_together(task, self.model) else None)
 
     def _step(self, x, y):
         with tf.GradientTape() as tape:
@@ -105,11 +109,14 @@ class LocalTrainer(UpdateComputer):
             anchor.assign(value)
         deltas, losses = [], []
         with tf.device(self.device):
-            for batch in batches:
-                self._start_client(start)
-                losses.append(self._train_client(batch, round_number))
-                deltas.append([s - v.numpy() for s, v in zip(start, self._trainable)])
-            self._start_client(start)  # the model holds the round's weights again
+            if self._together is not None:
+                deltas, losses = self._together.train(batches, start, round_number)
+            else:
+                for batch in batches:
+                    self._start_client(start)
+                    losses.append(self._train_client(batch, round_number))
+                    deltas.append([s - v.numpy() for s, v in zip(start, self._trainable)])
+                self._start_client(start)  # the model holds the round's weights again
         examples = sum(len(b.y) for b in batches)
         if self.task.per_client:
             return UnitUpdate(stack_updates(deltas), float(len(batches)), examples,
