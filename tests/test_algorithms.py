@@ -132,6 +132,25 @@ def test_clients_trained_together_match_clients_trained_in_turn(momentum, prox_m
         np.testing.assert_array_equal(v.numpy(), w.numpy())
 
 
+def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(monkeypatch):
+    from fedstream.worker import clients_together
+    model = tiny_model(seed=8)
+    task = delta_task(model, epochs=1, batch_size=4, client_lr=0.01)
+    clients = batches([12, 12, 12], seed=9)
+    whole = fresh(task, model).compute(clients, round_number=2).arrays
+    per_client = 3 * sum(v.numpy().nbytes for v in model.trainable_variables)
+    monkeypatch.setattr(clients_together, "MAX_STACKED_BYTES", 2 * per_client)  # 2 at once
+    trainer = fresh(task, model)
+    groups = []
+    train_group = trainer._together._train_group
+    trainer._together._train_group = lambda group, *a: groups.append(len(group)) or train_group(
+        group, *a)
+    sliced = trainer.compute(clients, round_number=2).arrays
+    assert groups == [2, 1]
+    for a, b in zip(whole, sliced):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
 def test_convolutional_models_train_clients_in_turn():
     from fedstream.coordinator.models import build_model
     from fedstream.worker.clients_together import trains_together
