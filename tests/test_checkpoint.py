@@ -62,15 +62,29 @@ def test_checkpoint_files_hold_no_pickles_and_export_to_keras(tmp_path, capsys):
 
 
 def test_a_resumed_run_goes_on_with_the_workers_that_come_back(tmp_path):
-    """Before the first round a coordinator waits for --min-workers; a resumed one must not,
-    or a worker that died with the old coordinator would stall the run forever."""
-    config = FederationConfig(rounds=5, units=2, min_workers=2, server_optimizer="sgd")
+    """Before the first round a coordinator waits for --min-workers; a resumed one waits for
+    them at most --rejoin-wait-s, or a worker that died with the old coordinator would stall
+    the run forever."""
+    config = FederationConfig(rounds=5, units=2, min_workers=2, server_optimizer="sgd",
+                              rejoin_wait_s=10.0)
     first = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
     alone, _ = first.join("a", "cpu")
     assert first.assignment(alone, 0).action is Action.WAIT  # a fresh run waits for both
     first.join("b", "cpu")
     train(first, 2)
-    resumed = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    now = [0.0]
+    resumed = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path),
+                         clock=lambda: now[0])
     survivor, _ = resumed.join("a", "cpu")
+    assert resumed.assignment(survivor, 0).action is Action.WAIT  # the other may come back
+    now[0] = 9.0
+    assert not resumed.check_deadline() and resumed.phase == "waiting_for_workers"
+    now[0] = 10.0
+    resumed.check_deadline()
     a = resumed.assignment(survivor, 0)
     assert (a.action, a.round) == (Action.TRAIN, 3)
+    fresh = Federation(config, tiny_model(), [10] * 6, clock=lambda: now[0])
+    fresh.join("a", "cpu")
+    now[0] = 1000.0
+    fresh.check_deadline()
+    assert fresh.phase == "waiting_for_workers"  # a run that never started waits for all

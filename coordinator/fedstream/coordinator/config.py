@@ -96,6 +96,8 @@ class FederationConfig:
     round_deadline_s: float = option(0.0, "close a round this long after it opened with the "
                                           "units received, if at least --quorum (0: never)")
     quorum: int = option(0, "units a round needs to close at its deadline (0: all)")
+    rejoin_wait_s: float = option(30.0, "resumed from a checkpoint: wait this long for "
+                                        "--min-workers to be back, then go on with those that are")
     model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
                                       "returning a Keras model")
     model_seed: int = option(0, "initial-weights seed")
@@ -136,8 +138,9 @@ class FederationConfig:
         if not 0 <= self.quorum <= self.units:
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
                             f"units={self.units}")
-        if self.round_deadline_s < 0:
-            problems.append(f"round_deadline_s={self.round_deadline_s} must be >= 0")
+        if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:
+            problems.append(f"round_deadline_s={self.round_deadline_s} and rejoin_wait_s="
+                            f"{self.rejoin_wait_s} must be >= 0")
         if problems:
             raise ValueError("invalid federation config: " + "; ".join(problems))
 

@@ -88,6 +88,7 @@ class Federation:
         self.round = 0
         self._opened_at = 0.0
         self._started = 0.0
+        self._first_join: float | None = None
         if checkpoint_dir is not None:
             self._resume(checkpoint.load(checkpoint_dir))
 
@@ -117,8 +118,9 @@ class Federation:
         self.policy.restore(ckpt.state)
         if self.round >= self.config.rounds:
             self.phase = "done"
-        log.info("resumed from %s after round %d (version %d); the next round opens when a "
-                 "worker joins", self._checkpoint_dir, self.round, self.version)
+        log.info("resumed from %s after round %d (version %d); the next round opens when %d "
+                 "worker(s) are back, or %.0f s after the first is", self._checkpoint_dir,
+                 self.round, self.version, self.config.min_workers, self.config.rejoin_wait_s)
 
     def _checkpoint(self, completed_round: int) -> checkpoint.Checkpoint:
         return checkpoint.Checkpoint(
@@ -139,13 +141,22 @@ class Federation:
     def join(self, worker_name: str, device: str):
         with self._cond:
             worker_id = self._members.join(worker_name, device)
-            # a resumed run goes on with whoever comes back: waiting again for min_workers
-            # would stall it on a worker that died with the old coordinator
-            needed = 1 if self.round > 0 else self.config.min_workers
-            if self.phase == "waiting_for_workers" and len(self._members) >= needed:
-                self._started = self._clock()
-                self._open(self.round + 1)
+            if self._first_join is None:
+                self._first_join = self._clock()
+            self._start_if_ready()
             return worker_id, self.task
+
+    def _start_if_ready(self) -> None:
+        """The first round opens once --min-workers joined. A run resumed from a checkpoint
+        waits for them at most --rejoin-wait-s after the first is back, then goes on with
+        those that are: a worker that died with the old coordinator must not stall it."""
+        if self.phase != "waiting_for_workers" or not len(self._members):
+            return
+        resumed_and_waited = (self.round > 0 and self._clock() - self._first_join
+                              >= self.config.rejoin_wait_s)
+        if len(self._members) >= self.config.min_workers or resumed_and_waited:
+            self._started = self._clock()
+            self._open(self.round + 1)
 
     def leave(self, worker_id: str) -> None:
         with self._cond:
@@ -234,9 +245,11 @@ class Federation:
             return PushResult(True, False, self.round, self.version)
 
     def check_deadline(self) -> bool:
-        """Step if the policy says a deadline passed; the coordinator calls this periodically.
-        Units pushed later are refused as for a closed round."""
+        """Step if the policy says a deadline passed (units pushed later are refused as for a
+        closed round), or start a resumed run whose rejoin wait is over; the coordinator calls
+        this periodically."""
         with self._cond:
+            self._start_if_ready()
             if self.phase == "training" and self.policy.due(self._clock(), self._opened_at):
                 self._step()
                 return True
