@@ -159,7 +159,8 @@ class DataPoolClient(_Client):
     def __init__(self, address: str, **connection):
         super().__init__(address, **connection)
         self._stub = datapool_pb2_grpc.DataPoolStub(self._channel)
-        self._max_clients: int | None = None  # per StreamBatches request, from GetInfo
+        # clients per StreamBatches request, from GetInfo: None until read, 0 for no limit
+        self._max_clients: int | None = None
 
     def _info(self) -> datapool_pb2.DatasetInfo:
         info = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)
@@ -174,9 +175,10 @@ class DataPoolClient(_Client):
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:
         if self._max_clients is None:
             self._info()
+        per_request = self._max_clients or max(1, len(client_ids))
         out = []
-        for start in range(0, len(client_ids), self._max_clients):
-            ids = list(client_ids[start:start + self._max_clients])
+        for start in range(0, len(client_ids), per_request):
+            ids = list(client_ids[start:start + per_request])
             stream = self._stub.StreamBatches(datapool_pb2.BatchRequest(
                 client_ids=ids, step=step, batch_size=batch_size), metadata=self._md)
             out += serde.batches_from_stream(stream, ids)
