@@ -76,7 +76,7 @@ def measure(address: str, repeats: int) -> dict:
     from fedstream.common.protocol import UpdateMeta
 
     client = CoordinatorClient(address)
-    worker_id, task = client.join("bench", "cpu")
+    worker_id, task, _ = client.join("bench", "cpu")
     assignment = client.assignment(worker_id, 5.0)
     arrays = client.pull_weights(worker_id, 0).arrays
     update = [np.full(s.shape, 1e-3, np.float32) for s in task.update_specs]

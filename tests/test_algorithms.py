@@ -18,8 +18,9 @@ from fedstream.coordinator.units import sample_round
 from fedstream.worker.compute import GradientComputer
 from fedstream.worker.computers import make_computer
 from fedstream.worker.local_training import LocalTrainer
+from fedstream.worker.site import SiteClients
 
-from conftest import tiny_model
+from conftest import synthetic_store, tiny_model
 
 
 def delta_task(model, **local):
@@ -44,9 +45,14 @@ def fresh(task, model):
 
 def test_delta_task_asks_for_whole_client_data():
     task = delta_task(tiny_model(), epochs=2, batch_size=4, client_lr=0.05)
-    assert task.update_kind is UpdateKind.MODEL_DELTA and task.batch_size == 16
+    assert task.update_kind is UpdateKind.MODEL_DELTA and task.batch_size == 0
     assert task.local == LocalTraining(epochs=2, batch_size=4, lr=0.05)
     assert isinstance(make_computer(task, "/CPU:0"), LocalTrainer)
+    store = synthetic_store(n_train=60, n_clients=3, partitioner="iid")
+    # batch size 0 is each client's whole data, whatever the sizes of the unit's clients
+    whole = SiteClients(store, store.summary, 0).batches([0, 2], 7, task.batch_size)
+    for b in whole:
+        np.testing.assert_array_equal(b.x, store.client(b.client_id)[0])
 
 
 def test_one_full_batch_step_is_lr_times_the_gradient():
@@ -172,7 +178,7 @@ def test_fedprox_pulls_clients_towards_the_round_weights():
 def test_fedavg_server_step_moves_to_the_weighted_mean_of_client_models():
     fed = Federation(FederationConfig(update="delta", server_optimizer="sgd", server_lr=1.0,
                                       units=2, weighting="examples"), tiny_model(), [10, 30])
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     start = [v.numpy().copy() for v in fed.model.trainable_variables]
     from fedstream.common.protocol import UpdateMeta
     for n, value in ((10, 1.0), (30, 5.0)):  # client models w - value
@@ -214,7 +220,7 @@ def test_client_sampling_is_seeded_and_sized():
         fed = Federation(FederationConfig(rounds=rounds, units=2, client_fraction=0.1,
                                           min_clients=3, sampling_seed=seed,
                                           server_optimizer="sgd"), tiny_model(), [5] * 20)
-        return [sorted(sample_round(fed.config, 20, r).tolist()) for r in range(1, rounds + 1)]
+        return [sorted(sample_round(fed.config, np.arange(20), r).tolist()) for r in range(1, rounds + 1)]
 
     first = sampled(7)
     assert first == sampled(7) and first != sampled(8)
@@ -222,15 +228,16 @@ def test_client_sampling_is_seeded_and_sized():
     assert len({tuple(s) for s in first}) > 1
     fed = Federation(FederationConfig(units=2, client_fraction=0.25, server_optimizer="sgd"),
                      tiny_model(), [5] * 20)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     units = [fed.assignment(wid, 0).client_ids for _ in range(2)]
-    assert sorted(units[0] + units[1]) == sorted(sample_round(fed.config, 20, 1).tolist()) and len(units[0]) == 3
+    sampled = sample_round(fed.config, np.arange(20), 1).tolist()
+    assert sorted(units[0] + units[1]) == sorted(sampled) and len(units[0]) == 3
 
 
 def test_fedavg_learns_on_a_slice_of_mnist():
     import functools
 
-    from fedstream.coordinator.evaluate import evaluate
+    from fedstream.common.learning import evaluate
     from fedstream.coordinator.models import build_model
     from fedstream.datapool.mnist import load_mnist
     from fedstream.datapool.store import ClientStore

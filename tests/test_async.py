@@ -39,7 +39,7 @@ def test_staleness_functions():
 
 def test_workers_never_wait_for_a_barrier():
     fed, _ = make(buffer_size=3)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     work = [fed.assignment(wid, 0) for _ in range(5)]
     assert all(a.action is Action.TRAIN for a in work)
     assert len({a.unit for a in work}) == 5 and all(len(a.client_ids) == 2 for a in work)
@@ -47,7 +47,7 @@ def test_workers_never_wait_for_a_barrier():
 
 def test_fedbuff_steps_every_k_updates_down_weighting_stale_ones():
     fed, rows = make(buffer_size=2, staleness="polynomial", staleness_a=0.5)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     start = [v.numpy().copy() for v in fed.model.trainable_variables]
     a, b, c, d = (fed.assignment(wid, 0) for _ in range(4))
     push(fed, wid, a, 1.0)
@@ -66,7 +66,7 @@ def test_fedbuff_steps_every_k_updates_down_weighting_stale_ones():
 
 def test_updates_beyond_the_staleness_bound_are_refused():
     fed, _ = make(buffer_size=1, max_staleness=1)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     old = fed.assignment(wid, 0)
     for _ in range(2):
         push(fed, wid, fed.assignment(wid, 0), 1.0)
@@ -79,7 +79,7 @@ def test_updates_beyond_the_staleness_bound_are_refused():
 
 def test_fedasync_mixes_the_client_model_in():
     fed, rows = make(mode="fedasync", update="delta", async_alpha=0.5, staleness="constant")
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     start = [v.numpy().copy() for v in fed.model.trainable_variables]
     a, b = fed.assignment(wid, 0), fed.assignment(wid, 0)
     push(fed, wid, a, 2.0)  # client model = start - 2: w = 0.5 w + 0.5 (w - 2) = w - 1
@@ -111,7 +111,7 @@ def test_fedbuff_trains_a_model_with_the_worker_loop():
 
 def test_the_coordinators_deadline_tick_is_harmless_without_rounds():
     fed, rows = make(buffer_size=2)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     push(fed, wid, fed.assignment(wid, 0), 1.0)
     assert not fed.check_deadline() and fed.version == 1 and rows == []
 
@@ -120,13 +120,13 @@ def test_a_restarted_coordinator_goes_on_numbering_units(tmp_path):
     config = FederationConfig(mode="fedbuff", rounds=10, server_optimizer="sgd", server_lr=1.0,
                               clients_per_unit=2, buffer_size=2)
     fed = Federation(config, tiny_model(), [8] * 6, checkpoint_dir=str(tmp_path))
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     work = [fed.assignment(wid, 0) for _ in range(3)]
     push(fed, wid, work[0], 1.0)
     push(fed, wid, work[1], 1.0)  # one server step: checkpointed with units 0-2 handed out
     assert fed.version == 2
     again = Federation(config, tiny_model(seed=5), [8] * 6, checkpoint_dir=str(tmp_path))
-    wid, _ = again.join("w", "cpu")
+    wid, _, _ = again.join("w", "cpu")
     assert again.version == 2 and again.assignment(wid, 0).unit == 3
     with pytest.raises(FailedPrecondition, match="unit 2 is not outstanding"):
         push(again, wid, work[2], 1.0)  # handed out before the restart: dropped, not applied

@@ -57,7 +57,7 @@ def test_health_stays_open(secured):
 def test_a_worker_cannot_act_for_another(secured):
     federation, address = secured
     alice, bob = CoordinatorClient(address, token=ALICE), CoordinatorClient(address, token=BOB)
-    wid, task = alice.join("alice-gpu", "cpu")
+    wid, task, _ = alice.join("alice-gpu", "cpu")
     bob.join("bob-gpu", "cpu")
     digest = weights_digest(federation.model)
     with pytest.raises(PermissionDenied, match="joined as 'alice'"):
@@ -74,7 +74,8 @@ def test_a_worker_cannot_act_for_another(secured):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("alice\n", "expected `NAME TOKEN`"),
+    ("alice\n", "expected `NAME TOKEN \\[SITE\\]`"),
+    ("alice 0123456789abcdef site extra\n", "expected `NAME TOKEN \\[SITE\\]`"),
     ("alice short\n", "shorter than 16"),
     ("# nothing\n", "lists no tokens"),
 ])

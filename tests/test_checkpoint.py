@@ -18,7 +18,7 @@ def update_for(fed, round_, unit):
 
 
 def train(fed, until_round):
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     while fed.phase == "training" and fed.round <= until_round:
         a = fed.assignment(wid, 0)
         if a.action is not Action.TRAIN:
@@ -44,7 +44,7 @@ def test_a_checkpoint_of_a_finished_run_resumes_as_done(tmp_path):
     fed = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
     train(fed, 5)
     again = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
-    wid, _ = again.join("w", "cpu")
+    wid, _, _ = again.join("w", "cpu")
     assert again.phase == "done" and again.assignment(wid, 0).action is Action.STOP
 
 
@@ -68,14 +68,14 @@ def test_a_resumed_run_goes_on_with_the_workers_that_come_back(tmp_path):
     config = FederationConfig(rounds=5, units=2, min_workers=2, server_optimizer="sgd",
                               rejoin_wait_s=10.0)
     first = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
-    alone, _ = first.join("a", "cpu")
+    alone, _, _ = first.join("a", "cpu")
     assert first.assignment(alone, 0).action is Action.WAIT  # a fresh run waits for both
     first.join("b", "cpu")
     train(first, 2)
     now = [0.0]
     resumed = Federation(config, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path),
                          clock=lambda: now[0])
-    survivor, _ = resumed.join("a", "cpu")
+    survivor, _, _ = resumed.join("a", "cpu")
     assert resumed.assignment(survivor, 0).action is Action.WAIT  # the other may come back
     now[0] = 9.0
     assert not resumed.check_deadline() and resumed.phase == "waiting_for_workers"

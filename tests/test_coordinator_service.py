@@ -41,7 +41,7 @@ def zeros_update(federation):
 
 def test_a_worker_round_trip_over_grpc(coordinator):
     federation, client, _ = coordinator
-    wid, task = client.join("w", "/CPU:0")
+    wid, task, _ = client.join("w", "/CPU:0")
     assert task.update_specs == federation.task.update_specs
     first = client.pull_weights(wid, 0)
     assert first.version == 1
@@ -97,7 +97,7 @@ MALFORMED = {
 @pytest.mark.parametrize("case", MALFORMED, ids=list(MALFORMED))
 def test_malformed_update_streams(coordinator, case):
     federation, client, stub = coordinator
-    wid, _ = client.join("w", "cpu")
+    wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
     digest = weights_digest(federation.model)
     messages = update_messages(federation, wid, a)
@@ -112,7 +112,7 @@ def test_malformed_update_streams(coordinator, case):
 
 def test_wrong_shape_dtype_and_nan_get_invalid_argument(coordinator):
     federation, client, stub = coordinator
-    wid, _ = client.join("w", "cpu")
+    wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
     digest = weights_digest(federation.model)
     good = zeros_update(federation)
@@ -135,7 +135,7 @@ def test_wrong_shape_dtype_and_nan_get_invalid_argument(coordinator):
 
 def test_wrong_round_and_stale_version_get_failed_precondition(coordinator):
     federation, client, stub = coordinator
-    wid, _ = client.join("w", "cpu")
+    wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
     digest = weights_digest(federation.model)
     for change, text in ((dict(round=5), "round 5 but round 1"),
@@ -152,8 +152,8 @@ def test_wrong_round_and_stale_version_get_failed_precondition(coordinator):
 
 def test_pushing_another_workers_unit_is_permission_denied(coordinator):
     federation, client, stub = coordinator
-    w1, _ = client.join("a", "cpu")
-    w2, _ = client.join("b", "cpu")
+    w1, _, _ = client.join("a", "cpu")
+    w2, _, _ = client.join("b", "cpu")
     a = client.assignment(w1, 1.0)
     with pytest.raises(grpc.RpcError) as e:
         stub.PushUpdate(iter(update_messages(federation, w2, a)))
@@ -170,7 +170,7 @@ def test_garbage_bytes_on_the_port_leave_the_server_serving(coordinator):
             s.recv(1024)
         except OSError:
             pass
-    wid, _ = client.join("after", "cpu")
+    wid, _, _ = client.join("after", "cpu")
     assert client.pull_weights(wid, 0).version == 1
 
 
@@ -215,5 +215,5 @@ def test_evaluation_on_demand(serve):
 
 def test_evaluation_without_a_test_set_is_failed_precondition(coordinator):
     _, client, _ = coordinator
-    with pytest.raises(FailedPrecondition, match="without a test set"):
+    with pytest.raises(FailedPrecondition, match="holds no test set"):
         client.evaluate()

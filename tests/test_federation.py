@@ -51,7 +51,7 @@ def test_weighted_mean_of_sums():
 
 def test_a_round_splits_clients_into_units_and_applies_the_mean():
     fed, rows = make_federation(units=2, clients=6)
-    wid, task = fed.join("w", "/CPU:0")
+    wid, task, _ = fed.join("w", "/CPU:0")
     before = [v.numpy().copy() for v in fed.model.trainable_variables]
     a0 = fed.assignment(wid, 0)
     a1 = fed.assignment(wid, 0)
@@ -72,7 +72,7 @@ def test_arrival_order_of_units_does_not_change_a_bit():
     results = []
     for order in ([0, 1, 2], [2, 0, 1]):
         fed, _ = make_federation(units=3, clients=6, server_optimizer="adam", lr=1e-3)
-        wid, _ = fed.join("w", "cpu")
+        wid, _, _ = fed.join("w", "cpu")
         assignments = [fed.assignment(wid, 0) for _ in range(3)]
         updates = [[rng.standard_normal(s.shape).astype(np.float32) for s in fed.task.update_specs]
                    for _ in range(3)]
@@ -85,7 +85,7 @@ def test_arrival_order_of_units_does_not_change_a_bit():
 
 def test_training_ends_with_stop():
     fed, rows = make_federation(units=1, rounds=2)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     for _ in range(2):
         a = fed.assignment(wid, 0)
         fed.push(meta_for(wid, a), ones_update(fed))
@@ -97,7 +97,7 @@ def test_training_ends_with_stop():
 def test_first_round_waits_for_min_workers():
     config = FederationConfig(rounds=1, units=2, min_workers=2)
     fed = Federation(config, tiny_model(), [5] * 4)
-    w1, _ = fed.join("a", "cpu")
+    w1, _, _ = fed.join("a", "cpu")
     assert fed.assignment(w1, 0).action is Action.WAIT
     fed.join("b", "cpu")
     assert fed.assignment(w1, 0).action is Action.TRAIN
@@ -106,7 +106,7 @@ def test_first_round_waits_for_min_workers():
 @pytest.fixture
 def open_round():
     fed, _ = make_federation(units=2)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     return fed, wid, fed.assignment(wid, 0)
 
 
@@ -158,8 +158,8 @@ def test_duplicate_push_is_counted_once(open_round):
 def test_expired_lease_goes_to_another_worker_and_the_old_holder_is_refused():
     clock = FakeClock()
     fed, _ = make_federation(units=1, clock=clock, lease_s=10.0)
-    slow, _ = fed.join("slow", "cpu")
-    fast, _ = fed.join("fast", "cpu")
+    slow, _, _ = fed.join("slow", "cpu")
+    fast, _, _ = fed.join("fast", "cpu")
     a = fed.assignment(slow, 0)
     assert fed.assignment(fast, 0).action is Action.WAIT
     clock.now = 11.0
@@ -172,8 +172,8 @@ def test_expired_lease_goes_to_another_worker_and_the_old_holder_is_refused():
 
 def test_leave_returns_unfinished_work():
     fed, _ = make_federation(units=1)
-    w1, _ = fed.join("a", "cpu")
-    w2, _ = fed.join("b", "cpu")
+    w1, _, _ = fed.join("a", "cpu")
+    w2, _, _ = fed.join("b", "cpu")
     fed.assignment(w1, 0)
     fed.leave(w1)
     assert fed.assignment(w2, 0).action is Action.TRAIN
@@ -191,7 +191,7 @@ def test_evaluation_runs_after_each_pass_and_at_the_end():
     config = FederationConfig(rounds=5, units=1, batch_size=4, server_optimizer="sgd")
     fed = Federation(config, tiny_model(), [8, 8], on_metrics=lambda m: None,
                      evaluator=lambda m: evaluated.append(fed.round) or {"test_acc": 0.5})
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     for _ in range(5):
         fed.push(meta_for(wid, fed.assignment(wid, 0)), ones_update(fed, 0.0))
     assert fed.eval_every == 2 and evaluated == [2, 4, 5]
@@ -199,8 +199,8 @@ def test_evaluation_runs_after_each_pass_and_at_the_end():
 
 def test_a_worker_gets_its_last_unit_again_so_its_prefetch_is_used():
     fed, _ = make_federation(units=2, rounds=3)
-    w1, _ = fed.join("a", "cpu")
-    w2, _ = fed.join("b", "cpu")
+    w1, _, _ = fed.join("a", "cpu")
+    w2, _, _ = fed.join("b", "cpu")
     first = {w: fed.assignment(w, 0) for w in (w2, w1)}  # w2 asks first: takes unit 0
     for w, a in first.items():
         fed.push(meta_for(w, a), ones_update(fed))
@@ -212,7 +212,7 @@ def test_a_worker_gets_its_last_unit_again_so_its_prefetch_is_used():
 def test_a_round_closes_at_its_deadline_with_a_quorum_and_refuses_the_straggler():
     clock = FakeClock()
     fed, rows = make_federation(units=3, clients=6, clock=clock, round_deadline_s=5.0, quorum=2)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     before = [v.numpy().copy() for v in fed.model.trainable_variables]
     a0, a1, a2 = (fed.assignment(wid, 0) for _ in range(3))
     fed.push(meta_for(wid, a0), ones_update(fed, 2.0))   # 2 clients, each gradient 1
@@ -229,7 +229,7 @@ def test_a_round_closes_at_its_deadline_with_a_quorum_and_refuses_the_straggler(
 def test_deadline_without_quorum_waits_then_closes_on_time():
     clock = FakeClock()
     fed, rows = make_federation(units=2, clients=4, clock=clock, round_deadline_s=5.0, quorum=1)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     a0, _ = fed.assignment(wid, 0), fed.assignment(wid, 0)
     fed.push(meta_for(wid, a0), ones_update(fed))
     assert not fed.check_deadline()      # quorum reached, deadline not yet

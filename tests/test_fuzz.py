@@ -43,7 +43,7 @@ def live():
     server = create_server("127.0.0.1:0", register, [COORDINATOR, DATAPOOL])
     server.set_serving()
     channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
-    worker_id, _ = federation.join("fuzz", "cpu")
+    worker_id, _, _ = federation.join("fuzz", "cpu")
     assignment = federation.assignment(worker_id, 0)
     yield federation, channel, worker_id, assignment
     channel.close()

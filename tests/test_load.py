@@ -25,7 +25,7 @@ def synthetic_worker(address: str, outcomes: list, errors: list) -> None:
     twice: the second push must be a duplicate or find the round closed."""
     client = CoordinatorClient(address)
     try:
-        worker_id, task = client.join("synthetic", "none")
+        worker_id, task, _ = client.join("synthetic", "none")
         version = 0
         while True:
             a = client.assignment(worker_id, 5.0)

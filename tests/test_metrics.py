@@ -51,7 +51,7 @@ def test_rounds_count_accepted_and_rejected_updates():
     rows = []
     fed = Federation(FederationConfig(rounds=2, units=1, server_optimizer="sgd"), tiny_model(),
                      [4, 4], on_metrics=rows.append)
-    wid, task = fed.join("w", "cpu")
+    wid, task, _ = fed.join("w", "cpu")
     a = fed.assignment(wid, 0)
     zeros = [np.zeros(s.shape, np.float32) for s in task.update_specs]
     with pytest.raises(FailedPrecondition):

@@ -36,7 +36,7 @@ def test_the_next_round_opens_while_the_last_one_is_still_evaluated(tmp_path):
     fed = Federation(config, tiny_model(), [8, 8], evaluator=slow_evaluator,
                      on_metrics=rows.append, checkpoint_dir=str(tmp_path),
                      background_reports=True)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     push_all(fed, wid)
     assert started.wait(10)
     after_round_1 = [w.copy() for w in fed.model.get_weights()]
@@ -57,7 +57,7 @@ def test_a_failing_report_is_raised_when_the_coordinator_waits_for_it():
 
     fed = Federation(FederationConfig(rounds=1, units=1, eval_every=1, server_optimizer="sgd"),
                      tiny_model(), [8], evaluator=broken, background_reports=True)
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     push_all(fed, wid)
     with pytest.raises(RuntimeError, match="reporting a round failed: disk full"):
         fed.wait_until_done(10)
@@ -67,7 +67,7 @@ def test_on_demand_evaluation_reads_the_current_version():
     fed = Federation(FederationConfig(rounds=2, units=1, server_optimizer="sgd"), tiny_model(),
                      [8], evaluator=lambda m: {"norm": float(sum(np.abs(w).sum()
                                                                  for w in m.get_weights()))})
-    wid, _ = fed.join("w", "cpu")
+    wid, _, _ = fed.join("w", "cpu")
     push_all(fed, wid, value=0.5)
     version, metrics = fed.evaluate()
     assert version == 2

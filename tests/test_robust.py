@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from fedstream.common.errors import InvalidArgument
+from fedstream.common.learning import evaluate
 from fedstream.common.protocol import Batch, UpdateMeta
 from fedstream.coordinator import aggregate
 from fedstream.coordinator.config import FederationConfig
-from fedstream.coordinator.evaluate import evaluate
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.models import build_model
 from fedstream.datapool.mnist import load_mnist
@@ -68,7 +68,7 @@ def test_per_client_updates_are_stacked_client_gradients():
 
 def test_per_client_pushes_must_carry_one_gradient_per_client():
     fed = Federation(FederationConfig(units=1, aggregator="median"), tiny_model(), [8, 8])
-    wid, task = fed.join("w", "cpu")
+    wid, task, _ = fed.join("w", "cpu")
     a = fed.assignment(wid, 0)
     summed = [np.zeros(s.shape, np.float32) for s in task.update_specs]
     with pytest.raises(InvalidArgument, match="does not match"):

@@ -27,6 +27,12 @@ class CountingStore:
             self.threads.append(threading.current_thread().name)
         return self.store.batches(client_ids, step, batch_size)
 
+    def info(self):
+        return self.store.info()
+
+    def test_set(self):
+        return self.store.test_set()
+
 
 def test_repeating_clients_are_prefetched_and_equal_a_direct_fetch():
     store = synthetic_store()

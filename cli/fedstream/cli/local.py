@@ -2,13 +2,17 @@
 
 Starts a data pool, a coordinator and K workers with `python -m fedstream.cli`, exactly as a
 user would on separate hosts but on loopback ports chosen by the services themselves (port 0,
-published through a file in the run folder). Shows progress from the coordinator's metrics
-file, prints the final test accuracy and stops every process, also on Ctrl-C.
+published through a file in the run folder). With `--sites N` the data set is first split
+into one file per site (`<out>/sites/`), and each site gets a data pool of its own and K
+workers of its own; the coordinator reads no data pool and the sites evaluate. Shows
+progress from the coordinator's metrics file, prints the final test accuracy and stops every
+process, also on Ctrl-C.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -20,7 +24,8 @@ from dataclasses import dataclass
 from fedstream.common.options import add_options, from_args, option, section, to_argv
 from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, MetricsConfig
-from fedstream.datapool.server import DataConfig, DataPoolConfig
+from fedstream.datapool.server import DataConfig, DataFormat, DataPoolConfig
+from fedstream.datapool.sites import SiteSplitConfig
 from fedstream.worker.config import WorkerConfig
 
 START_TIMEOUT_S = 300.0  # first start may fetch MNIST and load TensorFlow
@@ -30,9 +35,11 @@ STOP_GRACE_S = 15.0
 @dataclass(frozen=True)
 class LocalRunConfig:
     data: DataConfig = section(DataConfig, "data")
+    split: SiteSplitConfig = section(SiteSplitConfig, "data sites")
     federation: FederationConfig = section(FederationConfig,
                                            "federation (defaults: the reference recipe)")
-    workers: int = option(2, "worker processes; the first round waits for all of them")
+    workers: int = option(2, "worker processes (per site, with --sites); the first round "
+                             "waits for all of them")
     worker_threads: int = option(0, "TensorFlow threads per worker (0: cores / workers)")
     coordinator_threads: int = option(0, "TensorFlow threads of the coordinator (0: "
                                          "TensorFlow's default; it computes only while the "
@@ -49,9 +56,9 @@ class LocalRunConfig:
     quiet: bool = option(False, "print only the final line")
 
 
-# the launcher writes the coordinator's metrics and TensorBoard files into the run folder, and
-# makes the coordinator wait for the workers it starts
-LAUNCHER_SETS = ("min_workers", "metrics", "tensorboard")
+# the launcher writes the coordinator's metrics and TensorBoard files into the run folder,
+# makes the coordinator wait for the workers it starts, and names the sites it splits
+LAUNCHER_SETS = ("min_workers", "metrics", "tensorboard", "FederationConfig.sites")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,9 +66,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> LocalRunConfig:
-    return from_args(LocalRunConfig, args, federation={"min_workers": args.workers},
+    split = from_args(SiteSplitConfig, args)
+    return from_args(LocalRunConfig, args,
+                     federation={"min_workers": args.workers * max(1, split.sites),
+                                 "sites": ",".join(split.names)},
                      out=args.out or time.strftime("runs/run-%Y%m%d-%H%M%S"),
                      tls=args.tls or args.mtls)
+
+
+def site_data_configs(config: LocalRunConfig) -> dict[str, DataConfig]:
+    """The data of each site: the data set split into `<out>/sites/<site>.npz`, each loaded
+    as arrays and partitioned over the site's clients as the data options say."""
+    from fedstream.datapool.server import load_data
+    from fedstream.datapool.sites import split_sites, write_sites
+    data = load_data(config.data)
+    paths = write_sites(split_sites(data, config.split), os.path.join(config.out, "sites"))
+    return {name: dataclasses.replace(config.data, data=path, data_format=DataFormat.ARRAYS,
+                                      x_key="x_train", y_key="y_train", x_test_key="x_test",
+                                      y_test_key="y_test", num_classes=data.num_classes)
+            for name, path in zip(config.split.names, paths)}
 
 
 class Processes:
@@ -196,6 +219,21 @@ class ProgressDisplay:
             self._bar.stop()
 
 
+def start_pools(config: LocalRunConfig, procs: Processes,
+                tls: TlsConfig) -> tuple[dict[str, str], int]:
+    """Site name -> data pool address: one pool for every client (site ""), or one per site;
+    and the sites' number of classes (0: the one pool says)."""
+    datas = site_data_configs(config) if config.split.sites else {"": config.data}
+    started = {}
+    for site, data in datas.items():
+        name = f"datapool-{site}" if site else "datapool"
+        started[site] = (name, procs.start(name, ["datapool", *to_argv(DataPoolConfig(
+            listen="127.0.0.1:0", port_file=os.path.join(config.out, f"{name}.addr"),
+            site=site, data=data, tls=tls))]))
+    classes = 0 if "" in datas else next(iter(datas.values())).num_classes
+    return {site: procs.address(name, proc) for site, (name, proc) in started.items()}, classes
+
+
 def _interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
@@ -207,13 +245,14 @@ def run(config: LocalRunConfig) -> int:
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     os.makedirs(config.out, exist_ok=True)
-    for stale in ("datapool.addr", "coordinator.addr", "metrics.jsonl", "summary.json"):
+    for stale in os.listdir(config.out):
         # a reused run folder must not hand out a dead address or mix two runs' metrics
-        if os.path.exists(os.path.join(config.out, stale)):
+        if stale.endswith(".addr") or stale in ("metrics.jsonl", "summary.json"):
             os.remove(os.path.join(config.out, stale))
     display = ProgressDisplay(config.federation.rounds, quiet=config.quiet)
     say = display.say
-    threads = config.worker_threads or max(1, (os.cpu_count() or 1) // config.workers)
+    workers = config.workers * max(1, config.split.sites)
+    threads = config.worker_threads or max(1, (os.cpu_count() or 1) // workers)
     procs = Processes(config.out)
     metrics_path = os.path.join(config.out, "metrics.jsonl")
     tail = MetricsTail(metrics_path)
@@ -221,28 +260,30 @@ def run(config: LocalRunConfig) -> int:
     last = None
     server_tls, client_tls = tls_configs(config)
     try:
-        datapool_proc = procs.start("datapool", ["datapool", *to_argv(DataPoolConfig(
-            listen="127.0.0.1:0", port_file=os.path.join(config.out, "datapool.addr"),
-            data=config.data, tls=server_tls))])
-        datapool = procs.address("datapool", datapool_proc)
-        say(f"datapool     {datapool}")
+        pools, num_classes = start_pools(config, procs, server_tls)
+        for site, address in pools.items():
+            say(f"datapool     {address}" + (f"  (site {site})" if site else ""))
         sinks = MetricsConfig(metrics=metrics_path,
                               tensorboard=os.path.join(config.out, "tensorboard"),
                               prometheus_port=config.sinks.prometheus_port)
+        reads = {"datapool": pools[""]} if "" in pools else {"num_classes": num_classes}
         coordinator_proc = procs.start("coordinator", ["coordinator", *to_argv(CoordinatorConfig(
-            listen="127.0.0.1:0", datapool=datapool, threads=config.coordinator_threads,
+            listen="127.0.0.1:0", **reads, threads=config.coordinator_threads,
             sinks=sinks, save_weights=os.path.join(config.out, "weights.npz"),
             port_file=os.path.join(config.out, "coordinator.addr"), tls=server_tls,
             federation=config.federation))])
         coordinator = procs.address("coordinator", coordinator_proc)
         say(f"coordinator  {coordinator}")
-        for i in range(config.workers):
-            worker = WorkerConfig(
-                coordinator=coordinator, datapool=datapool, device=config.device,
-                threads=threads, name=f"worker-{i}", tls=client_tls,
-                delay_s=config.straggler_delay_s if i == 0 else 0.0)
-            procs.start(f"worker-{i}", ["worker", *to_argv(worker)])
-        say(f"{config.workers} workers   {threads} TensorFlow thread(s) each; logs in {config.out}")
+        for site, datapool in pools.items():
+            for i in range(config.workers):
+                name = f"worker-{site}-{i}" if site else f"worker-{i}"
+                worker = WorkerConfig(
+                    coordinator=coordinator, datapool=datapool, site=site, device=config.device,
+                    threads=threads, name=name, tls=client_tls,
+                    delay_s=config.straggler_delay_s if i == 0 and not site else 0.0)
+                procs.start(name, ["worker", *to_argv(worker)])
+        say(f"{config.workers * len(pools)} workers   {threads} TensorFlow thread(s) each; "
+            f"logs in {config.out}")
         while coordinator_proc.poll() is None:
             for row in tail.rows():
                 last = row

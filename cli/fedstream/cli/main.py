@@ -3,6 +3,7 @@
     fedstream run                 # datapool + coordinator + 2 workers as processes, on MNIST
     fedstream simulate            # the same federation in one process, no network
     fedstream datapool | coordinator | worker   # one service, for separate hosts
+    fedstream split --sites 3 --out sites/   # one data set as per-site files
     fedstream fetch-mnist         # download, verify and cache MNIST
     fedstream status HOST:PORT    # ask a running coordinator where it is
     fedstream health HOST:PORT    # exit 0 when a service reports SERVING
@@ -91,9 +92,9 @@ def _export(args) -> int:
     model.save(args.output)
     print(f"round {ckpt.round}, version {ckpt.version}: wrote {args.output}")
     if args.evaluate:
+        from fedstream.common.learning import evaluate
         from fedstream.common.protocol import input_divisor
         from fedstream.coordinator.build import LOSS
-        from fedstream.coordinator.evaluate import evaluate
         from fedstream.datapool.mnist import load_mnist
         mnist = load_mnist(args.data)
         print(evaluate(model, mnist.x_test, mnist.y_test, loss=LOSS, num_classes=10,
@@ -132,6 +133,29 @@ def _partitions(args) -> int:
     from fedstream.common.options import from_args
     from fedstream.datapool.server import DataConfig, build_store
     print(build_store(from_args(DataConfig, args)).summary.describe(limit=args.show))
+    return 0
+
+
+def _split(args) -> int:
+    """Per-site files of one data set, by a partitioner or by a group array it carries."""
+    import numpy as np
+
+    from fedstream.common.options import from_args
+    from fedstream.datapool.server import DataConfig, load_data
+    from fedstream.datapool.sites import SiteSplitConfig, split_by_group, split_sites, write_sites
+    data_config = from_args(DataConfig, args)
+    data = load_data(data_config)
+    if args.by:
+        with np.load(data_config.data, allow_pickle=False) as d:
+            sites = split_by_group(data, d[args.by], d[f"{args.by}_test"])
+    else:
+        split = from_args(SiteSplitConfig, args)
+        if split.sites < 1:
+            raise SystemExit("split: give --sites N (or --by GROUP_ARRAY)")
+        sites = split_sites(data, split)
+    for site, path in zip(sites, write_sites(sites, args.out)):
+        print(f"{path}: {len(site.y_train)} training, {len(site.y_test)} held-out examples, "
+              f"labels {np.bincount(site.y_train, minlength=data.num_classes).tolist()}")
     return 0
 
 
@@ -205,6 +229,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, datapool.DataConfig)
     p.add_argument("--show", type=int, default=10, help="clients listed in full")
     p.set_defaults(handler=_partitions)
+    from fedstream.datapool.sites import SiteSplitConfig
+    p = sub.add_parser("split", help="one data set as per-site files, for a federation of "
+                                     "data sites")
+    add_options(p, datapool.DataConfig, only=("data", "data_format", "x_key", "y_key",
+                                              "x_test_key", "y_test_key", "num_classes"))
+    add_options(p, SiteSplitConfig)
+    p.add_argument("--by", default=None, help="split by the group array of this name in the "
+                                              "--data .npz (and <name>_test for the held-out "
+                                              "examples), one site per value")
+    p.add_argument("--out", required=True, help="folder for the <site>.npz files")
+    p.set_defaults(handler=_split)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")

@@ -1,10 +1,11 @@
 """Bearer-token authentication: one server interceptor checks every call.
 
-A server started with `--auth-tokens FILE` (lines `NAME TOKEN`; `#` comments) accepts only
-calls carrying `authorization: Bearer TOKEN` for a listed token; others get UNAUTHENTICATED.
-Health checks and reflection stay open, so probes and tools need no token. The caller's NAME
-is available to the servicer through `caller()`, which the coordinator uses to bind each
-worker id to the identity that joined with it.
+A server started with `--auth-tokens FILE` (lines `NAME TOKEN [SITE]`; `#` comments) accepts
+only calls carrying `authorization: Bearer TOKEN` for a listed token; others get
+UNAUTHENTICATED. Health checks and reflection stay open, so probes and tools need no token.
+The caller's NAME is available to the servicer through `caller()`, which the coordinator uses
+to bind each worker id to the identity that joined with it; a token with a SITE is bound to
+that data site (`caller_site()`): its workers may join for that site only.
 """
 
 from __future__ import annotations
@@ -20,29 +21,44 @@ from fedstream.common.options import option, section
 from fedstream.common.tls import TlsConfig
 
 OPEN_SERVICES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-_caller: contextvars.ContextVar[str | None] = contextvars.ContextVar("fedstream_caller",
-                                                                      default=None)
+
+
+@dataclass(frozen=True)
+class Identity:
+    name: str
+    site: str | None = None  # the data site the token is bound to
+
+
+_caller: contextvars.ContextVar[Identity | None] = contextvars.ContextVar("fedstream_caller",
+                                                                           default=None)
 
 
 def caller() -> str | None:
     """The authenticated name of the current call's caller (None without authentication)."""
-    return _caller.get()
+    identity = _caller.get()
+    return None if identity is None else identity.name
 
 
-def read_tokens(path: str) -> dict[str, str]:
-    """token -> name, from lines `NAME TOKEN`."""
+def caller_site() -> str | None:
+    """The site the current caller's token is bound to (None: unbound, or no authentication)."""
+    identity = _caller.get()
+    return None if identity is None else identity.site
+
+
+def read_tokens(path: str) -> dict[str, Identity]:
+    """token -> identity, from lines `NAME TOKEN [SITE]`."""
     tokens = {}
     for number, line in enumerate(Path(path).read_text().splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         parts = line.split()
-        if len(parts) != 2:
-            raise ValueError(f"{path}:{number}: expected `NAME TOKEN`, got {line!r}")
-        name, token = parts
+        if len(parts) not in (2, 3):
+            raise ValueError(f"{path}:{number}: expected `NAME TOKEN [SITE]`, got {line!r}")
+        name, token, *site = parts
         if len(token) < 16:
             raise ValueError(f"{path}:{number}: the token of {name} is shorter than 16 characters")
-        tokens[token] = name
+        tokens[token] = Identity(name, site[0] if site else None)
     if not tokens:
         raise ValueError(f"{path} lists no tokens")
     return tokens
@@ -53,27 +69,27 @@ def call_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, tokens: dict[str, str]):
+    def __init__(self, tokens: dict[str, Identity]):
         self._tokens = tokens
 
-    def _identify(self, metadata) -> str | None:
+    def _identify(self, metadata) -> Identity | None:
         presented = next((v for k, v in metadata if k == "authorization"), "")
         if not presented.startswith("Bearer "):
             return None
         token = presented[len("Bearer "):]
-        for known, name in self._tokens.items():
+        for known, identity in self._tokens.items():
             if hmac.compare_digest(known.encode(), token.encode()):
-                return name
+                return identity
         return None
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICES):
             return handler
-        name = self._identify(handler_call_details.invocation_metadata or ())
-        if name is None:
+        identity = self._identify(handler_call_details.invocation_metadata or ())
+        if identity is None:
             return _refusal(handler)
-        return _with_caller(handler, name)
+        return _with_caller(handler, identity)
 
 
 def _wrap(handler, wrap_behavior):
@@ -90,7 +106,7 @@ def _wrap(handler, wrap_behavior):
     return handler
 
 
-def _with_caller(handler, name: str):
+def _with_caller(handler, name: Identity):
     def wrap(behavior, streaming):
         if streaming:
             def run(request, context):
@@ -123,7 +139,8 @@ def _refusal(handler):
 
 def auth_tokens_option():
     """The server's token file, as a configuration field."""
-    return option(None, "file of `NAME TOKEN` lines: accept only calls bearing one of these")
+    return option(None, "file of `NAME TOKEN [SITE]` lines: accept only calls bearing one of "
+                        "these; a token with a SITE may join for that data site only")
 
 
 def auth_token_option():

@@ -20,9 +20,11 @@ from fedstream.common.protocol import (
     Assignment,
     Batch,
     DatasetSummary,
+    EvaluationResult,
     FederationStatus,
+    Joined,
     PushResult,
-    Task,
+    SiteData,
     UpdateMeta,
     Weights,
 )
@@ -90,12 +92,15 @@ class CoordinatorClient(_Client):
         self._update_names: list[str] | None = None
 
     @_domain_errors
-    def join(self, worker_name: str, device: str) -> tuple[str, Task]:
-        reply = self._stub.Join(coordinator_pb2.JoinRequest(worker_name=worker_name, device=device),
-                                metadata=self._md)
+    def join(self, worker_name: str, device: str, site: str = "",
+             site_data: SiteData | None = None) -> Joined:
+        request = coordinator_pb2.JoinRequest(worker_name=worker_name, device=device, site=site)
+        if site_data is not None:
+            request.site_data.CopyFrom(serde.site_data_to_proto(site_data))
+        reply = self._stub.Join(request, metadata=self._md)
         task = serde.task_from_proto(reply.task)
         self._update_names = [s.name for s in task.update_specs]
-        return reply.worker_id, task
+        return Joined(reply.worker_id, task, reply.client_id_base)
 
     @_domain_errors
     def assignment(self, worker_id: str, wait_s: float) -> Assignment:
@@ -134,6 +139,11 @@ class CoordinatorClient(_Client):
     def leave(self, worker_id: str) -> None:
         self._stub.Leave(coordinator_pb2.LeaveRequest(worker_id=worker_id), timeout=5.0,
                          metadata=self._md)
+
+    @_domain_errors
+    def report_evaluation(self, result: EvaluationResult) -> None:
+        self._stub.ReportEvaluation(serde.evaluation_to_proto(result), timeout=30.0,
+                                    metadata=self._md)
 
     @_domain_errors
     def evaluate(self) -> tuple[int, dict[str, float]]:

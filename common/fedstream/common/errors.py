@@ -16,6 +16,10 @@ class NotFound(FedstreamError):
     """An id the server does not know (worker, client)."""
 
 
+class AlreadyExists(FedstreamError):
+    """A name is taken by something else (a site that joined with other clients)."""
+
+
 class PermissionDenied(FedstreamError):
     """The caller is known but may not do this (work leased to another worker)."""
 

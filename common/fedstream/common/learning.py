@@ -44,3 +44,16 @@ def per_example_loss(loss: str, labels: tf.Tensor, outputs: tf.Tensor, num_class
         raise ValueError(f"unsupported loss {loss!r}; supported: {', '.join(SUPPORTED_LOSSES)}")
     onehot = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
     return keras.losses.categorical_crossentropy(onehot, outputs)
+
+
+def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: str, num_classes: int,
+             input_divisor: float, batch_size: int = 2000) -> dict[str, float]:
+    """Mean loss and accuracy over the whole set, in inference mode: the coordinator's
+    central evaluation and a site's federated one."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+        out = model(preprocess(xb, input_divisor), training=False)
+        total_loss += float(tf.reduce_sum(per_example_loss(loss, yb, out, num_classes)))
+        correct += int(np.sum(np.argmax(out.numpy(), axis=1) == yb))
+    return {"test_loss": total_loss / len(x), "test_acc": correct / len(x)}

@@ -58,8 +58,11 @@ def _fields(cls: type):
         yield f, _base_type(hints[f.name])
 
 
-def _selected(name: str, only: Iterable[str] | None, exclude: Iterable[str]) -> bool:
-    return name not in exclude and (only is None or name in only)
+def _selected(cls: type, name: str, only: Iterable[str] | None, exclude: Iterable[str]) -> bool:
+    """A field is named in `only` and `exclude` by its name, or as `Class.field` where two
+    sections have a field of the same name."""
+    excluded = name in exclude or f"{cls.__name__}.{name}" in exclude
+    return not excluded and (only is None or name in only)
 
 
 def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type, *,
@@ -75,7 +78,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
                 parser, "add_argument_group") else parser
             add_options(target, kind, only=only, exclude=exclude, defaults=defaults)
             continue
-        if not _selected(f.name, only, exclude):
+        if not _selected(cls, f.name, only, exclude):
             continue
         default = defaults.get(f.name, f.default)
         if f.metadata.get("env"):

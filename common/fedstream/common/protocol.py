@@ -6,7 +6,7 @@ from __future__ import annotations
 import enum
 import math
 from dataclasses import dataclass, field
-from typing import Protocol, Sequence
+from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
@@ -27,6 +27,7 @@ class Action(enum.Enum):
     TRAIN = "train"
     WAIT = "wait"
     STOP = "stop"
+    EVALUATE = "evaluate"  # evaluate `version` on the site's held-out examples
 
 
 def input_divisor(normalize: bool) -> float:
@@ -116,6 +117,35 @@ class Batch:
 
 
 @dataclass(frozen=True)
+class SiteData:
+    """What a data site publishes about its data through its workers: never an example."""
+    client_sizes: tuple[int, ...]
+    example_shape: tuple[int, ...]
+    example_dtype: np.dtype
+    num_classes: int
+    num_test: int = 0
+    label_histograms: tuple[tuple[int, ...], ...] = ()  # only if the site publishes them
+
+
+class Joined(NamedTuple):
+    """A worker's registration: its id, the task, and the federation-wide id of its site's
+    client 0 (sites' clients are numbered locally; the federation's ids are unique)."""
+    worker_id: str
+    task: Task
+    client_id_base: int = 0
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """A site's federated evaluation of one version on its own held-out examples."""
+    worker_id: str
+    version: int
+    num_examples: int
+    loss: float
+    accuracy: float
+
+
+@dataclass(frozen=True)
 class DatasetSummary:
     dataset: str
     partitioner: str
@@ -126,6 +156,13 @@ class DatasetSummary:
     num_classes: int
     num_test: int
     label_histograms: tuple[tuple[int, ...], ...] = ()  # [client][class] example counts
+    site: str = ""  # the data site the pool belongs to
+
+    def site_data(self, *, publish_labels: bool) -> SiteData:
+        """What the site's workers publish: sizes and data spec, label histograms on request."""
+        return SiteData(self.client_sizes, self.example_shape, self.example_dtype,
+                        self.num_classes, self.num_test,
+                        self.label_histograms if publish_labels else ())
 
     def describe(self, limit: int = 10) -> str:
         """Sizes and label histograms, for people: the first `limit` clients in full."""
@@ -153,6 +190,7 @@ class WorkerStatus:
     device: str
     last_seen_s_ago: float
     updates_accepted: int
+    site: str = ""
 
 
 @dataclass(frozen=True)
@@ -170,7 +208,8 @@ class CoordinatorPort(Protocol):
     """What a worker calls on the coordinator: the gRPC client and the in-process
     federation both provide it, so one worker loop serves both run modes."""
 
-    def join(self, worker_name: str, device: str) -> tuple[str, Task]: ...
+    def join(self, worker_name: str, device: str, site: str = "",
+             site_data: SiteData | None = None) -> Joined: ...
 
     def assignment(self, worker_id: str, wait_s: float) -> Assignment: ...
 
@@ -180,8 +219,14 @@ class CoordinatorPort(Protocol):
 
     def leave(self, worker_id: str) -> None: ...
 
+    def report_evaluation(self, result: EvaluationResult) -> None: ...
+
 
 class DataPort(Protocol):
     """What a worker calls on the data pool (gRPC client or the in-process store)."""
 
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]: ...
+
+    def info(self) -> DatasetSummary: ...
+
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]: ...

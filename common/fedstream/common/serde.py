@@ -17,9 +17,11 @@ from fedstream.common.protocol import (
     Assignment,
     Batch,
     DatasetSummary,
+    EvaluationResult,
     FederationStatus,
     LocalTraining,
     PushResult,
+    SiteData,
     Task,
     UpdateKind,
     UpdateMeta,
@@ -128,7 +130,8 @@ _WEIGHTING = {Weighting.UNIFORM: coordinator_pb2.CLIENT_WEIGHTING_UNIFORM,
               Weighting.EXAMPLES: coordinator_pb2.CLIENT_WEIGHTING_EXAMPLES}
 _ACTION = {Action.TRAIN: coordinator_pb2.Assignment.TRAIN,
            Action.WAIT: coordinator_pb2.Assignment.WAIT,
-           Action.STOP: coordinator_pb2.Assignment.STOP}
+           Action.STOP: coordinator_pb2.Assignment.STOP,
+           Action.EVALUATE: coordinator_pb2.Assignment.EVALUATE}
 
 
 def _lookup(table: dict, code, what: str):
@@ -206,8 +209,8 @@ def status_to_proto(s: FederationStatus) -> coordinator_pb2.Status:
         phase=s.phase, round=s.round, version=s.version, total_rounds=s.total_rounds,
         workers=[coordinator_pb2.WorkerInfo(
             worker_id=w.worker_id, worker_name=w.worker_name, device=w.device,
-            last_seen_s_ago=w.last_seen_s_ago, updates_accepted=w.updates_accepted)
-            for w in s.workers],
+            last_seen_s_ago=w.last_seen_s_ago, updates_accepted=w.updates_accepted,
+            site=w.site) for w in s.workers],
         last_metrics={k: float(v) for k, v in s.last_metrics.items()})
 
 
@@ -216,7 +219,8 @@ def status_from_proto(msg: coordinator_pb2.Status) -> FederationStatus:
         phase=msg.phase, round=msg.round, version=msg.version, total_rounds=msg.total_rounds,
         workers=tuple(WorkerStatus(worker_id=w.worker_id, worker_name=w.worker_name,
                                    device=w.device, last_seen_s_ago=w.last_seen_s_ago,
-                                   updates_accepted=w.updates_accepted) for w in msg.workers),
+                                   updates_accepted=w.updates_accepted, site=w.site)
+                       for w in msg.workers),
         last_metrics=dict(msg.last_metrics))
 
 
@@ -229,18 +233,57 @@ def dataset_info_to_proto(s: DatasetSummary, *, max_batch_size: int,
         example=spec_to_proto(TensorSpec("x", s.example_dtype, s.example_shape)),
         num_classes=s.num_classes, num_test=s.num_test, max_batch_size=max_batch_size,
         max_clients_per_request=max_clients_per_request,
-        label_counts=[v for row in s.label_histograms for v in row])
+        label_counts=[v for row in s.label_histograms for v in row], site=s.site)
 
 
 def dataset_summary_from_proto(msg: datapool_pb2.DatasetInfo) -> DatasetSummary:
     example = spec_from_proto(msg.example)
-    k = msg.num_classes
     return DatasetSummary(
         dataset=msg.dataset, partitioner=msg.partitioner, seed=msg.seed,
         client_sizes=tuple(msg.client_sizes), example_shape=example.shape,
-        example_dtype=example.dtype, num_classes=k, num_test=msg.num_test,
-        label_histograms=tuple(tuple(msg.label_counts[c * k:(c + 1) * k])
-                               for c in range(msg.num_clients if msg.label_counts else 0)))
+        example_dtype=example.dtype, num_classes=msg.num_classes, num_test=msg.num_test,
+        label_histograms=_histograms(msg.label_counts, len(msg.client_sizes), msg.num_classes),
+        site=msg.site)
+
+
+def _histograms(counts: Sequence[int], n_clients: int, k: int) -> tuple[tuple[int, ...], ...]:
+    """Row-major clients x classes counts; empty when none were sent."""
+    if not counts:
+        return ()
+    if len(counts) != n_clients * k:
+        raise InvalidArgument(f"{len(counts)} label counts for {n_clients} clients x {k} "
+                              "classes: send clients x classes counts, or none")
+    return tuple(tuple(counts[c * k:(c + 1) * k]) for c in range(n_clients))
+
+
+def site_data_to_proto(d: SiteData) -> coordinator_pb2.SiteData:
+    return coordinator_pb2.SiteData(
+        client_sizes=list(d.client_sizes),
+        example=spec_to_proto(TensorSpec("x", np.dtype(d.example_dtype), d.example_shape)),
+        num_classes=d.num_classes, num_test=d.num_test,
+        label_counts=[v for row in d.label_histograms for v in row])
+
+
+def site_data_from_proto(msg: coordinator_pb2.SiteData) -> SiteData:
+    example = spec_from_proto(msg.example)
+    return SiteData(tuple(msg.client_sizes), example.shape, example.dtype, msg.num_classes,
+                    msg.num_test, _histograms(msg.label_counts, len(msg.client_sizes),
+                                              msg.num_classes))
+
+
+def evaluation_to_proto(r: EvaluationResult) -> coordinator_pb2.EvaluationReport:
+    return coordinator_pb2.EvaluationReport(
+        worker_id=r.worker_id, version=r.version, num_examples=r.num_examples,
+        metrics={"loss": r.loss, "accuracy": r.accuracy})
+
+
+def evaluation_from_proto(msg: coordinator_pb2.EvaluationReport) -> EvaluationResult:
+    missing = {"loss", "accuracy"} - set(msg.metrics)
+    if missing:
+        raise InvalidArgument(f"an evaluation report needs the metrics 'loss' and 'accuracy'; "
+                              f"missing {sorted(missing)}")
+    return EvaluationResult(msg.worker_id, msg.version, msg.num_examples,
+                            msg.metrics["loss"], msg.metrics["accuracy"])
 
 
 def batches_to_stream(batches: Sequence[Batch], step: int) -> Iterator[datapool_pb2.BatchMessage]:

@@ -42,13 +42,16 @@ class AsynchronousPolicy(RoundPolicy):
     def open(self, round_number):
         """Nothing to prepare: units are made when a worker asks."""
 
-    def lease(self, worker_id, now):
-        """An expired lease first, else new work: never a wait."""
-        unit = next((u for u in self.outstanding.values() if u.expired(now)), None)
+    def lease(self, worker_id, site, now):
+        """An expired lease of the worker's site first, else new work of its site's clients:
+        never a wait."""
+        unit = next((u for u in self.outstanding.values()
+                     if u.site == site and u.expired(now)), None)
         if unit is not None:
             self.counts["leases_expired"] += 1
         else:
-            unit = Unit(self.next_unit, sample_unit(self.config, self.n_clients, self.next_unit))
+            clients = self.sites.get(site).client_ids
+            unit = Unit(self.next_unit, sample_unit(self.config, clients, self.next_unit), site)
             self.outstanding[unit.index] = unit
             self.next_unit += 1
         unit.lease(worker_id, now, self.config.lease_s)

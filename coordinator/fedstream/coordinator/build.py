@@ -1,6 +1,7 @@
-"""A federation from its configuration and data summary, as both run modes build it: the
-model from the zoo, evaluation on the test set, reports off the round's critical path.
-No gRPC here, so `simulate` builds without the network stack."""
+"""A federation from its configuration, as both run modes build it: the model from the zoo,
+reports off the round's critical path, and either one data pool's clients with evaluation on
+its test set, or declared data sites that publish their clients and evaluate on their own
+data. No gRPC here, so `simulate` builds without the network stack."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import logging
 
 import numpy as np
 
+from fedstream.common.learning import evaluate
 from fedstream.common.protocol import DatasetSummary
 from fedstream.coordinator.config import FederationConfig
-from fedstream.coordinator.evaluate import evaluate
-from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.federation import Federation, declared_sites
 from fedstream.coordinator.models import build_model
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,15 @@ def build_federation(config: FederationConfig, summary: DatasetSummary,
                       num_classes=summary.num_classes, evaluator=evaluator,
                       on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
                       background_reports=True)
+
+
+def build_site_federation(config: FederationConfig, num_classes: int, on_metrics, *,
+                          checkpoint_dir: str | None = None) -> Federation:
+    """A federation of `config.sites`: no data pool, no test set; the sites evaluate."""
+    model = build_model(config.model, config.model_seed, num_classes)
+    return Federation(config, model, sites=declared_sites(config, model, num_classes), loss=LOSS,
+                      num_classes=num_classes, on_metrics=on_metrics,
+                      checkpoint_dir=checkpoint_dir, background_reports=True)
 
 
 def save_weights(path: str, federation: Federation) -> None:

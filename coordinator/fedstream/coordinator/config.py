@@ -50,6 +50,9 @@ class FederationConfig:
     units: int = option(0, "work units per round (0: one per worker the first round waits "
                            "for); equal units give bit-identical models in every run mode")
     min_workers: int = option(1, "workers that must join before the first round opens")
+    sites: str = option("", "data sites the first round waits for, comma-separated; their "
+                            "order numbers their clients. Empty: the coordinator reads one data "
+                            "pool. With sites, --units counts per site (0: min_workers / sites)")
     batch_size: int = option(32, "client batch size")
     weighting: Weighting = option(Weighting.UNIFORM, "client weight in the mean: uniform "
                                   "(the reference's plain mean) or its number of examples")
@@ -101,6 +104,13 @@ class FederationConfig:
     model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
                                       "returning a Keras model")
     model_seed: int = option(0, "initial-weights seed")
+    eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
+                                          "reports; a site later than that is left out of "
+                                          "that round's row")
+
+    @property
+    def site_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.sites.split(",") if name.strip())
 
     @property
     def input_divisor(self) -> float:
@@ -109,7 +119,10 @@ class FederationConfig:
     def __post_init__(self):
         problems = coerce_choices(self)
         if self.units == 0:
-            object.__setattr__(self, "units", self.min_workers)
+            object.__setattr__(self, "units",
+                               max(1, self.min_workers // max(1, len(self.site_names))))
+        if len(set(self.site_names)) != len(self.site_names):
+            problems.append(f"sites={self.sites!r} names a site twice")
         if self.rounds < 1:
             problems.append(f"rounds={self.rounds} must be >= 1")
         if self.units < 1 or self.min_workers < 1:
@@ -135,9 +148,9 @@ class FederationConfig:
                             "max_staleness >= 0 and 0 < async_alpha <= 1")
         if self.mode != Mode.SYNC and self.aggregator != Aggregator.MEAN:
             problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
-        if not 0 <= self.quorum <= self.units:
-            problems.append(f"quorum={self.quorum} must be between 0 (all units) and "
-                            f"units={self.units}")
+        if not 0 <= self.quorum <= self.units * max(1, len(self.site_names)):
+            problems.append(f"quorum={self.quorum} must be between 0 (all units) and the "
+                            f"units of a round ({self.units} per site)")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:
             problems.append(f"round_deadline_s={self.round_deadline_s} and rejoin_wait_s="
                             f"{self.rejoin_wait_s} must be >= 0")
@@ -159,7 +172,10 @@ class MetricsConfig:
 class CoordinatorConfig:
     listen: str = option("127.0.0.1:50051", "host:port to serve on (port 0: any free port)",
                          env="FEDSTREAM_COORDINATOR_LISTEN")
-    datapool: str = option("127.0.0.1:50052", "data pool address", env="FEDSTREAM_DATAPOOL")
+    datapool: str = option("127.0.0.1:50052", "data pool address (not read with --sites)",
+                           env="FEDSTREAM_DATAPOOL")
+    num_classes: int = option(10, "with --sites: the classes of the task (one data pool: "
+                                  "the pool says)")
     threads: int = option(0, "TensorFlow threads (0: TensorFlow's default)")
     sinks: MetricsConfig = section(MetricsConfig)
     save_weights: str | None = option(None, "save the final weights (.npz) here")

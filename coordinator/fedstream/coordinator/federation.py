@@ -4,11 +4,13 @@ No protobuf and no network here: the gRPC servicer and the in-process simulation
 this class, which is how both run modes compute the same model. Each part owns its state
 and never calls back up:
 - `ServerModel`: weights, version, server optimizer, one pinned snapshot per version;
-- `Membership`: who joined and was told to stop;
+- `Membership`: who joined (for which site) and was told to stop;
+- `Sites`: which site owns which client, as the sites published it;
 - a `RoundPolicy` (`SyncRounds`, `FedBuff`, `FedAsync`): units, leases, what fits, when
   the model steps, through the aggregation pipeline (`pipeline`);
 - `validation`: pure checks every policy shares;
-- `Reporter`: evaluation, checkpoint and metrics sinks of each step, off the lock.
+- `Reporter`: evaluation, checkpoint and metrics sinks of each step, off the lock;
+- `FederatedEvaluation`: with sites, each site's evaluation of a version on its own data.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ from fedstream.common.errors import FailedPrecondition, FedstreamError
 from fedstream.common.protocol import (
     Action,
     Assignment,
+    EvaluationResult,
     FederationStatus,
+    Joined,
     PushResult,
+    SiteData,
     UpdateKind,
     UpdateMeta,
     Weights,
@@ -39,11 +44,14 @@ from fedstream.coordinator import checkpoint
 from fedstream.coordinator.config import FederationConfig, Mode
 from fedstream.coordinator.fedasync import FedAsync
 from fedstream.coordinator.fedbuff import FedBuff
+from fedstream.coordinator.federated_eval import FederatedEvaluation, check_result
 from fedstream.coordinator.membership import Membership
+from fedstream.coordinator.metrics import flatten
 from fedstream.coordinator.policy import RoundPolicy
 from fedstream.coordinator.reporting import Evaluator, Report, Reporter, step_metrics
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.server_model import ServerModel
+from fedstream.coordinator.sites import DataSpec, Sites
 from fedstream.coordinator.task import make_task, rounds_per_pass
 from fedstream.coordinator.units import Contribution, Unit
 from fedstream.coordinator.validation import check_finite, check_specs, check_weight, expected_specs
@@ -53,36 +61,51 @@ log = logging.getLogger(__name__)
 MAX_WAIT_S = 30.0  # longest a GetAssignment long-poll is held
 
 
-def make_policy(config: FederationConfig, n_clients: int, model: ServerModel, counts: Counter,
+def make_policy(config: FederationConfig, sites: Sites, model: ServerModel, counts: Counter,
                 update_kind: UpdateKind) -> RoundPolicy:
     if config.mode is Mode.FEDBUFF:
-        return FedBuff(config, n_clients, model, counts)
+        return FedBuff(config, sites, model, counts)
     if config.mode is Mode.FEDASYNC:
-        return FedAsync(config, n_clients, model, counts, update_kind=update_kind)
-    return SyncRounds(config, n_clients, model, counts)
+        return FedAsync(config, sites, model, counts, update_kind=update_kind)
+    return SyncRounds(config, sites, model, counts)
+
+
+def pool_sites(model: keras.Model, client_sizes: Sequence[int], num_classes: int) -> Sites:
+    """The clients of the one data pool the coordinator reads."""
+    return Sites.single_pool(SiteData(tuple(client_sizes), tuple(model.input_shape[1:]),
+                                      None, num_classes))
+
+
+def declared_sites(config: FederationConfig, model: keras.Model, num_classes: int) -> Sites:
+    """The sites a coordinator without a data pool waits for; their data must fit `model`."""
+    return Sites(config.site_names, DataSpec(tuple(model.input_shape[1:]), num_classes))
 
 
 class Federation:
-    def __init__(self, config: FederationConfig, model: keras.Model, client_sizes: Sequence[int],
-                 *, loss: str = "categorical_crossentropy", num_classes: int = 10,
+    def __init__(self, config: FederationConfig, model: keras.Model,
+                 client_sizes: Sequence[int] = (), *, sites: Sites | None = None,
+                 loss: str = "categorical_crossentropy", num_classes: int = 10,
                  evaluator: Evaluator | None = None,
                  on_metrics: Callable[[dict], None] = lambda m: None,
                  clock: Callable[[], float] = time.monotonic,
                  checkpoint_dir: str | None = None, background_reports: bool = False):
         self.config = config
-        self.task = make_task(config, model, client_sizes, loss=loss, num_classes=num_classes)
-        self.eval_every = config.eval_every or rounds_per_pass(client_sizes, config.batch_size)
+        self.task = make_task(config, model, loss=loss, num_classes=num_classes)
+        self.sites = sites if sites is not None else pool_sites(model, client_sizes, num_classes)
+        self.eval_every = config.eval_every  # 0: one pass over the clients, at the first round
         self._clock = clock
         self._checkpoint_dir = checkpoint_dir
         self._counts: Counter = Counter()  # updates accepted/duplicate/rejected, leases expired
         self._server = ServerModel(model, config)
         self._specs = tuple(spec_of(n, w) for n, w in zip(self._server.names, self._server.weights))
-        self.policy = make_policy(config, len(client_sizes), self._server, self._counts,
+        self.policy = make_policy(config, self.sites, self._server, self._counts,
                                   self.task.update_kind)
         self._members = Membership(clock)
+        # a federated evaluation completes on later calls: its reports wait on a thread
         self._reports = Reporter(model_json=self.task.model_json, evaluator=evaluator,
                                  on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
-                                 background=background_reports)
+                                 background=background_reports or self.sites.federated)
+        self._evaluations: list[FederatedEvaluation] = []
         self._cond = threading.Condition()
         self.phase = "waiting_for_workers"
         self.round = 0
@@ -138,23 +161,30 @@ class Federation:
         self._reports.flush()
 
     # -- membership ------------------------------------------------------------------------
-    def join(self, worker_name: str, device: str):
+    def join(self, worker_name: str, device: str, site: str = "",
+             site_data: SiteData | None = None) -> Joined:
+        """Register a worker; a site's first worker registers the site's clients."""
         with self._cond:
-            worker_id = self._members.join(worker_name, device)
+            registered = self.sites.register(site, site_data)
+            worker_id = self._members.join(worker_name, device, site)
             if self._first_join is None:
                 self._first_join = self._clock()
             self._start_if_ready()
-            return worker_id, self.task
+            return Joined(worker_id, self.task, registered.base)
 
     def _start_if_ready(self) -> None:
         """The first round opens once --min-workers joined. A run resumed from a checkpoint
         waits for them at most --rejoin-wait-s after the first is back, then goes on with
         those that are: a worker that died with the old coordinator must not stall it."""
-        if self.phase != "waiting_for_workers" or not len(self._members):
+        if (self.phase != "waiting_for_workers" or not len(self._members)
+                or not self.sites.ready()):
             return
         resumed_and_waited = (self.round > 0 and self._clock() - self._first_join
                               >= self.config.rejoin_wait_s)
         if len(self._members) >= self.config.min_workers or resumed_and_waited:
+            if not self.eval_every:
+                _, sizes = self.sites.table()
+                self.eval_every = rounds_per_pass(sizes, self.config.batch_size)
             self._started = self._clock()
             self._open(self.round + 1)
 
@@ -174,16 +204,23 @@ class Federation:
         self._cond.notify_all()
 
     def assignment(self, worker_id: str, wait_s: float) -> Assignment:
-        """The next unit to compute, waiting up to `wait_s` for one; STOP when training is over."""
+        """The next unit to compute, waiting up to `wait_s` for one: a pending evaluation of
+        the worker's site first; STOP when training is over."""
         with self._cond:
             self._members.touch(worker_id)
+            site = self._members.site_of(worker_id)
             deadline = self._clock() + min(max(wait_s, 0.0), MAX_WAIT_S)
             while True:
+                evaluation = self._evaluation_for(site, worker_id)
+                if evaluation is not None:
+                    return Assignment(Action.EVALUATE, round=evaluation.round,
+                                      version=evaluation.version)
                 if self.phase == "done":
                     self._members.stop(worker_id)
                     self._cond.notify_all()
                     return Assignment(Action.STOP, round=self.round, version=self.version)
-                unit = self.policy.lease(worker_id, self._clock()) if self.phase == "training" else None
+                unit = (self.policy.lease(worker_id, site, self._clock())
+                        if self.phase == "training" else None)
                 if unit is not None:
                     return Assignment(Action.TRAIN, round=self.round, version=self.version,
                                       unit=unit.index, client_ids=unit.client_ids,
@@ -192,6 +229,28 @@ class Federation:
                 if remaining <= 0:
                     return Assignment(Action.WAIT, round=self.round, version=self.version)
                 self._cond.wait(min(remaining, self.config.lease_s))
+
+    def _evaluation_for(self, site: str, worker_id: str) -> FederatedEvaluation | None:
+        self._evaluations = [e for e in self._evaluations if not e.expired()]
+        return next((e for e in self._evaluations
+                     if e.lease(site, worker_id, self._clock())), None)
+
+    def report_evaluation(self, result: EvaluationResult) -> None:
+        """A site's evaluation of the version its worker was asked to evaluate."""
+        check_result(result)
+        with self._cond:
+            self._members.touch(result.worker_id)
+            site = self._members.site_of(result.worker_id)
+            evaluation = next((e for e in self._evaluations
+                               if e.holds(site, result.worker_id)), None)
+            if evaluation is None:
+                raise FailedPrecondition(
+                    f"no evaluation is pending for worker {result.worker_id} of site {site!r} "
+                    "(it timed out, or another worker of the site took it over): drop it and "
+                    "ask GetAssignment for work")
+            evaluation.record(site, result)
+            log.info("site %r evaluated version %d: loss %.4f, accuracy %.4f on %d examples",
+                     site, result.version, result.loss, result.accuracy, result.num_examples)
 
     def pull_weights(self, worker_id: str, have_version: int) -> Weights:
         """The current version's pinned weights; arrays None when `have_version` is current."""
@@ -211,6 +270,7 @@ class Federation:
 
     def _admit(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
         self._members.touch(meta.worker_id)
+        self.sites.check_owned(self._members.site_of(meta.worker_id), meta.client_ids)
         if self.phase != "training":
             raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
                                      "for work before pushing")
@@ -238,7 +298,8 @@ class Federation:
             self._members.credit(meta.worker_id)
             contribution = Contribution([np.asarray(a) for a in arrays], float(meta.weight),
                                         len(meta.client_ids), meta.base_version,
-                                        {**meta.metrics, "weight": float(meta.weight)})
+                                        {**meta.metrics, "weight": float(meta.weight),
+                                         "examples": meta.num_examples})
             if (self.policy.receive(unit, contribution)
                     or self.policy.due(self._clock(), self._opened_at)):
                 self._step()
@@ -258,15 +319,24 @@ class Federation:
     def _step(self) -> None:
         """The model moves to a new version; its report is handed off; the next round opens
         (or training ends)."""
-        metrics = step_metrics(self.policy.step(), self._counts, round_number=self.round,
-                               version=self.version, opened_at=self._opened_at,
-                               started=self._started, now=self._clock())
+        federated = self.sites.federated
+        metrics = step_metrics(
+            self.policy.step(), self._counts, round_number=self.round, version=self.version,
+            opened_at=self._opened_at, started=self._started, now=self._clock(),
+            site_workers=self._site_workers() if federated else None)
         self._counts.clear()
         final = self.round >= self.config.rounds
-        evaluate = self._reports.evaluates and (self.round % self.eval_every == 0 or final)
+        due = self.round % self.eval_every == 0 or final
+        evaluation = None
+        if federated and due:
+            evaluation = FederatedEvaluation(
+                self.round, self.version, [s.name for s in self.sites],
+                lease_s=self.config.lease_s, timeout_s=self.config.eval_timeout_s)
+            self._evaluations.append(evaluation)
         self._reports.submit(Report(
-            metrics, evaluate=self._server.weights if evaluate else None,
-            checkpoint=None if self._checkpoint_dir is None else self._checkpoint(self.round)))
+            metrics, evaluate=self._server.weights if due and self._reports.evaluates else None,
+            checkpoint=None if self._checkpoint_dir is None else self._checkpoint(self.round),
+            federated=evaluation))
         if final:
             self.phase = "done"
             self.policy.close()
@@ -274,10 +344,16 @@ class Federation:
         else:
             self._open(self.round + 1)
 
+    def _site_workers(self) -> dict[str, int]:
+        """Every registered site's connected workers (heard from within a lease)."""
+        live = self._members.per_site(self.config.lease_s)
+        return {site.name: live.get(site.name, 0) for site in self.sites}
+
     def evaluate(self) -> tuple[int, dict[str, float]]:
         """The current version and its test metrics, on demand, off the lock."""
         if not self._reports.evaluates:
-            raise FailedPrecondition("this coordinator was started without a test set")
+            raise FailedPrecondition("this coordinator holds no test set (with sites, the sites "
+                                     "evaluate on their own data: see the rounds' metrics)")
         with self._cond:
             version, weights = self.version, self._server.weights
         return version, self._reports.evaluate(weights)
@@ -288,7 +364,7 @@ class Federation:
             return FederationStatus(phase=self.phase, round=self.round, version=self.version,
                                     total_rounds=self.config.rounds,
                                     workers=self._members.status(),
-                                    last_metrics=dict(self.last_metrics))
+                                    last_metrics=flatten(self.last_metrics))
 
     def wait_until_done(self, timeout_s: float | None = None) -> bool:
         """True once the last round closed and its report was handled."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 class _Worker:
     name: str
     device: str
+    site: str
     last_seen: float
     accepted: int = 0
     stopped: bool = False
@@ -30,12 +32,21 @@ class Membership:
     def __len__(self) -> int:
         return len(self._workers)
 
-    def join(self, name: str, device: str) -> str:
+    def join(self, name: str, device: str, site: str) -> str:
         worker_id = f"w{len(self._workers) + 1}-{uuid.uuid4().hex[:8]}"
-        self._workers[worker_id] = _Worker(name, device, self._clock())
-        log.info("[Join] worker %s (%s on %s) joined; %d connected", worker_id, name, device,
-                 len(self._workers))
+        self._workers[worker_id] = _Worker(name, device, site, self._clock())
+        log.info("[Join] worker %s (%s on %s%s) joined; %d connected", worker_id, name, device,
+                 f", site {site!r}" if site else "", len(self._workers))
         return worker_id
+
+    def site_of(self, worker_id: str) -> str:
+        return self._workers[worker_id].site
+
+    def per_site(self, within_s: float) -> Counter:
+        """Workers of each site heard from within `within_s` and not stopped."""
+        now = self._clock()
+        return Counter(w.site for w in self._workers.values()
+                       if not w.stopped and now - w.last_seen <= within_s)
 
     def touch(self, worker_id: str) -> None:
         """Note that the worker called; NOT_FOUND for an id this coordinator never gave."""
@@ -57,5 +68,6 @@ class Membership:
     def status(self) -> tuple[WorkerStatus, ...]:
         now = self._clock()
         return tuple(WorkerStatus(worker_id=wid, worker_name=w.name, device=w.device,
-                                  last_seen_s_ago=now - w.last_seen, updates_accepted=w.accepted)
+                                  last_seen_s_ago=now - w.last_seen, updates_accepted=w.accepted,
+                                  site=w.site)
                      for wid, w in self._workers.items())

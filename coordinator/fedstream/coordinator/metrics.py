@@ -6,10 +6,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Mapping
 
 from fedstream.coordinator.config import MetricsConfig
 
 log = logging.getLogger(__name__)
+
+
+def flatten(metrics: Mapping) -> dict[str, float]:
+    """A row with its per-site metrics as `sites/<site>/<metric>` keys (TensorBoard tags,
+    status), numbers only."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, Mapping):
+            out.update({f"{key}/{k}": v for k, v in flatten(value).items()})
+        elif isinstance(value, (int, float)):
+            out[key] = value
+    return out
 
 
 class TensorBoardScalars:
@@ -28,8 +41,8 @@ class TensorBoardScalars:
     def write(self, metrics: dict) -> None:
         step = int(metrics["round"])
         with self._writer.as_default():
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and key != "round":
+            for key, value in flatten(metrics).items():
+                if key != "round":
                     self._tf.summary.write(key, self._tf.constant(float(value)), step=step,
                                            metadata=self._metadata)
         self._writer.flush()
@@ -39,7 +52,8 @@ class TensorBoardScalars:
 
 
 class PrometheusGauges:
-    """`fedstream_<metric>` gauges holding the last round's values, served over HTTP."""
+    """`fedstream_<metric>` gauges holding the last round's values, served over HTTP; per-site
+    metrics as `fedstream_site_<metric>{site="<name>"}`."""
 
     def __init__(self, port: int, host: str = "0.0.0.0"):
         import prometheus_client
@@ -61,6 +75,14 @@ class PrometheusGauges:
                                                registry=self._registry)
                     self._gauges[key] = gauge
                 gauge.set(value)
+        for site, values in metrics.get("sites", {}).items():
+            for key, value in values.items():
+                gauge = self._gauges.get(("site", key))
+                if gauge is None:
+                    gauge = self._client.Gauge(f"fedstream_site_{key}", f"last round's {key} "
+                                               "of each site", ["site"], registry=self._registry)
+                    self._gauges[("site", key)] = gauge
+                gauge.labels(site=site).set(value)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -16,6 +16,7 @@ from typing import Sequence
 from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.server_model import ServerModel
+from fedstream.coordinator.sites import Sites
 from fedstream.coordinator.units import Contribution, Unit
 
 
@@ -27,10 +28,10 @@ class Step:
 
 
 class RoundPolicy(abc.ABC):
-    def __init__(self, config: FederationConfig, n_clients: int, model: ServerModel,
+    def __init__(self, config: FederationConfig, sites: Sites, model: ServerModel,
                  counts: Counter):
         self.config = config
-        self.n_clients = n_clients
+        self.sites = sites  # read only: the facade registers sites
         self.model = model
         self.counts = counts  # leases_expired is counted here
 
@@ -39,8 +40,8 @@ class RoundPolicy(abc.ABC):
         """Round (or, asynchronously, server step) `round_number` starts collecting."""
 
     @abc.abstractmethod
-    def lease(self, worker_id: str, now: float) -> Unit | None:
-        """A unit for this worker, leased to it; None when there is nothing to do now."""
+    def lease(self, worker_id: str, site: str, now: float) -> Unit | None:
+        """A unit of the worker's site, leased to it; None when there is nothing to do now."""
 
     @abc.abstractmethod
     def step_of(self, unit: Unit) -> int:

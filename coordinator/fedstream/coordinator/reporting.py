@@ -18,6 +18,7 @@ import numpy as np
 
 from fedstream.common.learning import model_from_json
 from fedstream.coordinator import checkpoint
+from fedstream.coordinator.federated_eval import FederatedEvaluation
 from fedstream.coordinator.policy import Step
 
 log = logging.getLogger(__name__)
@@ -40,17 +41,39 @@ def unit_metrics(reports: Sequence[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def site_metrics(step: Step, workers: Mapping[str, int]) -> dict[str, dict]:
+    """Per site, in one step: workers connected, clients and examples computed, their
+    training loss, and the bytes over each link: pull (coordinator to the site's workers) and
+    push (back) cross the site's boundary; fetch (the site's data pool to its workers) stays
+    inside it."""
+    out = {}
+    for site in sorted(workers):
+        units = [u for u in step.units if u.site == site]
+        row = {"workers": workers[site], "units": len(units),
+               "clients": sum(len(u.client_ids) for u in units),
+               "examples": sum(int(u.update.metrics.get("examples", 0)) for u in units)}
+        if units:
+            combined = unit_metrics([u.update.metrics for u in units])
+            row.update({k: v for k, v in combined.items()
+                        if k == "train_loss" or k.endswith("_bytes")})
+        out[site] = row
+    return out
+
+
 def step_metrics(step: Step, counts: Mapping[str, int], *, round_number: int, version: int,
-                 opened_at: float, started: float, now: float) -> dict:
-    """The row a server step writes (before evaluation adds test metrics)."""
+                 opened_at: float, started: float, now: float,
+                 site_workers: Mapping[str, int] | None = None) -> dict:
+    """The row a server step writes (before evaluation adds test metrics); with sites, a
+    `sites` table of per-site metrics."""
     round_s = now - opened_at
+    sites = {} if site_workers is None else {"sites": site_metrics(step, site_workers)}
     return {
         "round": round_number, "version": version, "round_s": round_s,
         "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
         "elapsed_s": now - started,
         "clients": sum(len(u.client_ids) for u in step.units),
         **unit_metrics([u.update.metrics for u in step.units]), **step.metrics,
-        **{k: counts[k] for k in COUNTERS},
+        **{k: counts[k] for k in COUNTERS}, **sites,
     }
 
 
@@ -59,6 +82,7 @@ class Report:
     metrics: dict | None  # the step's own metrics; None for a checkpoint alone
     evaluate: Sequence[np.ndarray] | None = None  # weights to evaluate, when due
     checkpoint: checkpoint.Checkpoint | None = None
+    federated: FederatedEvaluation | None = None  # the sites' evaluation, when due
 
 
 class Reporter:
@@ -119,6 +143,13 @@ class Reporter:
         metrics = None if report.metrics is None else dict(report.metrics)
         if report.evaluate is not None and metrics is not None:
             metrics.update(self.evaluate(report.evaluate))
+        if report.federated is not None and metrics is not None:
+            evaluation = report.federated.wait()
+            per_site = evaluation.pop("sites")
+            metrics.update(evaluation)
+            sites = metrics.setdefault("sites", {})
+            for name, values in per_site.items():
+                sites[name] = {**sites.get(name, {}), **values}
         if report.checkpoint is not None and self._checkpoint_dir is not None:
             checkpoint.save(self._checkpoint_dir, report.checkpoint)
         if metrics is not None:

@@ -33,18 +33,23 @@ class SyncRounds(RoundPolicy):
         self._last_unit: dict[str, int] = {}
 
     def open(self, round_number):
+        """Sample over every site's clients; each site's share splits into `units` units."""
         self.round = round_number
-        groups = np.array_split(sample_round(self.config, self.n_clients, round_number),
-                                self.config.units)
-        self.units = [Unit(i, tuple(int(c) for c in g)) for i, g in enumerate(groups) if len(g)]
+        ids, _ = self.sites.table()
+        sampled = sample_round(self.config, ids, round_number)
+        groups = [(site.name, g) for site, share in self.sites.by_site(sampled)
+                  for g in np.array_split(share, self.config.units) if len(g)]
+        self.units = [Unit(i, tuple(int(c) for c in g), site)
+                      for i, (site, g) in enumerate(groups)]
 
-    def lease(self, worker_id, now):
-        """A unit nobody holds (or whose lease expired), preferring the one this worker
-        computed last round: its clients' next batches are what it prefetched."""
+    def lease(self, worker_id, site, now):
+        """A unit of the worker's site nobody holds (or whose lease expired), preferring the
+        one this worker computed last round: its clients' next batches are what it
+        prefetched."""
         last = self._last_unit.get(worker_id)
         preferred = [self.units[last]] if last is not None and last < len(self.units) else []
         for unit in preferred + self.units:
-            if unit.free(now):
+            if unit.site == site and unit.free(now):
                 if unit.leased_to is not None:
                     self.counts["leases_expired"] += 1
                     log.warning("lease of unit %d (round %d) held by %s expired: reassigning",

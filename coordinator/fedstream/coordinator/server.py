@@ -1,8 +1,10 @@
 """The coordinator process:
-`fedstream coordinator --listen 0.0.0.0:50051 --datapool HOST:50052 --workers 2`.
+`fedstream coordinator --listen 0.0.0.0:50051 --datapool HOST:50052 --min-workers 2`, or with
+`--sites a,b` a federation of data sites whose data pools it never contacts.
 
-Fetches the data summary and test set from the data pool, builds the model, serves until
-the last round is done and every worker was told to stop, saves the final weights, exits.
+Fetches the data summary and test set from the data pool (without sites), builds the model,
+serves until the last round is done and every worker was told to stop, saves the final
+weights, exits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from fedstream.common.clients import DataPoolClient
 from fedstream.common.grpc_server import bound_address, create_server, publish_address, stop_on_signals
 from fedstream.common.learning import configure_threads
 from fedstream.common.logs import log_config
-from fedstream.coordinator.build import build_federation, save_weights
+from fedstream.coordinator.build import build_federation, build_site_federation, save_weights
 from fedstream.coordinator.config import CoordinatorConfig
 from fedstream.coordinator.metrics import MetricsLog
 from fedstream.coordinator.servicer import CoordinatorServicer
@@ -29,16 +31,22 @@ STOP_GRACE_S = 5.0  # in-flight RPCs get this long to finish on shutdown
 def serve(config: CoordinatorConfig) -> None:
     log_config(log, "coordinator", config)
     configure_threads(config.threads)
-    pool = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
-                          token=config.auth_token)
-    summary = pool.info()
-    test_set = pool.test_set()
-    pool.close()
-    log.info("data: %s, %d clients (%s), %d test examples", summary.dataset,
-             summary.num_clients, summary.partitioner, summary.num_test)
     metrics = MetricsLog.of(config.sinks)
-    federation = build_federation(config.federation, summary, test_set, metrics,
-                                  checkpoint_dir=config.checkpoint_dir)
+    if config.federation.site_names:
+        log.info("sites %s: their data stays at each site; the coordinator reads no data pool",
+                 ", ".join(config.federation.site_names))
+        federation = build_site_federation(config.federation, config.num_classes, metrics,
+                                           checkpoint_dir=config.checkpoint_dir)
+    else:
+        pool = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
+                              token=config.auth_token)
+        summary = pool.info()
+        test_set = pool.test_set()
+        pool.close()
+        log.info("data: %s, %d clients (%s), %d test examples", summary.dataset,
+                 summary.num_clients, summary.partitioner, summary.num_test)
+        federation = build_federation(config.federation, summary, test_set, metrics,
+                                      checkpoint_dir=config.checkpoint_dir)
     server = create_server(
         config.listen,
         lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(

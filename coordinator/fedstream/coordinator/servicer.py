@@ -6,7 +6,8 @@ from __future__ import annotations
 import threading
 
 from fedstream.common import serde
-from fedstream.common.auth import caller
+from fedstream.common.auth import caller, caller_site
+from fedstream.common.errors import PermissionDenied
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
 from fedstream.common.protocol import Weights
 from fedstream.common.tensors import pack
@@ -43,9 +44,19 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @handles_errors
     def Join(self, request, context):
-        worker_id, task = self._federation.join(request.worker_name, request.device)
-        self._identities.bind(worker_id, caller())
-        return coordinator_pb2.JoinReply(worker_id=worker_id, task=serde.task_to_proto(task))
+        bound = caller_site()
+        if bound is not None and request.site != bound:
+            raise PermissionDenied(f"this token is bound to site {bound!r}; it may not join for "
+                                   f"{request.site or 'the coordinator'!r}: use the token its "
+                                   "operator issued for that site")
+        joined = self._federation.join(
+            request.worker_name, request.device, request.site,
+            serde.site_data_from_proto(request.site_data) if request.HasField("site_data")
+            else None)
+        self._identities.bind(joined.worker_id, caller())
+        return coordinator_pb2.JoinReply(worker_id=joined.worker_id,
+                                         task=serde.task_to_proto(joined.task),
+                                         client_id_base=joined.client_id_base)
 
     @handles_errors
     def GetAssignment(self, request, context):
@@ -84,6 +95,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def Evaluate(self, request, context):
         version, metrics = self._federation.evaluate()
         return coordinator_pb2.EvaluateReply(version=version, metrics=metrics)
+
+    @handles_errors
+    def ReportEvaluation(self, request, context):
+        self._owned(request.worker_id)
+        self._federation.report_evaluation(serde.evaluation_from_proto(request))
+        return coordinator_pb2.EvaluationReply(accepted=True)
 
     @handles_errors
     def Leave(self, request, context):

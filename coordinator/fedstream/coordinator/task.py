@@ -13,15 +13,15 @@ from fedstream.common.tensors import TensorSpec
 from fedstream.coordinator.config import Aggregator, FederationConfig
 
 
-def make_task(config: FederationConfig, model: keras.Model, client_sizes: Sequence[int], *,
-              loss: str, num_classes: int) -> Task:
+def make_task(config: FederationConfig, model: keras.Model, *, loss: str,
+              num_classes: int) -> Task:
     delta = config.update is UpdateKind.MODEL_DELTA
     return Task(
         model_json=model.to_json(), loss=loss, num_classes=num_classes,
         update_kind=UpdateKind.MODEL_DELTA if delta else UpdateKind.GRADIENT,
         weighting=config.weighting,
-        # local training fetches a client's whole data as its one "batch"
-        batch_size=max(client_sizes) if delta else config.batch_size,
+        # 0: local training fetches each client's whole data as its one "batch"
+        batch_size=0 if delta else config.batch_size,
         dropout=config.dropout,
         input_divisor=config.input_divisor,
         update_specs=tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))

@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.sites import POOL_SITE
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class Contribution:
 class Unit:
     index: int
     client_ids: tuple[int, ...]
+    site: str = POOL_SITE  # leased only to this site's workers
     leased_to: str | None = None
     lease_deadline: float = 0.0
     update: Contribution | None = None
@@ -43,18 +45,24 @@ class Unit:
         return self.update is None and (self.leased_to is None or self.lease_deadline < now)
 
 
-def sample_round(config: FederationConfig, n_clients: int, round_number: int) -> np.ndarray:
-    """A round's clients, sorted: all of them, or a seeded sample of
-    max(min_clients, round(C * N)) that depends only on (sampling seed, round)."""
+def sample_round(config: FederationConfig, client_ids: np.ndarray,
+                 round_number: int) -> np.ndarray:
+    """A round's clients out of every site's (`client_ids`, sorted), sorted: all of them, or a
+    seeded sample of max(min_clients, round(C * N)) that depends only on (sampling seed,
+    round) and the client table."""
     if config.client_fraction >= 1:
-        return np.arange(n_clients)
-    k = min(n_clients, max(config.min_clients, round(config.client_fraction * n_clients)))
+        return client_ids
+    n = len(client_ids)
+    k = min(n, max(config.min_clients, round(config.client_fraction * n)))
     rng = np.random.default_rng([config.sampling_seed, round_number])
-    return np.sort(rng.choice(n_clients, size=k, replace=False))
+    return client_ids[np.sort(rng.choice(n, size=k, replace=False))]
 
 
-def sample_unit(config: FederationConfig, n_clients: int, unit_number: int) -> tuple[int, ...]:
-    """The clients of asynchronous unit `unit_number`: seeded by (sampling seed, unit)."""
-    k = min(n_clients, config.clients_per_unit)
+def sample_unit(config: FederationConfig, client_ids: np.ndarray,
+                unit_number: int) -> tuple[int, ...]:
+    """The clients of asynchronous unit `unit_number` out of one site's `client_ids`:
+    seeded by (sampling seed, unit)."""
+    k = min(len(client_ids), config.clients_per_unit)
     rng = np.random.default_rng([config.sampling_seed, unit_number])
-    return tuple(int(c) for c in np.sort(rng.choice(n_clients, k, replace=False)))
+    return tuple(int(c) for c in client_ids[np.sort(rng.choice(len(client_ids), k,
+                                                              replace=False))])

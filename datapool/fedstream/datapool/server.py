@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import enum
 import logging
 from dataclasses import dataclass
 
@@ -11,7 +12,7 @@ from fedstream.common.grpc_server import bound_address, create_server, publish_a
 from fedstream.common.logs import log_config
 from fedstream.common.options import add_options, coerce_choices, from_args, option, section
 from fedstream.common.tls import TlsConfig
-from fedstream.datapool.mnist import load_mnist
+from fedstream.datapool.arrays import ArrayKeys, LabelledData, load_arrays, load_mnist_data
 from fedstream.datapool.partition import Partitioner
 from fedstream.datapool.servicer import DataPoolServicer
 from fedstream.datapool.store import ClientStore
@@ -22,13 +23,26 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = datapool_pb2.DESCRIPTOR.services_by_name["DataPool"].full_name
 
 
+class DataFormat(str, enum.Enum):
+    MNIST = "mnist"  # canonical MNIST, checked
+    ARRAYS = "arrays"  # any .npz of named feature and label arrays
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What data and which partition: shared by the data pool, `run`, `simulate` and
     `partitions`."""
-    data: str | None = option(None, "keras-layout mnist.npz or a folder of the four IDX files "
-                                    "(default: the cached copy, fetched on first use)",
+    data: str | None = option(None, "mnist: a keras-layout mnist.npz or a folder of the four "
+                                    "IDX files (default: the cached copy, fetched on first "
+                                    "use); arrays: an .npz of feature and label arrays",
                               env="FEDSTREAM_DATA")
+    data_format: DataFormat = option(DataFormat.MNIST, "mnist (canonical MNIST, checked) or "
+                                     "arrays (a site's own data: any example shape and dtype)")
+    x_key: str = option("x_train", "arrays: the training examples' array")
+    y_key: str = option("y_train", "arrays: the training labels' array (integers)")
+    x_test_key: str = option("x_test", "arrays: the held-out examples' array")
+    y_test_key: str = option("y_test", "arrays: the held-out labels' array")
+    num_classes: int = option(0, "arrays: the classes (0: one more than the largest label)")
     clients: int = option(100, "number of clients")
     partitioner: Partitioner = option(Partitioner.REFERENCE, "reference (seeded shuffle, "
                                       "contiguous shards), iid, shards (two label-sorted shards "
@@ -49,6 +63,8 @@ class DataPoolConfig:
     listen: str = option("127.0.0.1:50052", "host:port to serve on (port 0: any free port)",
                          env="FEDSTREAM_DATAPOOL_LISTEN")
     port_file: str | None = option(None, "write the bound host:port here when ready")
+    site: str = option("", "the data site this pool belongs to: only workers started with the "
+                           "same --site read it")
     data: DataConfig = section(DataConfig, "data")
     tls: TlsConfig = section(TlsConfig, "TLS (default: plaintext)")
     auth_tokens: str | None = auth_tokens_option()
@@ -62,18 +78,29 @@ def config_from_args(args: argparse.Namespace) -> DataPoolConfig:
     return from_args(DataPoolConfig, args)
 
 
-def build_store(config: DataConfig) -> ClientStore:
-    mnist = load_mnist(config.data)
-    return ClientStore(mnist.x_train, mnist.y_train, mnist.x_test, mnist.y_test,
+def load_data(config: DataConfig) -> LabelledData:
+    if config.data_format is DataFormat.MNIST:
+        return load_mnist_data(config.data)
+    if config.data is None:
+        raise ValueError("--data-format arrays needs --data FILE.npz")
+    return load_arrays(config.data, ArrayKeys(config.x_key, config.y_key, config.x_test_key,
+                                              config.y_test_key), config.num_classes)
+
+
+def build_store(config: DataConfig, site: str = "",
+                data: LabelledData | None = None) -> ClientStore:
+    """The partitioned store of `config`'s data (or of `data`, already loaded)."""
+    d = data or load_data(config)
+    return ClientStore(d.x_train, d.y_train, d.x_test, d.y_test,
                        partitioner=config.partitioner.value, n_clients=config.clients,
-                       seed=config.data_seed, dataset="mnist", num_classes=10,
+                       seed=config.data_seed, dataset=d.name, num_classes=d.num_classes,
                        dirichlet_alpha=config.dirichlet_alpha,
-                       min_client_size=config.min_client_size)
+                       min_client_size=config.min_client_size, site=site)
 
 
 def serve(config: DataPoolConfig) -> None:
     log_config(log, "datapool", config)
-    store = build_store(config.data)
+    store = build_store(config.data, config.site)
     server = create_server(
         config.listen,
         lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(DataPoolServicer(store), s),

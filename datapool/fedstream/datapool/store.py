@@ -20,7 +20,7 @@ class ClientStore:
     def __init__(self, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
                  partitioner: str, n_clients: int, seed: int, dataset: str, num_classes: int,
                  dirichlet_alpha: float = 0.5, min_client_size: int = 10,
-                 max_clients_per_request: int = MAX_CLIENTS_PER_REQUEST):
+                 max_clients_per_request: int = MAX_CLIENTS_PER_REQUEST, site: str = ""):
         shards = partition(partitioner, y, n_clients, seed, alpha=dirichlet_alpha,
                            min_size=min_client_size)
         order = np.concatenate(shards)
@@ -35,7 +35,14 @@ class ClientStore:
             client_sizes=tuple(int(s) for s in sizes), example_shape=tuple(x.shape[1:]),
             example_dtype=x.dtype, num_classes=num_classes, num_test=len(x_test),
             label_histograms=tuple(tuple(int(v) for v in row)
-                                   for row in label_histograms(y, shards, num_classes)))
+                                   for row in label_histograms(y, shards, num_classes)),
+            site=site)
+
+    def info(self) -> DatasetSummary:
+        return self.summary
+
+    def test_set(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.x_test, self.y_test
 
     def client(self, client_id: int) -> tuple[np.ndarray, np.ndarray]:
         start = self._starts[client_id]
@@ -55,6 +62,8 @@ class ClientStore:
 
     def check_request(self, client_ids: Sequence[int], batch_size: int) -> None:
         n = self.summary.num_clients
+        if not client_ids:
+            raise InvalidArgument("the request lists no client ids: ask for at least one client")
         if not 1 <= batch_size <= MAX_BATCH_SIZE:
             raise InvalidArgument(f"batch_size {batch_size} is out of range: ask for 1..{MAX_BATCH_SIZE}")
         if len(client_ids) > self.max_clients_per_request:

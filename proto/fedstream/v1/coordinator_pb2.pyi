@@ -27,20 +27,40 @@ CLIENT_WEIGHTING_UNIFORM: ClientWeighting
 CLIENT_WEIGHTING_EXAMPLES: ClientWeighting
 
 class JoinRequest(_message.Message):
-    __slots__ = ("worker_name", "device")
+    __slots__ = ("worker_name", "device", "site", "site_data")
     WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SITE_DATA_FIELD_NUMBER: _ClassVar[int]
     worker_name: str
     device: str
-    def __init__(self, worker_name: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    site: str
+    site_data: SiteData
+    def __init__(self, worker_name: _Optional[str] = ..., device: _Optional[str] = ..., site: _Optional[str] = ..., site_data: _Optional[_Union[SiteData, _Mapping]] = ...) -> None: ...
+
+class SiteData(_message.Message):
+    __slots__ = ("client_sizes", "example", "num_classes", "num_test", "label_counts")
+    CLIENT_SIZES_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_FIELD_NUMBER: _ClassVar[int]
+    NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    NUM_TEST_FIELD_NUMBER: _ClassVar[int]
+    LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    client_sizes: _containers.RepeatedScalarFieldContainer[int]
+    example: _tensor_pb2.TensorSpec
+    num_classes: int
+    num_test: int
+    label_counts: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, client_sizes: _Optional[_Iterable[int]] = ..., example: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_test: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class JoinReply(_message.Message):
-    __slots__ = ("worker_id", "task")
+    __slots__ = ("worker_id", "task", "client_id_base")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_BASE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     task: Task
-    def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ...) -> None: ...
+    client_id_base: int
+    def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., client_id_base: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
     __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu")
@@ -96,10 +116,12 @@ class Assignment(_message.Message):
         TRAIN: _ClassVar[Assignment.Action]
         WAIT: _ClassVar[Assignment.Action]
         STOP: _ClassVar[Assignment.Action]
+        EVALUATE: _ClassVar[Assignment.Action]
     ACTION_UNSPECIFIED: Assignment.Action
     TRAIN: Assignment.Action
     WAIT: Assignment.Action
     STOP: Assignment.Action
+    EVALUATE: Assignment.Action
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -194,18 +216,20 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerInfo(_message.Message):
-    __slots__ = ("worker_id", "worker_name", "device", "last_seen_s_ago", "updates_accepted")
+    __slots__ = ("worker_id", "worker_name", "device", "last_seen_s_ago", "updates_accepted", "site")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_NAME_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_S_AGO_FIELD_NUMBER: _ClassVar[int]
     UPDATES_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     worker_name: str
     device: str
     last_seen_s_ago: float
     updates_accepted: int
-    def __init__(self, worker_id: _Optional[str] = ..., worker_name: _Optional[str] = ..., device: _Optional[str] = ..., last_seen_s_ago: _Optional[float] = ..., updates_accepted: _Optional[int] = ...) -> None: ...
+    site: str
+    def __init__(self, worker_id: _Optional[str] = ..., worker_name: _Optional[str] = ..., device: _Optional[str] = ..., last_seen_s_ago: _Optional[float] = ..., updates_accepted: _Optional[int] = ..., site: _Optional[str] = ...) -> None: ...
 
 class Status(_message.Message):
     __slots__ = ("phase", "round", "version", "total_rounds", "workers", "last_metrics")
@@ -258,3 +282,28 @@ class EvaluateReply(_message.Message):
     version: int
     metrics: _containers.ScalarMap[str, float]
     def __init__(self, version: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluationReport(_message.Message):
+    __slots__ = ("worker_id", "version", "num_examples", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    version: int
+    num_examples: int
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, worker_id: _Optional[str] = ..., version: _Optional[int] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class EvaluationReply(_message.Message):
+    __slots__ = ("accepted",)
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    def __init__(self, accepted: _Optional[bool] = ...) -> None: ...

@@ -69,13 +69,24 @@ class CoordinatorStub:
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.FromString,
                 _registered_method=True)
+        self.ReportEvaluation = channel.unary_unary(
+                '/fedstream.v1.Coordinator/ReportEvaluation',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Join(self, request, context):
-        """Register a worker; returns its id and the task (model, loss, training spec).
+        """Register a worker; returns its id and the task (model, loss, training spec). A worker of
+        a data site names its site and publishes the site's clients (sizes, data spec) the first
+        time; the coordinator never connects to a site's data pool.
+        Errors: INVALID_ARGUMENT for site data that does not fit the task (example shape,
+        dtype, classes) or has no clients; ALREADY_EXISTS when the site already joined with
+        other clients; PERMISSION_DENIED when the caller's token is bound to another site;
+        FAILED_PRECONDITION for a site worker of a coordinator without sites, or the reverse.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +117,8 @@ class CoordinatorServicer:
         offset gaps or overlaps, payload longer or shorter than declared, unknown dtype or
         encoding, tensor names/dtypes/shapes differing from the model's, NaN or Inf, weight <= 0.
         NOT_FOUND: unknown worker id.
-        PERMISSION_DENIED: the work unit is leased to another worker or lists other clients.
+        PERMISSION_DENIED: the work unit is leased to another worker or lists other clients,
+        or lists clients of another site than the worker's.
         FAILED_PRECONDITION: the round is closed or not yet open, or base_version is stale.
         RESOURCE_EXHAUSTED: declared payload larger than the server accepts.
         """
@@ -131,6 +143,18 @@ class CoordinatorServicer:
     def Evaluate(self, request, context):
         """Evaluate the current model on the test set now.
         Errors: FAILED_PRECONDITION when the coordinator has no test set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportEvaluation(self, request, context):
+        """Federated evaluation: a site's worker reports the metrics of the version an EVALUATE
+        assignment named, computed on the site's own held-out examples. The coordinator weights
+        the sites by examples.
+        Errors: NOT_FOUND for an unknown worker id; FAILED_PRECONDITION when no evaluation of
+        that version is pending for the worker's site; INVALID_ARGUMENT for num_examples 0,
+        missing or non-finite "loss"/"accuracy".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -173,6 +197,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Evaluate,
                     request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.SerializeToString,
+            ),
+            'ReportEvaluation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvaluation,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -364,6 +393,33 @@ class Coordinator:
             '/fedstream.v1.Coordinator/Evaluate',
             fedstream_dot_v1_dot_coordinator__pb2.EvaluateRequest.SerializeToString,
             fedstream_dot_v1_dot_coordinator__pb2.EvaluateReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportEvaluation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/ReportEvaluation',
+            fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -12,7 +12,7 @@ class GetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("dataset", "partitioner", "seed", "num_clients", "client_sizes", "example", "num_classes", "num_test", "max_batch_size", "max_clients_per_request", "label_counts")
+    __slots__ = ("dataset", "partitioner", "seed", "num_clients", "client_sizes", "example", "num_classes", "num_test", "max_batch_size", "max_clients_per_request", "label_counts", "site")
     DATASET_FIELD_NUMBER: _ClassVar[int]
     PARTITIONER_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,7 @@ class DatasetInfo(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_CLIENTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
     dataset: str
     partitioner: str
     seed: int
@@ -35,7 +36,8 @@ class DatasetInfo(_message.Message):
     max_batch_size: int
     max_clients_per_request: int
     label_counts: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, dataset: _Optional[str] = ..., partitioner: _Optional[str] = ..., seed: _Optional[int] = ..., num_clients: _Optional[int] = ..., client_sizes: _Optional[_Iterable[int]] = ..., example: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_test: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_clients_per_request: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ...) -> None: ...
+    site: str
+    def __init__(self, dataset: _Optional[str] = ..., partitioner: _Optional[str] = ..., seed: _Optional[int] = ..., num_clients: _Optional[int] = ..., client_sizes: _Optional[_Iterable[int]] = ..., example: _Optional[_Union[_tensor_pb2.TensorSpec, _Mapping]] = ..., num_classes: _Optional[int] = ..., num_test: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_clients_per_request: _Optional[int] = ..., label_counts: _Optional[_Iterable[int]] = ..., site: _Optional[str] = ...) -> None: ...
 
 class BatchRequest(_message.Message):
     __slots__ = ("client_ids", "step", "batch_size")

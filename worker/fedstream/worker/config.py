@@ -11,13 +11,24 @@ from dataclasses import dataclass
 from fedstream.common.auth import auth_token_option
 from fedstream.common.options import add_options, from_args, option, section
 from fedstream.common.tls import TlsConfig
+from fedstream.datapool.server import DataConfig
 
 
 @dataclass(frozen=True)
 class WorkerConfig:
     coordinator: str = option("127.0.0.1:50051", "coordinator address",
                               env="FEDSTREAM_COORDINATOR")
-    datapool: str = option("127.0.0.1:50052", "data pool address", env="FEDSTREAM_DATAPOOL")
+    datapool: str = option("127.0.0.1:50052", "data pool address (its site's own pool)",
+                           env="FEDSTREAM_DATAPOOL")
+    site: str = option("", "the data site this worker serves: it publishes the site's clients "
+                           "to the coordinator and reads only the site's data pool (empty: the "
+                           "coordinator's one data pool)", env="FEDSTREAM_SITE")
+    publish_label_histograms: bool = option(False, "with --site: also tell the coordinator "
+                                                   "how many examples of each class every "
+                                                   "client holds")
+    embed_data: bool = option(False, "serve the site's data in-process from the data options "
+                                     "below, with no data pool process (a site of one machine)")
+    data: DataConfig = section(DataConfig, "embedded data (with --embed-data)")
     device: str | None = option(None, "/CPU:0 or /GPU:<n> (default: the first GPU, else the CPU)")
     gpu_memory_mb: int = option(0, "hard cap on GPU memory (0: grow on demand)")
     threads: int = option(0, "TensorFlow threads (0: TensorFlow's default)")

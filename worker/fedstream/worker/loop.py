@@ -1,5 +1,7 @@
 """The worker loop, the same in both run modes: ask for work, pull weights when the version
-changed, fetch the unit's batches, compute, push, until told to stop.
+changed, fetch the unit's batches, compute, push, until told to stop. A worker of a data
+site publishes its site's clients when it joins, reads only its site's data pool, and
+evaluates the model on the site's held-out examples when asked.
 
 Each push reports where the worker's time and bytes went (pull, fetch, compute, and the
 previous push), so the coordinator's per-round metrics show the split without guessing.
@@ -12,8 +14,17 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
-from fedstream.common.protocol import Action, Batch, CoordinatorPort, DataPort, UpdateMeta
+from fedstream.common.learning import evaluate
+from fedstream.common.protocol import (
+    Action,
+    Batch,
+    CoordinatorPort,
+    DataPort,
+    EvaluationResult,
+    UpdateMeta,
+)
 from fedstream.worker.computers import make_computer
+from fedstream.worker.site import SiteClients, check_pool_site
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +75,27 @@ class WorkerLoop:
     restarted) is joined again."""
 
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
-                 wait_s: float = 10.0, prefetch: bool = True, retry_s: float = 300.0,
-                 delay_s: float = 0.0):
+                 site: str = "", publish_labels: bool = False, wait_s: float = 10.0,
+                 prefetch: bool = True, retry_s: float = 300.0, delay_s: float = 0.0):
         self._coordinator = coordinator
-        self._data = data
         self._wait_s = wait_s
         self._retry_s = retry_s
         self._delay_s = delay_s
-        self._name, self._device = name, device
-        self.worker_id, self.task = self._retrying(lambda: coordinator.join(name, device), "join")
-        log.info("joined as %s: %s updates for a task of %d rounds", self.worker_id,
+        self._name, self._device, self._site = name, device, site
+        summary = self._retrying(data.info, "data pool info")
+        check_pool_site(summary, site)
+        self._site_data = summary.site_data(publish_labels=publish_labels) if site else None
+        joined = self._retrying(self._join, "join")
+        self.worker_id, self.task = joined.worker_id, joined.task
+        log.info("joined as %s%s: %s updates for a task of %d rounds", self.worker_id,
+                 f" for site {site!r} (its clients are {joined.client_id_base}.."
+                 f"{joined.client_id_base + summary.num_clients - 1})" if site else "",
                  self.task.update_kind.value, self.task.rounds)
+        self._data = SiteClients(data, summary, joined.client_id_base)
         self.computer = make_computer(self.task, device)
-        self._prefetcher = BatchPrefetcher(data) if prefetch else None
+        self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
         self.version = 0
+        self._pulled_bytes = 0
         self.units_done = 0
         self._last_push_s = 0.0
 
@@ -93,14 +111,18 @@ class WorkerLoop:
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
 
+    def _join(self):
+        return self._coordinator.join(self._name, self._device, self._site, self._site_data)
+
     def _rejoin(self) -> None:
-        worker_id, task = self._retrying(lambda: self._coordinator.join(self._name, self._device),
-                                         "join")
+        joined = self._retrying(self._join, "join")
+        task = joined.task
         if task.model_json != self.task.model_json or task.update_specs != self.task.update_specs:
             self.computer = make_computer(task, self._device)
         log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
-                    self.worker_id, worker_id)
-        self.worker_id, self.task, self.version = worker_id, task, 0
+                    self.worker_id, joined.worker_id)
+        self.worker_id, self.task, self.version = joined.worker_id, task, 0
+        self._data.base = joined.client_id_base
 
     def _batches(self, client_ids, step) -> list[Batch]:
         bs = self.task.batch_size
@@ -124,14 +146,10 @@ class WorkerLoop:
         if a.action is Action.WAIT:
             return True
         t0 = time.perf_counter()
-        pull_bytes = 0
-        if a.version != self.version:
-            weights = self._retrying(
-                lambda: self._coordinator.pull_weights(self.worker_id, self.version), "pull")
-            if weights.arrays is not None:
-                self.computer.set_weights(weights.arrays)
-                pull_bytes = sum(w.nbytes for w in weights.arrays)
-            self.version = weights.version
+        self._pull(a.version)
+        if a.action is Action.EVALUATE:
+            self._evaluate()
+            return True
         t1 = time.perf_counter()
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
@@ -144,9 +162,10 @@ class WorkerLoop:
             client_ids=a.client_ids, weight=update.weight, num_examples=update.num_examples,
             metrics={"loss": update.loss, "pull_s": t1 - t0, "fetch_s": t2 - t1,
                      "compute_s": t3 - t2, "push_s": self._last_push_s,
-                     "pull_bytes": pull_bytes,
+                     "pull_bytes": self._pulled_bytes,
                      "fetch_bytes": sum(b.x.nbytes + b.y.nbytes for b in batches),
                      "push_bytes": sum(g.nbytes for g in update.arrays)})
+        self._pulled_bytes = 0
         try:
             self._retrying(lambda: self._coordinator.push(meta, update.arrays), "push")
         except FailedPrecondition as e:
@@ -156,6 +175,31 @@ class WorkerLoop:
             self._last_push_s = time.perf_counter() - t3
         self.units_done += 1
         return True
+
+    def _pull(self, version: int) -> None:
+        """Hold `version` (or the newer one the coordinator has); the bytes pulled count
+        until the next push reports them."""
+        if version == self.version:
+            return
+        weights = self._retrying(
+            lambda: self._coordinator.pull_weights(self.worker_id, self.version), "pull")
+        self.version = weights.version
+        if weights.arrays is not None:
+            self.computer.set_weights(weights.arrays)
+            self._pulled_bytes += sum(w.nbytes for w in weights.arrays)
+
+    def _evaluate(self) -> None:
+        """The site's federated evaluation: the model on the site's held-out examples."""
+        x, y = self._retrying(self._data.test_set, "test set")
+        metrics = evaluate(self.computer.model, x, y, loss=self.task.loss,
+                           num_classes=self.task.num_classes,
+                           input_divisor=self.task.input_divisor)
+        result = EvaluationResult(self.worker_id, self.version, len(y), metrics["test_loss"],
+                                  metrics["test_acc"])
+        try:
+            self._retrying(lambda: self._coordinator.report_evaluation(result), "evaluation")
+        except FailedPrecondition as e:
+            log.warning("evaluation of version %d dropped: %s", self.version, e)
 
     def run(self) -> None:
         """Work until STOP; on any other exit hand unfinished work back to the coordinator."""

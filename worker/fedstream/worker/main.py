@@ -1,5 +1,6 @@
 """The worker process:
-`fedstream worker --coordinator HOST:50051 --datapool HOST:50052 [--device /GPU:0]`."""
+`fedstream worker --coordinator HOST:50051 --datapool HOST:50052 [--site NAME] [--device /GPU:0]`,
+or with `--embed-data` the site's data in-process instead of a data pool."""
 
 from __future__ import annotations
 
@@ -32,13 +33,18 @@ def run(config: WorkerConfig) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     coordinator = CoordinatorClient(config.coordinator, connect_timeout_s=120.0, tls=config.tls,
                                     token=config.auth_token)
-    data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
-                          token=config.auth_token)
+    if config.embed_data:
+        from fedstream.datapool.server import build_store
+        data = build_store(config.data, config.site)
+    else:
+        data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
+                              token=config.auth_token)
     try:
-        WorkerLoop(coordinator, data, name=config.name, device=device,
-                   delay_s=config.delay_s).run()
+        WorkerLoop(coordinator, data, name=config.name, device=device, site=config.site,
+                   publish_labels=config.publish_label_histograms, delay_s=config.delay_s).run()
     except Shutdown as e:
         log.info("received %s: left the federation", e)
     finally:
         coordinator.close()
-        data.close()
+        if not config.embed_data:
+            data.close()
