@@ -8,79 +8,19 @@ Needs root and `ip netns` (iproute2); skipped, saying why, elsewhere.
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 import time
-import uuid
-from pathlib import Path
 
 import pytest
+from hosts import Hosts, netns_available
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 40
 
 
-def _sh(*args: str) -> None:
-    subprocess.run(args, check=True, capture_output=True, text=True)
-
-
-def _netns_available() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root to create network namespaces"
-    if shutil.which("ip") is None:
-        return "needs iproute2's `ip`"
-    probe = f"fsprobe{uuid.uuid4().hex[:6]}"
-    try:
-        _sh("ip", "netns", "add", probe)
-        _sh("ip", "netns", "del", probe)
-    except subprocess.CalledProcessError as e:
-        return f"this machine forbids `ip netns add`: {e.stderr.strip()}"
-    return None
-
-
-class Hosts:
-    """Namespaces on a private bridge: name -> address 10.77.<n>.<i>/24."""
-
-    def __init__(self, names: list[str]):
-        tag = uuid.uuid4().hex[:4]
-        self.bridge = f"fsbr{tag}"
-        self.subnet = f"10.{77 + int(tag[:2], 16) % 100}.{int(tag[2:], 16) % 250}"
-        self.ns, self.addr, self.veth = {}, {}, {}
-        _sh("ip", "link", "add", self.bridge, "type", "bridge")
-        _sh("ip", "link", "set", self.bridge, "up")
-        for i, name in enumerate(names, start=1):
-            ns, outside, inside = f"fs{tag}{name}", f"fv{tag}{i}o", f"fv{tag}{i}i"
-            _sh("ip", "netns", "add", ns)
-            _sh("ip", "link", "add", outside, "type", "veth", "peer", "name", inside)
-            _sh("ip", "link", "set", inside, "netns", ns)
-            _sh("ip", "link", "set", outside, "master", self.bridge)
-            _sh("ip", "link", "set", outside, "up")
-            address = f"{self.subnet}.{i}"
-            _sh("ip", "netns", "exec", ns, "ip", "addr", "add", f"{address}/24", "dev", inside)
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", inside, "up")
-            _sh("ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up")
-            self.ns[name], self.addr[name], self.veth[name] = ns, address, outside
-
-    def run(self, name: str, argv: list[str], log: Path) -> subprocess.Popen:
-        return subprocess.Popen(["ip", "netns", "exec", self.ns[name], sys.executable, "-m",
-                                 "fedstream.cli", *argv],
-                                stdout=open(log, "w"), stderr=subprocess.STDOUT)
-
-    def cut(self, name: str) -> None:
-        _sh("ip", "link", "set", self.veth[name], "down")
-
-    def remove(self) -> None:
-        for ns in self.ns.values():
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
-
-
 @pytest.fixture
 def hosts():
-    reason = _netns_available()
+    reason = netns_available()
     if reason:
         pytest.skip(reason)
     h = Hosts(["pool", "coord", "w1", "w2"])
