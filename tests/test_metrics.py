@@ -15,7 +15,8 @@ from fedstream.coordinator.metrics import MetricsLog
 
 from conftest import free_port, tiny_model
 
-ROW = {"round": 3, "train_loss": 0.5, "test_acc": 0.75, "updates_rejected": 2}
+ROW = {"round": 3, "train_loss": 0.5, "test_acc": 0.75, "updates_rejected": 2,
+       "sites": {"hospital-a": {"push_bytes": 1024, "test_acc": 0.5}}}
 
 
 def test_jsonl_and_tensorboard_get_every_row(tmp_path):
@@ -33,6 +34,7 @@ def test_jsonl_and_tensorboard_get_every_row(tmp_path):
             seen[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
     assert seen[("train_loss", 3)] == 0.5 and seen[("train_loss", 4)] == 0.25
     assert seen[("test_acc", 3)] == 0.75
+    assert seen[("sites/hospital-a/push_bytes", 3)] == 1024  # per-site rows, flattened
 
 
 def test_prometheus_serves_the_last_round():
@@ -45,6 +47,8 @@ def test_prometheus_serves_the_last_round():
         log.close()
     assert "fedstream_test_acc 0.75" in body
     assert "fedstream_updates_rejected 2.0" in body
+    assert 'fedstream_site_test_acc{site="hospital-a"} 0.5' in body
+    assert 'fedstream_site_push_bytes{site="hospital-a"} 1024.0' in body
 
 
 def test_rounds_count_accepted_and_rejected_updates():

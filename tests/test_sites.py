@@ -195,3 +195,30 @@ def test_site_workers_train_and_evaluate_on_their_own_stores_in_process():
     assert set(fetched["a"]) == set(range(4)) and set(fetched["b"]) == set(range(3))
     assert rows[-1]["sites"]["a"]["test_examples"] == 50 and rows[-1]["test_examples"] == 100
     assert rows[-1]["sites"]["b"]["examples"] > 0
+
+
+def test_a_resumed_run_goes_on_without_a_site_that_does_not_come_back(tmp_path):
+    config = FederationConfig(rounds=4, units=1, min_workers=2, sites="a,b",
+                              server_optimizer="sgd", rejoin_wait_s=10.0, eval_every=1000)
+    model = tiny_model()
+    first = Federation(config, model, sites=declared_sites(config, model, 10),
+                       checkpoint_dir=str(tmp_path))
+    a = first.join("wa", "cpu", "a", site_data()).worker_id
+    b = first.join("wb", "cpu", "b", site_data()).worker_id
+    push(first, a, first.assignment(a, 0))
+    push(first, b, first.assignment(b, 0))
+    first.flush_reports()
+    now = [0.0]
+    model = tiny_model()
+    resumed = Federation(config, model, sites=declared_sites(config, model, 10),
+                         checkpoint_dir=str(tmp_path), clock=lambda: now[0])
+    a = resumed.join("wa", "cpu", "a", site_data()).worker_id
+    assert resumed.assignment(a, 0).action is Action.WAIT  # site b may come back
+    now[0] = 10.0
+    resumed.check_deadline()
+    unit = resumed.assignment(a, 0)
+    assert (unit.action, unit.round, unit.client_ids) == (Action.TRAIN, 2, (0, 1, 2))
+    b = resumed.join("wb", "cpu", "b", site_data()).worker_id  # back: from the next round
+    assert resumed.assignment(b, 0).action is Action.WAIT
+    push(resumed, a, unit)
+    assert resumed.assignment(b, 0).client_ids == (SITE_STRIDE, SITE_STRIDE + 1, SITE_STRIDE + 2)

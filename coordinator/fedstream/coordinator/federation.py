@@ -173,15 +173,20 @@ class Federation:
             return Joined(worker_id, self.task, registered.base)
 
     def _start_if_ready(self) -> None:
-        """The first round opens once --min-workers joined. A run resumed from a checkpoint
-        waits for them at most --rejoin-wait-s after the first is back, then goes on with
-        those that are: a worker that died with the old coordinator must not stall it."""
-        if (self.phase != "waiting_for_workers" or not len(self._members)
-                or not self.sites.ready()):
+        """The first round opens once --min-workers joined and every declared site published
+        its clients. A run resumed from a checkpoint waits for them at most --rejoin-wait-s
+        after the first is back, then goes on with those that are: a worker (or a whole site)
+        that died with the old coordinator must not stall it; a site back later takes part
+        from the next round."""
+        if self.phase != "waiting_for_workers" or not len(self._members) or not len(self.sites):
             return
         resumed_and_waited = (self.round > 0 and self._clock() - self._first_join
                               >= self.config.rejoin_wait_s)
-        if len(self._members) >= self.config.min_workers or resumed_and_waited:
+        if resumed_and_waited and not self.sites.ready():
+            log.warning("resuming without sites %s: they take part once they are back",
+                        self.sites.missing())
+        if (len(self._members) >= self.config.min_workers and self.sites.ready()
+                or resumed_and_waited):
             if not self.eval_every:
                 _, sizes = self.sites.table()
                 self.eval_every = rounds_per_pass(sizes, self.config.batch_size)
