@@ -105,3 +105,55 @@ def test_kubernetes_manifests_agree_with_the_cli():
 @pytest.mark.parametrize("doc", k8s_documents(), ids=lambda d: f"{d['kind']}-{d['metadata']['name']}")
 def test_every_manifest_has_the_basic_shape(doc):
     assert doc["apiVersion"] in {"apps/v1", "v1"} and doc["metadata"]["name"]
+
+
+def test_compose_sites_keep_each_data_pool_on_its_own_sites_network():
+    compose = yaml.safe_load((DEPLOY / "compose.sites.yaml").read_text())
+    services = compose["services"]
+    parsed = {name: parse_cli(svc["command"]) for name, svc in services.items()}
+    pools = {args.site: name for name, args in parsed.items() if args.command == "datapool"}
+    workers = {name: args for name, args in parsed.items() if args.command == "worker"}
+    coordinator = parsed["coordinator"]
+    assert coordinator.sites.split(",") == sorted(pools)
+    assert coordinator.min_workers == len(workers)
+    for site, pool in pools.items():
+        assert services[pool]["networks"] == [site]  # nobody but the site's workers
+        assert compose["networks"][site] == {"internal": True}
+        assert parsed[pool].data_format == "arrays" and site in parsed[pool].data
+    for name, args in workers.items():
+        assert args.datapool == f"{pools[args.site]}:{listen_port(parsed[pools[args.site]])}"
+        assert set(services[name]["networks"]) == {args.site, "federation"}
+        assert args.coordinator == f"coordinator:{listen_port(coordinator)}"
+    assert services["coordinator"]["networks"] == ["federation"]
+
+
+def test_kubernetes_sites_agree_with_the_cli_and_fence_each_data_pool():
+    docs = []
+    for path in sorted((DEPLOY / "k8s" / "sites").glob("*.yaml")):
+        docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    by = lambda kind: [d for d in docs if d["kind"] == kind]  # noqa: E731
+    (coordinator,) = [d for d in by("Deployment") if d["metadata"]["name"] == "fedstream-coordinator"]
+    coordinator_args = parse_cli(coordinator["spec"]["template"]["spec"]["containers"][0]["args"])
+    sites = coordinator_args.sites.split(",")
+    assert sorted(d["metadata"]["name"] for d in by("Namespace")) == sorted(["fedstream", *sites])
+    assert coordinator_args.auth_tokens and coordinator_args.mtls
+    for site in sites:
+        mine = {d["metadata"]["name"]: d for d in docs if d["metadata"].get("namespace") == site}
+        pool = mine["fedstream-datapool"]["spec"]["template"]["spec"]
+        pool_args = parse_cli(pool["containers"][0]["args"])
+        assert pool_args.site == site and pool_args.mtls and tls_files_mounted(
+            pool_args, mine["fedstream-datapool"])
+        worker = mine["fedstream-worker"]["spec"]["template"]["spec"]["containers"][0]
+        worker_args = parse_cli(["worker", *worker["args"]])
+        assert worker_args.site == site and worker_args.datapool == "datapool:50052"
+        assert worker_args.coordinator == "coordinator.fedstream.svc:50051"
+        assert tls_files_mounted(worker_args, mine["fedstream-worker"])
+        policy = mine["datapool-serves-its-site-only"]["spec"]
+        pool_labels = mine["fedstream-datapool"]["spec"]["template"]["metadata"]["labels"]
+        worker_labels = mine["fedstream-worker"]["spec"]["template"]["metadata"]["labels"]
+        assert policy["podSelector"]["matchLabels"] == pool_labels
+        assert set(policy["policyTypes"]) == {"Ingress", "Egress"} and policy["egress"] == []
+        (rule,) = policy["ingress"]
+        (source,) = rule["from"]
+        assert source == {"podSelector": {"matchLabels": worker_labels}}  # this namespace only
+        assert rule["ports"] == [{"protocol": "TCP", "port": listen_port(pool_args)}]

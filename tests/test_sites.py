@@ -222,3 +222,16 @@ def test_a_resumed_run_goes_on_without_a_site_that_does_not_come_back(tmp_path):
     assert resumed.assignment(b, 0).action is Action.WAIT
     push(resumed, a, unit)
     assert resumed.assignment(b, 0).client_ids == (SITE_STRIDE, SITE_STRIDE + 1, SITE_STRIDE + 2)
+
+
+def test_a_site_whose_data_pool_is_unreachable_never_joins():
+    from fedstream.common.errors import Unavailable
+
+    class Unreachable:
+        def info(self):
+            raise Unavailable("no server answered at 10.0.0.9:50052 within 120 s: is it running?")
+
+    fed, _ = make_federation()
+    with pytest.raises(Unavailable, match="is it running"):
+        WorkerLoop(fed, Unreachable(), name="w", device="/CPU:0", site="a", retry_s=0.3)
+    assert len(fed.sites) == 0 and fed.status().workers == () and fed.version == 1

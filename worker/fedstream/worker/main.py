@@ -4,6 +4,7 @@ or with `--embed-data` the site's data in-process instead of a data pool."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 
@@ -31,20 +32,20 @@ def run(config: WorkerConfig) -> None:
         raise Shutdown(signal.Signals(signum).name)
 
     signal.signal(signal.SIGTERM, shutdown)
-    coordinator = CoordinatorClient(config.coordinator, connect_timeout_s=120.0, tls=config.tls,
-                                    token=config.auth_token)
-    if config.embed_data:
-        from fedstream.datapool.server import build_store
-        data = build_store(config.data, config.site)
-    else:
-        data = DataPoolClient(config.datapool, connect_timeout_s=120.0, tls=config.tls,
-                              token=config.auth_token)
-    try:
-        WorkerLoop(coordinator, data, name=config.name, device=device, site=config.site,
-                   publish_labels=config.publish_label_histograms, delay_s=config.delay_s).run()
-    except Shutdown as e:
-        log.info("received %s: left the federation", e)
-    finally:
-        coordinator.close()
-        if not config.embed_data:
-            data.close()
+    with contextlib.ExitStack() as open_clients:
+        try:
+            coordinator = open_clients.enter_context(contextlib.closing(CoordinatorClient(
+                config.coordinator, connect_timeout_s=120.0, tls=config.tls,
+                token=config.auth_token)))
+            if config.embed_data:
+                from fedstream.datapool.server import build_store
+                data = build_store(config.data, config.site)
+            else:
+                data = open_clients.enter_context(contextlib.closing(DataPoolClient(
+                    config.datapool, connect_timeout_s=120.0, tls=config.tls,
+                    token=config.auth_token)))
+            WorkerLoop(coordinator, data, name=config.name, device=device, site=config.site,
+                       publish_labels=config.publish_label_histograms,
+                       delay_s=config.delay_s).run()
+        except Shutdown as e:
+            log.info("received %s: left the federation", e)
