@@ -24,7 +24,7 @@ import pytest
 from hosts import Hosts, drop_outside, dropped, firewall_available
 
 pytestmark = pytest.mark.e2e
-ROUNDS = 30
+ROUNDS = 14
 CUT_AFTER = 8  # rounds before site b's worker link is cut
 
 

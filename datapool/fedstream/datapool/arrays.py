@@ -21,6 +21,7 @@ class LabelledData:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    client_ids: np.ndarray | None = None  # each training example's own client, if the data says
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ class Partitioner(str, enum.Enum):
     IID = "iid"
     SHARDS = "shards"
     DIRICHLET = "dirichlet"
+    NATURAL = "natural"  # one client per distinct id of a client column the data carries
 
 
 def reference_partition(n_examples: int, n_clients: int, seed: int) -> list[np.ndarray]:
@@ -74,8 +75,16 @@ def dirichlet_partition(labels: np.ndarray, n_clients: int, seed: int, *, alpha:
                      f"{min_size} examples: raise alpha or lower --min-client-size")
 
 
+def natural_partition(client_ids: np.ndarray) -> list[np.ndarray]:
+    """One client per distinct id, in sorted id order: the partition the data carries (a
+    writer, a patient, a device)."""
+    return [np.flatnonzero(client_ids == c) for c in np.unique(client_ids)]
+
+
 def partition(name: str, labels: np.ndarray, n_clients: int, seed: int, *,
-              alpha: float = 0.5, min_size: int = 10) -> list[np.ndarray]:
+              alpha: float = 0.5, min_size: int = 10,
+              client_ids: np.ndarray | None = None) -> list[np.ndarray]:
+    """`n_clients` index arrays (the natural partition: one per distinct client id)."""
     if name == "reference":
         return reference_partition(len(labels), n_clients, seed)
     if name == "iid":
@@ -84,6 +93,11 @@ def partition(name: str, labels: np.ndarray, n_clients: int, seed: int, *,
         return shards_partition(labels, n_clients, seed)
     if name == "dirichlet":
         return dirichlet_partition(labels, n_clients, seed, alpha=alpha, min_size=min_size)
+    if name == "natural":
+        if client_ids is None:
+            raise ValueError("the natural partition needs --client-column: the data's own "
+                             "client id of every example")
+        return natural_partition(client_ids)
     raise ValueError(f"unknown partitioner {name!r}; choose one of "
                      f"{', '.join(p.value for p in Partitioner)}")
 

@@ -26,6 +26,7 @@ SERVICE_NAME = datapool_pb2.DESCRIPTOR.services_by_name["DataPool"].full_name
 class DataFormat(str, enum.Enum):
     MNIST = "mnist"  # canonical MNIST, checked
     ARRAYS = "arrays"  # any .npz of named feature and label arrays
+    TABLE = "table"  # Parquet or Arrow IPC: feature, label and client-id columns
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,21 @@ class DataConfig:
                                     "IDX files (default: the cached copy, fetched on first "
                                     "use); arrays: an .npz of feature and label arrays",
                               env="FEDSTREAM_DATA")
-    data_format: DataFormat = option(DataFormat.MNIST, "mnist (canonical MNIST, checked) or "
-                                     "arrays (a site's own data: any example shape and dtype)")
+    data_format: DataFormat = option(DataFormat.MNIST, "mnist (canonical MNIST, checked), "
+                                     "arrays (.npz) or table (Parquet/Arrow): a site's own "
+                                     "data, any example shape and dtype")
     x_key: str = option("x_train", "arrays: the training examples' array")
     y_key: str = option("y_train", "arrays: the training labels' array (integers)")
     x_test_key: str = option("x_test", "arrays: the held-out examples' array")
     y_test_key: str = option("y_test", "arrays: the held-out labels' array")
-    num_classes: int = option(0, "arrays: the classes (0: one more than the largest label)")
+    num_classes: int = option(0, "arrays, table: the classes (0: one more than the largest "
+                                 "label)")
+    test_data: str | None = option(None, "table: the held-out examples' file (same columns)")
+    feature_column: str = option("features", "table: the examples' column (numbers or lists)")
+    label_column: str = option("label", "table: the labels' column (integers)")
+    client_column: str = option("", "table: each example's client id, for --partitioner "
+                                    "natural (one client per distinct id)")
+    example_shape: str = option("", "table: reshape each example's values, e.g. 28,28")
     clients: int = option(100, "number of clients")
     partitioner: Partitioner = option(Partitioner.REFERENCE, "reference (seeded shuffle, "
                                       "contiguous shards), iid, shards (two label-sorted shards "
@@ -82,7 +91,13 @@ def load_data(config: DataConfig) -> LabelledData:
     if config.data_format is DataFormat.MNIST:
         return load_mnist_data(config.data)
     if config.data is None:
-        raise ValueError("--data-format arrays needs --data FILE.npz")
+        raise ValueError(f"--data-format {config.data_format.value} needs --data FILE")
+    if config.data_format is DataFormat.TABLE:
+        from fedstream.datapool.table import TableColumns, load_table
+        shape = tuple(int(v) for v in config.example_shape.split(",") if v.strip())
+        return load_table(config.data, config.test_data, TableColumns(
+            config.feature_column, config.label_column, config.client_column, shape),
+            config.num_classes)
     return load_arrays(config.data, ArrayKeys(config.x_key, config.y_key, config.x_test_key,
                                               config.y_test_key), config.num_classes)
 
@@ -95,7 +110,8 @@ def build_store(config: DataConfig, site: str = "",
                        partitioner=config.partitioner.value, n_clients=config.clients,
                        seed=config.data_seed, dataset=d.name, num_classes=d.num_classes,
                        dirichlet_alpha=config.dirichlet_alpha,
-                       min_client_size=config.min_client_size, site=site)
+                       min_client_size=config.min_client_size, site=site,
+                       client_ids=d.client_ids)
 
 
 def serve(config: DataPoolConfig) -> None:

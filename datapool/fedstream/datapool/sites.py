@@ -31,6 +31,8 @@ class SiteSplitConfig:
         problems = coerce_choices(self)
         if self.sites < 0:
             problems.append(f"sites={self.sites} must be >= 0")
+        if self.site_partitioner is Partitioner.NATURAL:
+            problems.append("sites by a group the data carries: `fedstream split --by GROUP`")
         if problems:
             raise ValueError("invalid site split: " + "; ".join(problems))
 

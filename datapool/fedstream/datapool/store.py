@@ -20,9 +20,10 @@ class ClientStore:
     def __init__(self, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, *,
                  partitioner: str, n_clients: int, seed: int, dataset: str, num_classes: int,
                  dirichlet_alpha: float = 0.5, min_client_size: int = 10,
-                 max_clients_per_request: int = MAX_CLIENTS_PER_REQUEST, site: str = ""):
+                 max_clients_per_request: int = MAX_CLIENTS_PER_REQUEST, site: str = "",
+                 client_ids: np.ndarray | None = None):
         shards = partition(partitioner, y, n_clients, seed, alpha=dirichlet_alpha,
-                           min_size=min_client_size)
+                           min_size=min_client_size, client_ids=client_ids)
         order = np.concatenate(shards)
         self._x = np.ascontiguousarray(x[order])
         self._y = np.ascontiguousarray(y[order])
