@@ -187,6 +187,58 @@ def test_three_sites_distributed_equal_simulate_and_keep_their_data(tmp_path):
     assert_nothing_left(out)
 
 
+def test_the_readmes_deployment_across_sites(tmp_path):
+    """README "Deploy across sites": a coordinator of two sites over TLS with tokens bound to
+    the sites, each site one worker that embeds its data; then a token used for the other
+    site is refused."""
+    run_ok(fedstream("split", "--sites", "2", "--out", str(tmp_path)))
+    run_ok(fedstream("make-certs", str(tmp_path / "certs"), "--hosts", "127.0.0.1"))
+    tokens = {"hospital-a": "a" * 24 + "-token", "hospital-b": "b" * 24 + "-token"}
+    (tmp_path / "tokens.txt").write_text(
+        "".join(f"{site}-worker {token} {site}\n" for site, token in tokens.items()))
+    metrics_path, addr = tmp_path / "metrics.jsonl", tmp_path / "coordinator.addr"
+    coordinator = subprocess.Popen(fedstream(
+        "coordinator", "--listen", "127.0.0.1:0", "--port-file", str(addr), "--sites",
+        "hospital-a,hospital-b", "--min-workers", "2", "--tls-cert",
+        str(tmp_path / "certs" / "server.pem"), "--tls-key", str(tmp_path / "certs" / "server.key"),
+        "--auth-tokens", str(tmp_path / "tokens.txt"), "--round-deadline-s", "120", "--quorum",
+        "1", "--rounds", "4", "--eval-every", "2", "--metrics", str(metrics_path)),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while not addr.exists():
+            assert time.monotonic() < deadline and coordinator.poll() is None
+            time.sleep(0.05)
+
+        def worker(site, data, token):
+            return subprocess.Popen(
+                fedstream("worker", "--site", site, "--coordinator", addr.read_text().strip(),
+                          "--tls-ca", str(tmp_path / "certs" / "ca.pem"), "--embed-data",
+                          "--data-format", "arrays", "--data", str(tmp_path / data),
+                          "--num-classes", "10", "--clients", "20", "--threads", "1"),
+                env={**os.environ, "FEDSTREAM_TOKEN": token}, stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT, text=True)
+
+        intruder = worker("hospital-b", "site-1.npz", tokens["hospital-a"])
+        output, _ = intruder.communicate(timeout=120)
+        assert intruder.returncode != 0 and "bound to site 'hospital-a'" in output
+        workers = [worker(site, f"site-{i}.npz", tokens[site])
+                   for i, site in enumerate(tokens)]
+        assert coordinator.wait(timeout=240) == 0, coordinator.stdout.read()[-3000:]
+        for w in workers:
+            assert w.wait(timeout=60) == 0
+    finally:
+        for p in [coordinator, *workers]:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert set(rows[-1]["sites"]) == set(tokens) and rows[-1]["eval_sites_missing"] == 0
+    assert rows[-1]["test_acc"] > rows[1]["test_acc"]
+
+
 def test_fedbuff_over_the_network_with_a_slow_worker(tmp_path):
     out = tmp_path / "run"
     run_ok(fedstream("run", "--out", str(out), "--quiet", "--mode", "fedbuff", "--buffer-size",
