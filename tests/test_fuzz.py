@@ -27,6 +27,10 @@ EXPECTED = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
             grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL,
             grpc.StatusCode.UNKNOWN}
+# what a well-formed request of the right message type may get: never an unhandled exception
+REFUSALS = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
+            grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.FAILED_PRECONDITION,
+            grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.ALREADY_EXISTS}
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +54,13 @@ def live():
     server.stop(0)
 
 
-def call(fn, *args):
+def call(fn, *args, expected=EXPECTED):
     """Run one RPC; a refusal must be a status with a message, never a hang or a crash."""
     try:
         result = fn(*args, timeout=10)
         return list(result) if hasattr(result, "__iter__") and not hasattr(result, "ListFields") else result
     except grpc.RpcError as e:
-        assert e.code() in EXPECTED, (e.code(), e.details())
+        assert e.code() in expected, (e.code(), e.details())
         assert e.details()
         return None
 
@@ -132,7 +136,7 @@ def test_batch_requests_survive_anything(live, clients, step, batch):
     clients = [c % 2**32 for c in clients]
     reply = call(lambda timeout: stub.StreamBatches(
         datapool_pb2.BatchRequest(client_ids=clients, step=step, batch_size=batch),
-        timeout=timeout))
+        timeout=timeout), expected=REFUSALS)
     if reply is not None:  # accepted: it must be a well-formed tensor set for those clients
         header, (x, y) = serde.read_one(reply)
         assert list(header.client_ids) == clients and len(x) == len(y) == sum(header.sizes)
@@ -150,4 +154,65 @@ def test_a_message_over_the_size_limit_is_resource_exhausted(live):
     with pytest.raises(grpc.RpcError) as e:
         stub.PushUpdate(iter([head, big]), timeout=10)
     assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    still_serving(channel)
+
+
+@pytest.fixture(scope="module")
+def live_sites():
+    """A coordinator of sites a and b, a's worker joined."""
+    from fedstream.common.grpc_server import create_server
+    from fedstream.coordinator.federation import declared_sites
+    config = FederationConfig(rounds=10**6, units=1, sites="a,b")
+    model = tiny_model()
+    federation = Federation(config, model, sites=declared_sites(config, model, 10))
+    server = create_server("127.0.0.1:0", lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(federation), s), [COORDINATOR])
+    server.set_serving()
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    spec = tensor_pb2.TensorSpec(name="x", dtype=tensor_pb2.DTYPE_UINT8, shape=[28, 28])
+    joined = stub.Join(coordinator_pb2.JoinRequest(
+        worker_name="a", device="cpu", site="a", site_data=coordinator_pb2.SiteData(
+            client_sizes=[5, 5], example=spec, num_classes=10, num_test=5)), timeout=10)
+    yield federation, channel, joined.worker_id
+    channel.close()
+    server.stop(0)
+
+
+@FUZZ
+@given(site=st.sampled_from(["", "a", "b", "c", "a" * 300]), has_data=st.booleans(),
+       sizes=st.lists(st.integers(0, 2**32 - 1), max_size=6),
+       dtype=st.integers(-1, 14), shape=st.lists(st.integers(-2, 40), max_size=3),
+       classes=st.integers(0, 2**32 - 1), num_test=st.integers(0, 2**32 - 1),
+       labels=st.lists(st.integers(0, 2**32 - 1), max_size=30))
+def test_site_joins_survive_anything(live_sites, site, has_data, sizes, dtype, shape, classes,
+                                     num_test, labels):
+    federation, channel, _ = live_sites
+    digest, before = weights_digest(federation.model), federation.version
+    request = coordinator_pb2.JoinRequest(worker_name="fuzz", device="cpu", site=site)
+    if has_data:
+        request.site_data.CopyFrom(coordinator_pb2.SiteData(
+            client_sizes=sizes, example=tensor_pb2.TensorSpec(name="x", dtype=dtype,
+                                                              shape=shape),
+            num_classes=classes, num_test=num_test, label_counts=labels))
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    call(lambda timeout: stub.Join(request, timeout=timeout), expected=REFUSALS)
+    assert weights_digest(federation.model) == digest and federation.version == before
+    still_serving(channel)
+
+
+@FUZZ
+@given(use_real_id=st.booleans(), version=st.integers(0, 2**64 - 1),
+       examples=st.integers(0, 2**64 - 1),
+       metrics=st.dictionaries(st.sampled_from(["loss", "accuracy", "other"]),
+                               st.floats(allow_nan=True, allow_infinity=True)))
+def test_evaluation_reports_survive_anything(live_sites, use_real_id, version, examples,
+                                             metrics):
+    federation, channel, worker_id = live_sites
+    digest = weights_digest(federation.model)
+    stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+    call(lambda timeout: stub.ReportEvaluation(coordinator_pb2.EvaluationReport(
+        worker_id=worker_id if use_real_id else "ghost", version=version,
+        num_examples=examples, metrics=metrics), timeout=timeout), expected=REFUSALS)
+    assert weights_digest(federation.model) == digest
     still_serving(channel)

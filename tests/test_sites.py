@@ -98,6 +98,16 @@ def test_site_data_that_does_not_fit_is_refused_with_what_differs(data, error, m
     assert len(fed.sites) == 0 and fed.status().workers == ()
 
 
+def test_a_site_name_that_metrics_and_logs_cannot_carry_is_refused():
+    fed, _ = make_federation()
+    for name in ("a b", "../etc", "x" * 65, "-a", 'a"}'):
+        with pytest.raises(InvalidArgument, match="rename it"):
+            fed.join("w", "cpu", name, site_data())
+    with pytest.raises(ValueError, match="must be 1 to 64 letters"):
+        make_federation(sites=("ok", "not ok"))
+    assert len(fed.sites) == 0
+
+
 def test_a_second_dtype_a_site_name_reused_for_other_data_and_a_pool_worker_are_refused():
     fed, _ = make_federation()
     fed.join("wa", "cpu", "a", site_data())

@@ -12,6 +12,7 @@ from fedstream.common.auth import auth_token_option, auth_tokens_option
 from fedstream.common.options import add_options, coerce_choices, from_args, option, section
 from fedstream.common.protocol import UpdateKind, Weighting, input_divisor
 from fedstream.common.tls import TlsConfig
+from fedstream.coordinator.sites import SITE_NAME
 
 MODELS = ("reference", "2nn", "cnn")  # or package.module:function
 
@@ -123,6 +124,10 @@ class FederationConfig:
                                max(1, self.min_workers // max(1, len(self.site_names))))
         if len(set(self.site_names)) != len(self.site_names):
             problems.append(f"sites={self.sites!r} names a site twice")
+        bad = [name for name in self.site_names if not SITE_NAME.fullmatch(name)]
+        if bad:
+            problems.append(f"site names {bad} must be 1 to 64 letters, digits, '.', '_' or '-', "
+                            "starting with a letter or digit")
         if self.rounds < 1:
             problems.append(f"rounds={self.rounds} must be >= 1")
         if self.units < 1 or self.min_workers < 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import re
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 POOL_SITE = ""  # the coordinator's own data pool, served by workers that name no site
 SITE_STRIDE = 1 << 20  # clients a site may have; ids are uint32, so 4,096 sites
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # safe in metrics, labels, logs
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,10 @@ class Sites:
     def __init__(self, declared: Sequence[str], spec: DataSpec):
         if len(set(declared)) != len(declared):
             raise ValueError(f"site names must be unique, got {list(declared)}")
-        if any(not name for name in declared):
-            raise ValueError("a site needs a name")
+        bad = [name for name in declared if not SITE_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"site names {bad} are not letters, digits, '.', '_' or '-' "
+                             "(at most 64, starting with a letter or digit)")
         self.declared = tuple(declared)
         self.spec = spec
         self._sites: dict[str, Site] = {}
@@ -99,6 +103,9 @@ class Sites:
             raise FailedPrecondition(
                 "this coordinator federates data sites and reads no data pool: start the worker "
                 f"with --site NAME (declared: {', '.join(self.declared) or 'none'})")
+        if not SITE_NAME.fullmatch(name):
+            raise InvalidArgument(f"site name {name[:80]!r} is not 1 to 64 letters, digits, "
+                                  "'.', '_' or '-' starting with a letter or digit: rename it")
         if data is None:
             raise InvalidArgument(f"a worker of site {name!r} must publish its site's data "
                                   "(client sizes, example spec, classes) when it joins")
