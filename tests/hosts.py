@@ -111,3 +111,11 @@ def dropped(hosts: Hosts, name: str) -> dict[str, int]:
                           "counters"], check=True, capture_output=True, text=True).stdout
     return {item["counter"]["name"]: item["counter"]["packets"]
             for item in json.loads(out)["nftables"] if "counter" in item}
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+    """Kill whatever of `procs` still runs, and reap them all."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()

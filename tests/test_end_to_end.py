@@ -73,17 +73,23 @@ def test_run_trains_the_reference_recipe_and_cleans_up(tmp_path):
     assert_nothing_left(out)
 
 
-def test_distributed_and_simulate_give_bit_identical_weights(tmp_path):
-    rounds = ["--rounds", "8"]
+def run_equals_simulate(tmp_path: Path, recipe: list[str], workers: int) -> Path:
+    """`run --workers K` and `simulate --units K`, one thread each: byte-equal weights. The
+    run folder."""
     out = tmp_path / "run"
     run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
-                     "2", *rounds))
-    run_ok(fedstream("simulate", "--threads", "1", "--save-weights",
-                     str(tmp_path / "sim.npz"), "--units", "2", *rounds))
+                     str(workers), *recipe))
+    run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
+                     "--units", str(workers), *recipe))
     distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
     assert sorted(distributed.keys()) == sorted(simulated.keys())
     for name in distributed:
         assert distributed[name].tobytes() == simulated[name].tobytes(), name
+    return out
+
+
+def test_distributed_and_simulate_give_bit_identical_weights(tmp_path):
+    out = run_equals_simulate(tmp_path, ["--rounds", "8"], workers=2)
     assert_nothing_left(out)
 
 
@@ -147,14 +153,7 @@ def test_fedavg_distributed_equals_simulate(tmp_path):
               "--client-fraction", "0.05", "--local-batch-size", "20", "--normalize",
               "--server-optimizer", "sgd", "--server-lr", "1", "--weighting", "examples",
               "--partitioner", "shards"]
-    out = tmp_path / "run"
-    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
-                     "2", *recipe))
-    run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
-                     "--units", "2", *recipe))
-    distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
-    for name in distributed:
-        assert distributed[name].tobytes() == simulated[name].tobytes(), name
+    out = run_equals_simulate(tmp_path, recipe, workers=2)
     assert [r["clients"] for r in metrics(out)] == [5, 5, 5]
     assert_nothing_left(out)
 
@@ -167,14 +166,7 @@ def test_three_sites_distributed_equal_simulate_and_keep_their_data(tmp_path):
               "--rounds", "3", "--update", "delta", "--model", "2nn", "--client-fraction", "0.3",
               "--local-batch-size", "50", "--normalize", "--server-optimizer", "sgd",
               "--server-lr", "1", "--weighting", "examples", "--eval-every", "3"]
-    out = tmp_path / "run"
-    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
-                     "1", *recipe))
-    run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
-                     "--units", "1", *recipe))
-    distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
-    for name in distributed:
-        assert distributed[name].tobytes() == simulated[name].tobytes(), name
+    out = run_equals_simulate(tmp_path, recipe, workers=1)
     rows = metrics(out)
     assert [r["clients"] for r in rows] == [9, 9, 9]
     last = rows[-1]

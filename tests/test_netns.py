@@ -12,7 +12,7 @@ import re
 import time
 
 import pytest
-from hosts import Hosts, netns_available
+from hosts import Hosts, netns_available, stop_all
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 40
@@ -55,10 +55,7 @@ def test_separate_hosts_survive_a_cut_worker_link(hosts, tmp_path):
         hosts.cut("w2")
         assert coordinator.wait(timeout=240) == 0, (tmp_path / "coord.log").read_text()[-2000:]
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        stop_all(procs)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert all(r["updates_accepted"] == 2 for r in rows)

@@ -21,7 +21,7 @@ import sys
 import time
 
 import pytest
-from hosts import Hosts, drop_outside, dropped, firewall_available
+from hosts import Hosts, drop_outside, dropped, firewall_available, stop_all
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 14
@@ -99,10 +99,7 @@ def test_site_data_never_leaves_its_site_and_a_cut_site_closes_rounds_by_quorum(
         assert dropped(hosts, "apool")["dropped_in"] > 0
         assert dial(hosts, "awork", pools["a"]) == "connected"  # the site's own worker may
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
+        stop_all(procs)
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["round"] for r in rows] == list(range(1, ROUNDS + 1))
     assert all(r["updates_accepted"] + r["stragglers"] == 2 for r in rows)  # none twice
