@@ -147,3 +147,24 @@ def test_a_data_pool_request_without_clients_is_invalid_argument(serve):
             list(stream)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "lists no client ids" in refused.value.details()
+
+
+def test_a_sites_data_pool_refuses_a_token_bound_to_another_site(tmp_path):
+    (tmp_path / "tokens").write_text(f"a-worker {A_TOKEN} hospital-a\nb-worker {B_TOKEN} hospital-b\n")
+    server = create_server(
+        "127.0.0.1:0", lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(
+            DataPoolServicer(synthetic_store(site="hospital-b")), s), [POOL_SERVICE],
+        interceptors=[TokenAuthInterceptor(read_tokens(str(tmp_path / "tokens")))])
+    server.set_serving()
+    address = f"127.0.0.1:{server.port}"
+    foreign, own = DataPoolClient(address, token=A_TOKEN), DataPoolClient(address, token=B_TOKEN)
+    with pytest.raises(PermissionDenied, match="bound to site 'hospital-a'"):
+        foreign.info()
+    with pytest.raises(PermissionDenied, match="serves site 'hospital-b'"):
+        foreign.batches([0], 0, 8)
+    with pytest.raises(PermissionDenied):
+        foreign.test_set()
+    assert own.info().site == "hospital-b" and len(own.batches([0], 0, 8)) == 1
+    foreign.close()
+    own.close()
+    server.stop(0)
