@@ -75,3 +75,19 @@ def test_node_worker_gradient_is_accepted_and_equals_python(tmp_path, node_modul
         relative = np.linalg.norm(got - expected) / np.linalg.norm(expected)
         assert relative < 1e-4, (spec.name, relative)
     assert offset == node_flat.size
+
+
+def test_typescript_code_generates_from_the_proto_files(tmp_path, node_modules):
+    """A second language's code from proto/ alone, with the command PROTOCOL.md gives."""
+    done = subprocess.run(
+        [str(NODE_DIR / "node_modules" / ".bin" / "proto-loader-gen-types"),
+         "fedstream/v1/coordinator.proto", "fedstream/v1/datapool.proto",
+         "--grpcLib=@grpc/grpc-js", f"--outDir={tmp_path}", "-I", str(NODE_DIR.parent.parent / "proto")],
+        capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    generated = {p.stem for p in (tmp_path / "fedstream" / "v1").glob("*.ts")}
+    assert {"Coordinator", "DataPool", "SiteData", "EvaluationReport", "Task"} <= generated
+    coordinator = (tmp_path / "fedstream" / "v1" / "Coordinator.ts").read_text()
+    for rpc in ("Join", "GetAssignment", "PullWeights", "PushUpdate", "GetStatus", "Leave",
+                "Evaluate", "ReportEvaluation"):
+        assert f"{rpc}(" in coordinator, rpc

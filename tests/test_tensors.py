@@ -100,6 +100,16 @@ def test_chunk_past_declared_size_is_refused():
         assembler.add(0, b"\0" * 8)
 
 
+def test_a_chunk_over_1_mib_is_refused():
+    n = (1 << 20) // 4 + 1  # one float32 more than 1 MiB
+    assembler = TensorSetAssembler([TensorSpec("w", np.dtype("<f4"), (n,))], 4 * n)
+    with pytest.raises(InvalidArgument, match="at most 1048576 bytes"):
+        assembler.add(0, b"\0" * 4 * n)
+    assembler.add(0, b"\0" * (1 << 20))  # exactly 1 MiB is fine
+    assembler.add(1 << 20, b"\0" * 4)
+    assert len(assembler.finish()[0]) == n
+
+
 def test_truncated_stream_is_refused():
     assembler = TensorSetAssembler([TensorSpec("w", np.dtype("<f4"), (2,))], 8)
     assembler.add(0, b"\0" * 4)

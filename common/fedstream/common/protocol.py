@@ -10,7 +10,7 @@ from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from fedstream.common.tensors import TensorSpec
+from fedstream.common.tensors import MAX_TENSOR_SET_BYTES, TensorSpec
 
 
 class UpdateKind(str, enum.Enum):
@@ -67,6 +67,7 @@ class Task:
     rounds: int
     per_client: bool = False  # push every client's gradient, stacked, for a robust aggregator
     local: LocalTraining | None = None  # MODEL_DELTA: how each client trains locally
+    max_tensor_set_bytes: int = MAX_TENSOR_SET_BYTES  # the largest update accepted
 
 
 @dataclass(frozen=True)

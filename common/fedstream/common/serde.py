@@ -147,7 +147,7 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         update_kind=_UPDATE_KIND[task.update_kind], weighting=_WEIGHTING[task.weighting],
         batch_size=task.batch_size, dropout=task.dropout, input_divisor=task.input_divisor,
         update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds,
-        per_client_updates=task.per_client,
+        per_client_updates=task.per_client, max_tensor_set_bytes=task.max_tensor_set_bytes,
         **({} if task.local is None else dict(
             local_epochs=task.local.epochs, local_batch_size=task.local.batch_size,
             client_optimizer=task.local.optimizer, client_lr=task.local.lr,
@@ -161,7 +161,7 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         weighting=_lookup(_WEIGHTING, msg.weighting, "client weighting"),
         batch_size=msg.batch_size, dropout=msg.dropout, input_divisor=msg.input_divisor,
         update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds,
-        per_client=msg.per_client_updates,
+        per_client=msg.per_client_updates, max_tensor_set_bytes=msg.max_tensor_set_bytes,
         local=None if msg.update_kind != coordinator_pb2.UPDATE_KIND_MODEL_DELTA else
         LocalTraining(epochs=msg.local_epochs, batch_size=msg.local_batch_size,
                       optimizer=msg.client_optimizer, lr=msg.client_lr,

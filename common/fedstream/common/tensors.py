@@ -94,6 +94,9 @@ class TensorSetAssembler:
         self._filled = 0
 
     def add(self, offset: int, data: bytes) -> None:
+        if len(data) > CHUNK_BYTES:
+            raise InvalidArgument(f"a chunk of {len(data)} bytes: chunks hold at most "
+                                  f"{CHUNK_BYTES} bytes (1 MiB); split the payload")
         if offset != self._filled:
             raise InvalidArgument(
                 f"chunk at offset {offset} but {self._filled} bytes were received so far: "

@@ -63,7 +63,7 @@ class JoinReply(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., client_id_base: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu")
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -81,6 +81,7 @@ class Task(_message.Message):
     CLIENT_LR_FIELD_NUMBER: _ClassVar[int]
     CLIENT_MOMENTUM_FIELD_NUMBER: _ClassVar[int]
     PROX_MU_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENSOR_SET_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     loss: str
     num_classes: int
@@ -98,7 +99,8 @@ class Task(_message.Message):
     client_lr: float
     client_momentum: float
     prox_mu: float
-    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ...) -> None: ...
+    max_tensor_set_bytes: int
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ...) -> None: ...
 
 class AssignmentRequest(_message.Message):
     __slots__ = ("worker_id", "wait_ms")
