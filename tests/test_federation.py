@@ -155,6 +155,18 @@ def test_duplicate_push_is_counted_once(open_round):
     assert fed.policy.units[a.unit].update.arrays[0][0, 0] == 1.0
 
 
+def test_a_duplicate_after_its_round_closed_is_failed_precondition_not_duplicate():
+    """PROTOCOL.md's rule: the round check comes before the duplicate check."""
+    fed, _ = make_federation(units=1)
+    wid, _, _ = fed.join("w", "cpu")
+    a = fed.assignment(wid, 0)
+    assert fed.push(meta_for(wid, a), ones_update(fed)).accepted  # closes round 1
+    version = fed.version
+    with pytest.raises(FailedPrecondition, match="round was closed"):
+        fed.push(meta_for(wid, a), ones_update(fed))
+    assert fed.version == version
+
+
 def test_expired_lease_goes_to_another_worker_and_the_old_holder_is_refused():
     clock = FakeClock()
     fed, _ = make_federation(units=1, clock=clock, lease_s=10.0)
