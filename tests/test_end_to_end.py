@@ -93,6 +93,24 @@ def test_distributed_and_simulate_give_bit_identical_weights(tmp_path):
     assert_nothing_left(out)
 
 
+@pytest.mark.parametrize("encodings", [
+    ["--update-encoding", "int8", "--weights-encoding", "bfloat16"],
+    ["--update-encoding", "topk", "--topk-fraction", "0.05", "--weights-encoding", "float16"],
+], ids=["int8-bfloat16", "topk-float16"])
+def test_compressed_runs_equal_simulate_and_count_their_bytes(tmp_path, encodings):
+    """Stochastic rounding and error feedback draw and keep alike in both run modes."""
+    out = run_equals_simulate(tmp_path, ["--rounds", "4", *encodings], workers=2)
+    rows = metrics(out)
+    parameters, tensors = 278_410, 6
+    pulled = 2 * 2 * parameters  # two workers, 16 bits per weight
+    assert all(r["pull_bytes"] == pulled for r in rows)
+    if "int8" in encodings:
+        assert all(r["push_bytes"] == 2 * (parameters + 4 * tensors) for r in rows)
+    else:
+        assert all(r["push_bytes"] < 2 * 4 * parameters * 0.11 for r in rows)
+    assert_nothing_left(out)
+
+
 def test_worker_count_changes_weights_only_within_float_tolerance(tmp_path):
     """Units change the float summation order. Adam can turn that into steps of up to its
     learning rate on near-zero gradients, so the bound is a fraction of lr * rounds: over

@@ -90,7 +90,7 @@ class Poisoners:
     def __getattr__(self, name):
         return getattr(self._federation, name)
 
-    def push(self, meta, arrays):
+    def push(self, meta, arrays, encoded=None):  # in process: the arrays are what counts
         if meta.unit in self._units:
             arrays = [self._scale * a for a in arrays]
         return self._federation.push(meta, arrays)

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
+from fedstream.common.codecs import TensorSetAssembler
 from fedstream.common.errors import InvalidArgument, ResourceExhausted
 from fedstream.common.tensors import (
     CHUNK_BYTES,
     SUPPORTED_DTYPES,
-    TensorSetAssembler,
     TensorSpec,
     iter_chunks,
     pack,

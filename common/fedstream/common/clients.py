@@ -15,6 +15,7 @@ import numpy as np
 
 from fedstream.common import errors, serde
 from fedstream.common.auth import call_metadata
+from fedstream.common.codecs import Encoded, Encoding
 from fedstream.common.grpc_server import MAX_MESSAGE_BYTES
 from fedstream.common.protocol import (
     Assignment,
@@ -29,7 +30,7 @@ from fedstream.common.protocol import (
     Weights,
 )
 from fedstream.common.status_codes import error_from_rpc
-from fedstream.common.tensors import pack
+from fedstream.common.tensors import pack, spec_of
 from fedstream.common.tls import TlsConfig
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc, datapool_pb2, datapool_pb2_grpc
 
@@ -118,19 +119,21 @@ class CoordinatorClient(_Client):
         if first.WhichOneof("kind") == "header" and first.header.unchanged:
             specs, _ = serde.header_from_proto(first.header.tensors)
             return Weights(first.header.version, tuple(specs), None)
-        header, arrays = serde.read_one(_prepend(first, stream))
+        header, arrays = serde.read_one(_prepend(first, stream), accept=tuple(Encoding))
         specs, _ = serde.header_from_proto(header.tensors)
         return Weights(header.version, tuple(specs), arrays)
 
     @_domain_errors
     def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],
-             names: Sequence[str] | None = None) -> PushResult:
+             names: Sequence[str] | None = None, encoded: Encoded | None = None) -> PushResult:
+        """Push `arrays`, or when `encoded` is given its payload (the encoding of `arrays`)."""
         names = names or self._update_names
         if names is None:
             raise ValueError("push needs the update tensor names: join first or pass names=")
-        specs, payload = pack(names, arrays)
-        header = coordinator_pb2.UpdateMessage(
-            header=serde.update_meta_to_proto(meta, specs, len(payload)))
+        specs, payload = pack(names, arrays) if encoded is None else (
+            [spec_of(n, a) for n, a in zip(names, arrays)], encoded.payload)
+        header = coordinator_pb2.UpdateMessage(header=serde.update_meta_to_proto(
+            meta, specs, len(payload), Encoding.RAW if encoded is None else encoded.encoding))
         reply = self._stub.PushUpdate(serde.frame(header, payload, coordinator_pb2.UpdateMessage),
                                       metadata=self._md)
         return serde.push_result_from_proto(reply)

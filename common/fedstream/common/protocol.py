@@ -10,6 +10,7 @@ from typing import NamedTuple, Protocol, Sequence
 
 import numpy as np
 
+from fedstream.common.codecs import Encoded, Encoding
 from fedstream.common.tensors import MAX_TENSOR_SET_BYTES, TensorSpec
 
 
@@ -68,6 +69,9 @@ class Task:
     per_client: bool = False  # push every client's gradient, stacked, for a robust aggregator
     local: LocalTraining | None = None  # MODEL_DELTA: how each client trains locally
     max_tensor_set_bytes: int = MAX_TENSOR_SET_BYTES  # the largest update accepted
+    update_encoding: Encoding = Encoding.RAW  # PushUpdate takes this (and raw)
+    topk_fraction: float = 0.01  # top-k: the share of each tensor's values kept
+    weights_encoding: Encoding = Encoding.RAW  # what PullWeights sends
 
 
 @dataclass(frozen=True)
@@ -216,7 +220,8 @@ class CoordinatorPort(Protocol):
 
     def pull_weights(self, worker_id: str, have_version: int) -> Weights: ...
 
-    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult: ...
+    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],
+             encoded: Encoded | None = None) -> PushResult: ...
 
     def leave(self, worker_id: str) -> None: ...
 

@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
+from fedstream.common.codecs import Encoding, TensorSetAssembler
 from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import (
     Action,
@@ -31,7 +32,6 @@ from fedstream.common.protocol import (
 from fedstream.common.tensors import (
     CHUNK_BYTES,
     MAX_TENSOR_SET_BYTES,
-    TensorSetAssembler,
     TensorSpec,
     iter_chunks,
     pack,
@@ -73,15 +73,27 @@ def spec_from_proto(msg: tensor_pb2.TensorSpec) -> TensorSpec:
     return TensorSpec(msg.name, dtype, tuple(int(d) for d in msg.shape))
 
 
-def header_to_proto(specs: Sequence[TensorSpec], total_bytes: int) -> tensor_pb2.TensorSetHeader:
+_ENCODING = {Encoding.RAW: tensor_pb2.ENCODING_RAW,
+             Encoding.FLOAT16: tensor_pb2.ENCODING_FLOAT16,
+             Encoding.BFLOAT16: tensor_pb2.ENCODING_BFLOAT16,
+             Encoding.INT8: tensor_pb2.ENCODING_INT8,
+             Encoding.INT8_BLOCK: tensor_pb2.ENCODING_INT8_BLOCK,
+             Encoding.TOPK: tensor_pb2.ENCODING_TOPK}
+
+
+def header_to_proto(specs: Sequence[TensorSpec], total_bytes: int,
+                    encoding: Encoding = Encoding.RAW) -> tensor_pb2.TensorSetHeader:
     return tensor_pb2.TensorSetHeader(tensors=[spec_to_proto(s) for s in specs],
-                                      encoding=tensor_pb2.ENCODING_RAW, total_bytes=total_bytes)
+                                      encoding=_ENCODING[encoding], total_bytes=total_bytes)
+
+
+def encoding_from_proto(msg: tensor_pb2.TensorSetHeader) -> Encoding:
+    return _lookup(_ENCODING, msg.encoding, "tensor encoding (see Encoding in "
+                   "fedstream/v1/tensor.proto)")
 
 
 def header_from_proto(msg: tensor_pb2.TensorSetHeader) -> tuple[list[TensorSpec], int]:
-    if msg.encoding != tensor_pb2.ENCODING_RAW:
-        raise InvalidArgument(f"unknown tensor encoding {msg.encoding}; this server reads "
-                              "ENCODING_RAW (0) only")
+    encoding_from_proto(msg)
     return [spec_from_proto(t) for t in msg.tensors], int(msg.total_bytes)
 
 
@@ -97,14 +109,20 @@ def frame(header: M, payload: bytes, make: Callable[..., M],
         yield msg
 
 
-def _assembler(header, max_bytes: int) -> TensorSetAssembler:
+def _assembler(header, max_bytes: int, accept: Sequence[Encoding]) -> TensorSetAssembler:
     specs, total = header_from_proto(header.tensors)
-    return TensorSetAssembler(specs, total, max_bytes=max_bytes)
+    encoding = encoding_from_proto(header.tensors)
+    if encoding not in accept:
+        raise InvalidArgument(f"tensors encoded {encoding.value}; this stream takes "
+                              f"{' or '.join(e.value for e in accept)}")
+    return TensorSetAssembler(specs, total, encoding=encoding, max_bytes=max_bytes)
 
 
 def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
-             validate_header: Callable[[object], None] | None = None) -> tuple[object, list[np.ndarray]]:
-    """Consume a stream holding exactly one tensor set; return (header message, arrays).
+             validate_header: Callable[[object], None] | None = None,
+             accept: Sequence[Encoding] = (Encoding.RAW,)) -> tuple[object, list[np.ndarray]]:
+    """Consume a stream holding exactly one tensor set in one of the `accept`ed encodings;
+    return (header message, decoded arrays).
 
     `validate_header` runs before any buffer is allocated, so a header the caller would
     refuse (unknown worker, wrong round) costs nothing more.
@@ -116,7 +134,7 @@ def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
     header = first.header
     if validate_header is not None:
         validate_header(header)
-    assembler = _assembler(header, max_bytes)
+    assembler = _assembler(header, max_bytes, accept)
     for msg in it:
         if msg.WhichOneof("kind") != "chunk":
             raise InvalidArgument("a second header arrived in a one-tensor-set stream")
@@ -148,6 +166,8 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         batch_size=task.batch_size, dropout=task.dropout, input_divisor=task.input_divisor,
         update_tensors=[spec_to_proto(s) for s in task.update_specs], rounds=task.rounds,
         per_client_updates=task.per_client, max_tensor_set_bytes=task.max_tensor_set_bytes,
+        update_encoding=_ENCODING[task.update_encoding], topk_fraction=task.topk_fraction,
+        weights_encoding=_ENCODING[task.weights_encoding],
         **({} if task.local is None else dict(
             local_epochs=task.local.epochs, local_batch_size=task.local.batch_size,
             client_optimizer=task.local.optimizer, client_lr=task.local.lr,
@@ -162,6 +182,9 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         batch_size=msg.batch_size, dropout=msg.dropout, input_divisor=msg.input_divisor,
         update_specs=tuple(spec_from_proto(s) for s in msg.update_tensors), rounds=msg.rounds,
         per_client=msg.per_client_updates, max_tensor_set_bytes=msg.max_tensor_set_bytes,
+        update_encoding=_lookup(_ENCODING, msg.update_encoding, "update encoding"),
+        topk_fraction=msg.topk_fraction,
+        weights_encoding=_lookup(_ENCODING, msg.weights_encoding, "weights encoding"),
         local=None if msg.update_kind != coordinator_pb2.UPDATE_KIND_MODEL_DELTA else
         LocalTraining(epochs=msg.local_epochs, batch_size=msg.local_batch_size,
                       optimizer=msg.client_optimizer, lr=msg.client_lr,
@@ -179,13 +202,13 @@ def assignment_from_proto(msg: coordinator_pb2.Assignment) -> Assignment:
                       step=msg.step)
 
 
-def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec],
-                         total_bytes: int) -> coordinator_pb2.UpdateHeader:
+def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec], total_bytes: int,
+                         encoding: Encoding = Encoding.RAW) -> coordinator_pb2.UpdateHeader:
     return coordinator_pb2.UpdateHeader(
         worker_id=meta.worker_id, round=meta.round, base_version=meta.base_version,
         unit=meta.unit, client_ids=list(meta.client_ids), weight=meta.weight,
         num_examples=meta.num_examples, metrics=meta.metrics,
-        tensors=header_to_proto(specs, total_bytes))
+        tensors=header_to_proto(specs, total_bytes, encoding))
 
 
 def update_meta_from_proto(msg: coordinator_pb2.UpdateHeader) -> UpdateMeta:

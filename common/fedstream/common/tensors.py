@@ -1,9 +1,10 @@
 """Tensor sets as raw little-endian bytes: specs, packing, chunking and reassembly.
 
 Pure numpy; no protobuf here. A tensor set is a list of arrays; on the wire it is the list of
-their specs plus the concatenation of their C-order little-endian bytes. The receiver
-preallocates one buffer of the declared size and writes chunks into it as they arrive; the
-arrays it returns are views of that buffer, so nothing is copied twice.
+their specs plus the concatenation of their C-order little-endian bytes (or an encoding of
+them, `codecs`). The receiver preallocates one buffer of the declared size and writes chunks
+into it as they arrive (`codecs.TensorSetAssembler`); raw arrays are views of that buffer, so
+nothing is copied twice.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fedstream.common.errors import InvalidArgument, ResourceExhausted
+from fedstream.common.errors import InvalidArgument
 
 CHUNK_BYTES = 1 << 20  # 1 MiB: far below gRPC's 4 MiB default message limit
 MAX_TENSOR_SET_BYTES = 1 << 32  # 4 GiB: refuse larger declarations before allocating
@@ -74,46 +75,6 @@ def iter_chunks(payload: bytes | memoryview, chunk_bytes: int = CHUNK_BYTES) -> 
     view = memoryview(payload)
     for offset in range(0, len(view), chunk_bytes):
         yield offset, bytes(view[offset:offset + chunk_bytes])
-
-
-class TensorSetAssembler:
-    """Reassembles one tensor set from chunks into a buffer allocated once from the header."""
-
-    def __init__(self, specs: Sequence[TensorSpec], total_bytes: int, *,
-                 max_bytes: int = MAX_TENSOR_SET_BYTES):
-        expected = sum(s.nbytes for s in specs)
-        if total_bytes != expected:
-            raise InvalidArgument(
-                f"header declares {total_bytes} bytes but its tensor specs need {expected}")
-        if total_bytes > max_bytes:
-            raise ResourceExhausted(
-                f"tensor set of {total_bytes} bytes exceeds this server's limit of {max_bytes}")
-        self.specs = list(specs)
-        self.total_bytes = total_bytes
-        self._buffer = bytearray(total_bytes)
-        self._filled = 0
-
-    def add(self, offset: int, data: bytes) -> None:
-        if len(data) > CHUNK_BYTES:
-            raise InvalidArgument(f"a chunk of {len(data)} bytes: chunks hold at most "
-                                  f"{CHUNK_BYTES} bytes (1 MiB); split the payload")
-        if offset != self._filled:
-            raise InvalidArgument(
-                f"chunk at offset {offset} but {self._filled} bytes were received so far: "
-                "send chunks in order, without gaps or overlaps")
-        end = offset + len(data)
-        if end > self.total_bytes:
-            raise InvalidArgument(
-                f"chunk ends at byte {end}, past the {self.total_bytes} bytes the header declared")
-        self._buffer[offset:end] = data
-        self._filled = end
-
-    def finish(self) -> list[np.ndarray]:
-        if self._filled != self.total_bytes:
-            raise InvalidArgument(
-                f"stream ended after {self._filled} of {self.total_bytes} declared bytes "
-                "(truncated): resend the whole tensor set")
-        return unpack(self.specs, self._buffer)
 
 
 def unpack(specs: Sequence[TensorSpec], payload: bytes | bytearray | memoryview) -> list[np.ndarray]:

@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass
 
 from fedstream.common.auth import auth_token_option, auth_tokens_option
+from fedstream.common.codecs import Encoding
 from fedstream.common.options import add_options, coerce_choices, from_args, option, section
 from fedstream.common.protocol import UpdateKind, Weighting, input_divisor
 from fedstream.common.tls import TlsConfig
@@ -105,6 +106,13 @@ class FederationConfig:
     model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
                                       "returning a Keras model")
     model_seed: int = option(0, "initial-weights seed")
+    update_encoding: Encoding = option(Encoding.RAW, "how workers send updates: raw "
+                                       "float32, float16, bfloat16, int8 (a scale per "
+                                       "tensor), int8-block (a scale per 256 values; both "
+                                       "rounded stochastically) or topk (with error feedback)")
+    topk_fraction: float = option(0.01, "topk: the share of each tensor's values sent")
+    weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights: raw, "
+                                        "float16 or bfloat16")
     eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
                                           "reports; a site later than that is left out of "
                                           "that round's row")
@@ -156,6 +164,11 @@ class FederationConfig:
         if not 0 <= self.quorum <= self.units * max(1, len(self.site_names)):
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and the "
                             f"units of a round ({self.units} per site)")
+        if self.weights_encoding not in (Encoding.RAW, Encoding.FLOAT16, Encoding.BFLOAT16):
+            problems.append(f"weights_encoding={self.weights_encoding.value}: weights travel "
+                            "raw, float16 or bfloat16")
+        if not 0 < self.topk_fraction <= 1:
+            problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:
             problems.append(f"round_deadline_s={self.round_deadline_s} and rejoin_wait_s="
                             f"{self.rejoin_wait_s} must be >= 0")

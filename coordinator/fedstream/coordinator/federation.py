@@ -26,6 +26,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
+from fedstream.common.codecs import Encoded
 from fedstream.common.errors import FailedPrecondition, FedstreamError
 from fedstream.common.protocol import (
     Action,
@@ -290,8 +291,11 @@ class Federation:
         with self._cond, self._counting_rejections():
             self._admit(meta, specs)
 
-    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult:
-        """Validate and store one unit's update; a due server step happens before returning."""
+    def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],
+             encoded: Encoded | None = None) -> PushResult:
+        """Validate and store one unit's update; a due server step happens before returning.
+        `arrays` are the update as the coordinator decodes it; `encoded`, the bytes a network
+        client sends instead, is not needed in process."""
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
             unit = self._admit(meta, [spec_of(s.name, a)

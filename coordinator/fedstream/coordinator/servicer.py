@@ -7,19 +7,21 @@ import threading
 
 from fedstream.common import serde
 from fedstream.common.auth import caller, caller_site
+from fedstream.common.codecs import Encoding, encode
 from fedstream.common.errors import PermissionDenied
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
 from fedstream.common.protocol import Weights
-from fedstream.common.tensors import pack
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.identities import WorkerIdentities
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
 class PackedWeights:
-    """The payload of the latest version pulled; concurrent pulls of one version pack once."""
+    """The payload of the latest version pulled, in the task's weights encoding; concurrent
+    pulls of one version pack once."""
 
-    def __init__(self):
+    def __init__(self, encoding: Encoding):
+        self.encoding = encoding
         self._lock = threading.Lock()
         self._version = -1
         self._payload = b""
@@ -27,7 +29,7 @@ class PackedWeights:
     def payload(self, weights: Weights) -> bytes:
         with self._lock:
             if weights.version != self._version:
-                _, self._payload = pack([s.name for s in weights.specs], weights.arrays)
+                self._payload = encode(self.encoding, weights.arrays)
                 self._version = weights.version
             return self._payload
 
@@ -36,7 +38,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation):
         self._federation = federation
         self._identities = WorkerIdentities()
-        self._packed = PackedWeights()
+        self._packed = PackedWeights(federation.task.weights_encoding)
+        self._update_encodings = (Encoding.RAW, federation.task.update_encoding)
 
     def _owned(self, worker_id: str) -> str:
         self._identities.check(worker_id, caller())
@@ -67,14 +70,16 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def PullWeights(self, request, context):
         weights = self._federation.pull_weights(self._owned(request.worker_id),
                                                 request.have_version)
-        header = coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
-            version=weights.version, unchanged=weights.arrays is None,
-            tensors=serde.header_to_proto(weights.specs, sum(s.nbytes for s in weights.specs))))
         if weights.arrays is None:
-            yield header
-        else:
-            yield from serde.frame(header, self._packed.payload(weights),
-                                   coordinator_pb2.WeightsMessage)
+            yield coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
+                version=weights.version, unchanged=True,
+                tensors=serde.header_to_proto(weights.specs, sum(s.nbytes for s in weights.specs))))
+            return
+        payload = self._packed.payload(weights)
+        header = coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
+            version=weights.version, unchanged=False, tensors=serde.header_to_proto(
+                weights.specs, len(payload), self._packed.encoding)))
+        yield from serde.frame(header, payload, coordinator_pb2.WeightsMessage)
 
     @handles_errors
     def PushUpdate(self, request_iterator, context):
@@ -83,7 +88,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             specs, _ = serde.header_from_proto(header.tensors)
             self._federation.check_update(serde.update_meta_from_proto(header), specs)
 
-        header, arrays = serde.read_one(request_iterator, validate_header=check)
+        header, arrays = serde.read_one(request_iterator, validate_header=check,
+                                        accept=self._update_encodings)
         result = self._federation.push(serde.update_meta_from_proto(header), arrays)
         return serde.push_result_to_proto(result)
 

@@ -26,6 +26,11 @@ class DType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
 class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ENCODING_RAW: _ClassVar[Encoding]
+    ENCODING_FLOAT16: _ClassVar[Encoding]
+    ENCODING_BFLOAT16: _ClassVar[Encoding]
+    ENCODING_INT8: _ClassVar[Encoding]
+    ENCODING_INT8_BLOCK: _ClassVar[Encoding]
+    ENCODING_TOPK: _ClassVar[Encoding]
 DTYPE_UNSPECIFIED: DType
 DTYPE_FLOAT32: DType
 DTYPE_FLOAT64: DType
@@ -40,6 +45,11 @@ DTYPE_UINT32: DType
 DTYPE_UINT64: DType
 DTYPE_BOOL: DType
 ENCODING_RAW: Encoding
+ENCODING_FLOAT16: Encoding
+ENCODING_BFLOAT16: Encoding
+ENCODING_INT8: Encoding
+ENCODING_INT8_BLOCK: Encoding
+ENCODING_TOPK: Encoding
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "dtype", "shape")

@@ -13,6 +13,7 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
+from fedstream.common.codecs import Encoding, encoded_size, roundtrip
 from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
 from fedstream.common.learning import evaluate
 from fedstream.common.protocol import (
@@ -23,6 +24,7 @@ from fedstream.common.protocol import (
     EvaluationResult,
     UpdateMeta,
 )
+from fedstream.worker.compression import UpdateEncoder
 from fedstream.worker.computers import make_computer
 from fedstream.worker.site import SiteClients, check_pool_site
 
@@ -93,6 +95,7 @@ class WorkerLoop:
                  self.task.update_kind.value, self.task.rounds)
         self._data = SiteClients(data, summary, joined.client_id_base)
         self.computer = make_computer(self.task, device)
+        self._encoder = UpdateEncoder(self.task)
         self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
         self.version = 0
         self._pulled_bytes = 0
@@ -119,6 +122,8 @@ class WorkerLoop:
         task = joined.task
         if task.model_json != self.task.model_json or task.update_specs != self.task.update_specs:
             self.computer = make_computer(task, self._device)
+        if task.update_encoding != self.task.update_encoding:
+            self._encoder = UpdateEncoder(task)
         log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
                     self.worker_id, joined.worker_id)
         self.worker_id, self.task, self.version = joined.worker_id, task, 0
@@ -154,6 +159,7 @@ class WorkerLoop:
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
         update = self.computer.compute(batches, a.round)
+        arrays, encoded = self._encoder.encode(update.arrays, a.client_ids, a.round)
         if self._delay_s:
             time.sleep(self._delay_s)
         t3 = time.perf_counter()
@@ -164,10 +170,11 @@ class WorkerLoop:
                      "compute_s": t3 - t2, "push_s": self._last_push_s,
                      "pull_bytes": self._pulled_bytes,
                      "fetch_bytes": sum(b.x.nbytes + b.y.nbytes for b in batches),
-                     "push_bytes": sum(g.nbytes for g in update.arrays)})
+                     "push_bytes": (sum(g.nbytes for g in arrays) if encoded is None
+                                    else len(encoded.payload))})
         self._pulled_bytes = 0
         try:
-            self._retrying(lambda: self._coordinator.push(meta, update.arrays), "push")
+            self._retrying(lambda: self._coordinator.push(meta, arrays, encoded=encoded), "push")
         except FailedPrecondition as e:
             log.warning("update for round %d unit %d dropped: %s", a.round, a.unit, e)
             return True
@@ -185,8 +192,12 @@ class WorkerLoop:
             lambda: self._coordinator.pull_weights(self.worker_id, self.version), "pull")
         self.version = weights.version
         if weights.arrays is not None:
-            self.computer.set_weights(weights.arrays)
-            self._pulled_bytes += sum(w.nbytes for w in weights.arrays)
+            encoding = self.task.weights_encoding
+            # what a network pull decodes, in process too (a no-op on decoded values)
+            arrays = (weights.arrays if encoding is Encoding.RAW
+                      else roundtrip(encoding, weights.arrays))
+            self.computer.set_weights(arrays)
+            self._pulled_bytes += encoded_size(encoding, weights.specs)
 
     def _evaluate(self) -> None:
         """The site's federated evaluation: the model on the site's held-out examples."""

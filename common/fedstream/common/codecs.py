@@ -1,0 +1,231 @@
+"""Tensor encodings that cut the bytes of float32 tensor sets (updates, weights): float16,
+bfloat16, int8 with one scale per tensor or per block of 256 values (stochastic rounding:
+unbiased), and top-k sparsification (indices and values). Pure numpy; the byte layouts are
+given in docs/PROTOCOL.md.
+
+The specs of an encoded tensor set still describe the decoded float32 tensors; the payload is
+the tensors' encodings concatenated in order. Decoding checks the payload's structure and
+raises InvalidArgument for anything malformed, before any value is used.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from fedstream.common.errors import InvalidArgument, ResourceExhausted
+from fedstream.common.tensors import CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSpec, unpack
+
+BLOCK = 256  # values per scale in int8-block
+F32 = np.dtype("<f4")
+
+
+class Encoding(str, enum.Enum):
+    RAW = "raw"  # the tensors' own dtype, little-endian
+    FLOAT16 = "float16"  # IEEE half per value
+    BFLOAT16 = "bfloat16"  # the upper 16 bits of the float32, rounded to nearest even
+    INT8 = "int8"  # a float32 scale per tensor, then one int8 per value
+    INT8_BLOCK = "int8-block"  # a float32 scale per block of 256 values, then one int8 each
+    TOPK = "topk"  # uint32 k, k ascending uint32 flat indices, k float32 values
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tensor set's payload as sent: its encoding and bytes."""
+    encoding: Encoding
+    payload: bytes
+
+
+def _count(spec: TensorSpec) -> int:
+    return int(np.prod(spec.shape, dtype=np.int64))
+
+
+def encoded_size(encoding: Encoding, specs: Sequence[TensorSpec]) -> int | None:
+    """The payload bytes of a fixed-size encoding; None for top-k, whose size varies."""
+    if encoding is Encoding.RAW:
+        return sum(s.nbytes for s in specs)
+    if encoding is Encoding.TOPK:
+        return None
+    _check_float32(specs, encoding)
+    n = [_count(s) for s in specs]
+    if encoding in (Encoding.FLOAT16, Encoding.BFLOAT16):
+        return 2 * sum(n)
+    if encoding is Encoding.INT8:
+        return sum(4 + c for c in n)
+    return sum(4 * math.ceil(c / BLOCK) + c for c in n)
+
+
+def max_encoded_size(encoding: Encoding, specs: Sequence[TensorSpec]) -> int:
+    """The largest payload a header may declare for `specs` in `encoding`."""
+    fixed = encoded_size(encoding, specs)
+    if fixed is not None:
+        return fixed
+    _check_float32(specs, encoding)
+    return sum(4 + 8 * _count(s) for s in specs)
+
+
+def _check_float32(specs: Sequence[TensorSpec], encoding: Encoding) -> None:
+    other = [s.name for s in specs if s.dtype != F32]
+    if other:
+        raise InvalidArgument(f"encoding {encoding.value} carries float32 tensors only; "
+                              f"{other[:3]} are not")
+
+
+def topk_count(n: int, fraction: float) -> int:
+    return min(n, max(1, math.ceil(fraction * n))) if n else 0
+
+
+def encode(encoding: Encoding, arrays: Sequence[np.ndarray], *,
+           rng: np.random.Generator | None = None, topk_fraction: float = 0.01) -> bytes:
+    """The payload of `arrays` (float32 unless raw) in `encoding`; int8 rounds stochastically
+    with `rng`."""
+    parts = []
+    for array in arrays:
+        x = np.ascontiguousarray(array, dtype=F32 if encoding is not Encoding.RAW else None)
+        flat = x.reshape(-1)
+        if encoding is Encoding.RAW:
+            parts.append(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
+        elif encoding is Encoding.FLOAT16:
+            parts.append(flat.astype("<f2").tobytes())
+        elif encoding is Encoding.BFLOAT16:
+            bits = flat.view("<u4").astype(np.uint64)
+            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+            parts.append(rounded.astype("<u2").tobytes())
+        elif encoding in (Encoding.INT8, Encoding.INT8_BLOCK):
+            parts.append(_encode_int8(flat, len(flat) if encoding is Encoding.INT8 else BLOCK,
+                                      rng))
+        else:
+            k = topk_count(len(flat), topk_fraction)
+            index = np.sort(np.argpartition(np.abs(flat), len(flat) - k)[len(flat) - k:]) if k \
+                else np.zeros(0, np.int64)
+            parts += [np.array([k], "<u4").tobytes(), index.astype("<u4").tobytes(),
+                      flat[index].astype("<f4").tobytes()]
+    return b"".join(parts)
+
+
+def _encode_int8(flat: np.ndarray, block: int, rng: np.random.Generator | None) -> bytes:
+    if rng is None:
+        raise ValueError("int8 encodings round stochastically: pass rng")
+    n = len(flat)
+    blocks = max(1, math.ceil(n / block)) if n else 0
+    padded = np.zeros(blocks * block if block else 0, F32)
+    padded[:n] = flat
+    padded = padded.reshape(blocks, -1) if blocks else padded.reshape(0, 1)
+    scales = (np.abs(padded).max(axis=1) / 127).astype(F32)
+    safe = np.where(scales > 0, scales, 1).astype(F32)
+    scaled = padded / safe[:, None]
+    q = np.floor(scaled + rng.random(scaled.shape, dtype=np.float32))
+    q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:n]
+    return scales.astype("<f4").tobytes() + q.tobytes()
+
+
+def decode(encoding: Encoding, specs: Sequence[TensorSpec],
+           payload: bytes | bytearray | memoryview) -> list[np.ndarray]:
+    """The tensors of an encoded payload; INVALID_ARGUMENT for a malformed one."""
+    if encoding is Encoding.RAW:
+        return unpack(specs, payload)
+    view = memoryview(payload)
+    expected = encoded_size(encoding, specs)
+    if expected is not None and len(view) != expected:
+        raise InvalidArgument(f"{encoding.value} payload of {len(view)} bytes; the specs need "
+                              f"{expected}")
+    out, offset = [], 0
+    for spec in specs:
+        n = _count(spec)
+        if encoding in (Encoding.FLOAT16, Encoding.BFLOAT16):
+            raw = np.frombuffer(view, "<u2", n, offset)
+            offset += 2 * n
+            values = (raw.view("<f2").astype(F32) if encoding is Encoding.FLOAT16
+                      else (raw.astype(np.uint32) << 16).view(F32))
+        elif encoding in (Encoding.INT8, Encoding.INT8_BLOCK):
+            block = n if encoding is Encoding.INT8 else BLOCK
+            blocks = (max(1, math.ceil(n / block)) if n else 0)
+            scales = np.frombuffer(view, "<f4", blocks, offset)
+            q = np.frombuffer(view, np.int8, n, offset + 4 * blocks)
+            offset += 4 * blocks + n
+            if not np.all(np.isfinite(scales) & (scales >= 0)):
+                raise InvalidArgument(f"tensor {spec.name!r}: int8 scales must be finite and "
+                                      ">= 0")
+            if np.any(q == -128):
+                raise InvalidArgument(f"tensor {spec.name!r}: int8 values lie in [-127, 127]")
+            values = q.astype(F32) * np.repeat(scales, block)[:n] if n else np.zeros(0, F32)
+        else:
+            values, offset = _decode_topk(spec, n, view, offset)
+        out.append(values.reshape(spec.shape))
+    if offset != len(view):
+        raise InvalidArgument(f"{encoding.value} payload holds {len(view)} bytes, its tensors "
+                              f"use {offset}")
+    return out
+
+
+def _decode_topk(spec: TensorSpec, n: int, view: memoryview,
+                 offset: int) -> tuple[np.ndarray, int]:
+    if offset + 4 > len(view):
+        raise InvalidArgument(f"top-k payload ends before tensor {spec.name!r}'s count")
+    k = int(np.frombuffer(view, "<u4", 1, offset)[0])
+    if k > n or offset + 4 + 8 * k > len(view):
+        raise InvalidArgument(f"tensor {spec.name!r}: top-k count {k} for {n} values, or "
+                              "past the payload's end")
+    index = np.frombuffer(view, "<u4", k, offset + 4).astype(np.int64)
+    if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
+        raise InvalidArgument(f"tensor {spec.name!r}: top-k indices must be ascending, "
+                              f"distinct and below {n}")
+    values = np.zeros(n, F32)
+    values[index] = np.frombuffer(view, "<f4", k, offset + 4 + 4 * k)
+    return values, offset + 4 + 8 * k
+
+
+def roundtrip(encoding: Encoding, arrays: Sequence[np.ndarray], **options) -> list[np.ndarray]:
+    """What a receiver decodes from `arrays` sent in `encoding`."""
+    specs = [TensorSpec(str(i), F32, tuple(a.shape)) for i, a in enumerate(arrays)]
+    return decode(encoding, specs, encode(encoding, arrays, **options))
+
+
+class TensorSetAssembler:
+    """Reassembles one tensor set from chunks into a buffer allocated once from the header,
+    and decodes it: raw arrays are views of that buffer."""
+
+    def __init__(self, specs: Sequence[TensorSpec], total_bytes: int, *,
+                 encoding: Encoding = Encoding.RAW, max_bytes: int = MAX_TENSOR_SET_BYTES):
+        expected = encoded_size(encoding, specs)
+        if expected is not None and total_bytes != expected:
+            raise InvalidArgument(f"header declares {total_bytes} bytes but its tensor specs "
+                                  f"need {expected} in encoding {encoding.value}")
+        if expected is None and not 4 * len(specs) <= total_bytes <= max_encoded_size(
+                encoding, specs):
+            raise InvalidArgument(f"header declares {total_bytes} bytes, outside what "
+                                  f"{encoding.value} can take for its tensor specs")
+        if total_bytes > max_bytes:
+            raise ResourceExhausted(
+                f"tensor set of {total_bytes} bytes exceeds this server's limit of {max_bytes}")
+        self.specs = list(specs)
+        self.encoding = encoding
+        self.total_bytes = total_bytes
+        self._buffer = bytearray(total_bytes)
+        self._filled = 0
+
+    def add(self, offset: int, data: bytes) -> None:
+        if len(data) > CHUNK_BYTES:
+            raise InvalidArgument(f"a chunk of {len(data)} bytes: chunks hold at most "
+                                  f"{CHUNK_BYTES} bytes (1 MiB); split the payload")
+        if offset != self._filled:
+            raise InvalidArgument(
+                f"chunk at offset {offset} but {self._filled} bytes were received so far: "
+                "send chunks in order, without gaps or overlaps")
+        end = offset + len(data)
+        if end > self.total_bytes:
+            raise InvalidArgument(
+                f"chunk ends at byte {end}, past the {self.total_bytes} bytes the header declared")
+        self._buffer[offset:end] = data
+        self._filled = end
+
+    def finish(self) -> list[np.ndarray]:
+        if self._filled != self.total_bytes:
+            raise InvalidArgument(
+                f"stream ended after {self._filled} of {self.total_bytes} declared bytes "
+                "(truncated): resend the whole tensor set")
+        return decode(self.encoding, self.specs, self._buffer)
