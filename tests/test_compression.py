@@ -198,3 +198,17 @@ def test_fedavg_with_int8_updates_is_as_accurate_and_its_bytes_are_counted():
     parameters = 199_210
     assert raw["push_bytes"] == 2 * 4 * parameters  # 2 units, each a float32 sum
     assert int8["push_bytes"] == 2 * (parameters + 4 * 6)  # a byte per value, 6 scales
+
+
+def test_float16_saturates_instead_of_sending_an_infinity():
+    (d,) = roundtrip(Encoding.FLOAT16, [np.array([1e6, -70000.0, 1.0], F32)])
+    np.testing.assert_array_equal(d, np.array([65504, -65504, 1.0], F32))
+
+
+def test_the_int8_example_in_protocol_md():
+    class NoNoise:
+        def random(self, shape, dtype):
+            return np.zeros(shape, dtype)
+
+    payload = encode(Encoding.INT8, [np.array([0.5, -1.0], F32)], rng=NoNoise())
+    assert payload.hex(" ") == "04 02 01 3c 3f 81"

@@ -91,3 +91,48 @@ def test_typescript_code_generates_from_the_proto_files(tmp_path, node_modules):
     for rpc in ("Join", "GetAssignment", "PullWeights", "PushUpdate", "GetStatus", "Leave",
                 "Evaluate", "ReportEvaluation"):
         assert f"{rpc}(" in coordinator, rpc
+
+
+def test_node_encodings_are_byte_for_byte_pythons(tmp_path, node_modules):
+    """float16 and bfloat16 encode to the same bytes in both languages (subnormals, overflow
+    and ties included); int8 payloads from JavaScript decode in Python within one step."""
+    from fedstream.common.codecs import Encoding, decode, encode
+    from fedstream.common.tensors import TensorSpec
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(size=2000) * 10.0 ** rng.uniform(-9, 5, size=2000),
+                        [0.0, -0.0, 65504, 70000, 1e-8, 6e-8, 2.9e-8, 3e-5]]).astype("<f4")
+    (tmp_path / "x.bin").write_bytes(x.tobytes())
+    script = f"""
+const w = require({str(NODE_DIR / 'worker.js')!r});
+const fs = require('fs');
+const b = fs.readFileSync({str(tmp_path / 'x.bin')!r});
+const a = new Float32Array(b.buffer, b.byteOffset, b.length / 4);
+for (const e of ['ENCODING_FLOAT16', 'ENCODING_BFLOAT16', 'ENCODING_INT8']) {{
+  fs.writeFileSync({str(tmp_path)!r} + '/' + e, w.encodeUpdate(e, [a]));
+}}"""
+    subprocess.run(["node", "-e", script], check=True, cwd=NODE_DIR, timeout=60)
+    spec = [TensorSpec("x", np.dtype("<f4"), x.shape)]
+    for name, encoding in [("ENCODING_FLOAT16", Encoding.FLOAT16),
+                           ("ENCODING_BFLOAT16", Encoding.BFLOAT16)]:
+        assert (tmp_path / name).read_bytes() == encode(encoding, [x]), name
+    (decoded,) = decode(Encoding.INT8, spec, (tmp_path / "ENCODING_INT8").read_bytes())
+    assert np.abs(decoded - x).max() <= np.abs(x).max() / 127 * (1 + 1e-6)
+
+
+def test_node_worker_sends_int8_to_a_compressing_coordinator(tmp_path, node_modules):
+    datapool, pool_address = start_service(tmp_path, "datapool", "--clients", "10")
+    try:
+        coordinator, address = start_service(
+            tmp_path, "coordinator", "--datapool", pool_address, "--min-workers", "1",
+            "--rounds", "2", "--update-encoding", "int8", "--weights-encoding", "float16")
+        node = subprocess.run(["node", str(NODE_DIR / "worker.js"), "--coordinator", address,
+                               "--datapool", pool_address], capture_output=True, text=True,
+                              timeout=300)
+        assert node.returncode == 0, node.stderr
+        parameters = 278_410
+        sent = f"pushed {parameters + 4 * 6} bytes ENCODING_INT8, accepted=true"
+        assert node.stdout.count(sent) == 2, node.stdout
+        assert coordinator.wait(timeout=60) == 0
+    finally:
+        datapool.terminate()
+        datapool.wait(timeout=30)

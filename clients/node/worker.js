@@ -8,7 +8,11 @@
 //                  [--dump-update FILE]
 //
 // --units N leaves after N pushed units; --dump-update writes the last update's tensors
-// (raw little-endian float32, concatenated in order) to FILE.
+// (raw little-endian float32, concatenated in order, before any encoding) to FILE.
+//
+// Weights arrive raw, float16, bfloat16 or int8 (Task.weights_encoding); updates go out in
+// Task.update_encoding when it is float16, bfloat16 or int8 (stochastic rounding), else raw,
+// which every coordinator accepts.
 
 const fs = require('fs');
 const path = require('path');
@@ -80,8 +84,113 @@ function readTensorStream(call) {
   });
 }
 
+// float32 <-> IEEE binary16 bits, rounding to nearest even (docs/PROTOCOL.md, Encodings).
+const f32 = new Float32Array(1);
+const u32 = new Uint32Array(f32.buffer);
+function toHalf(value) {
+  f32[0] = value;
+  const x = u32[0];
+  const sign = (x >>> 16) & 0x8000;
+  const biased = (x >>> 23) & 0xff;
+  let mant = x & 0x7fffff;
+  if (biased === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
+  const exp = biased - 127 + 15;
+  if (exp >= 0x1f) return sign | 0x7c00;
+  let shift = 13;
+  let half;
+  if (exp <= 0) {
+    if (exp < -10) return sign;
+    mant |= 0x800000;
+    shift = 14 - exp;
+    half = mant >>> shift;
+  } else {
+    half = (exp << 10) | (mant >>> 13);
+  }
+  const rem = mant & ((1 << shift) - 1);
+  const halfway = 1 << (shift - 1);
+  if (rem > halfway || (rem === halfway && (half & 1))) half += 1;
+  return sign | half;
+}
+function fromHalf(h) {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >>> 10) & 0x1f;
+  const mant = h & 0x3ff;
+  if (exp === 0) return sign * mant * 2 ** -24;
+  if (exp === 0x1f) return mant ? NaN : sign * Infinity;
+  return sign * (1 + mant / 1024) * 2 ** (exp - 15);
+}
+function toBfloat16(value) {
+  f32[0] = value;
+  const x = u32[0];
+  return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+}
+function fromBfloat16(h) {
+  u32[0] = (h << 16) >>> 0;
+  return f32[0];
+}
+
+// float32 tensors from a compressed payload (specs say float32 and the shape).
+function decodeCompressed(encoding, specs, payload) {
+  let offset = 0;
+  const out = specs.map((spec) => {
+    const n = spec.shape.reduce((a, b) => a * b, 1);
+    const values = new Float32Array(n);
+    if (encoding === 'ENCODING_FLOAT16' || encoding === 'ENCODING_BFLOAT16') {
+      const widen = encoding === 'ENCODING_FLOAT16' ? fromHalf : fromBfloat16;
+      for (let i = 0; i < n; i++) values[i] = widen(payload.readUInt16LE(offset + 2 * i));
+      offset += 2 * n;
+    } else if (encoding === 'ENCODING_INT8') {
+      const scale = payload.readFloatLE(offset);
+      for (let i = 0; i < n; i++) values[i] = payload.readInt8(offset + 4 + i) * scale;
+      offset += 4 + n;
+    } else {
+      throw new Error(`encoding ${encoding} not handled by this client`);
+    }
+    return values;
+  });
+  if (offset !== payload.length) throw new Error(`${encoding} payload of ${payload.length} bytes`);
+  return out;
+}
+
+// The payload of float32 arrays in `encoding` (float16, bfloat16, int8 or raw).
+function encodeUpdate(encoding, arrays) {
+  if (encoding === 'ENCODING_FLOAT16' || encoding === 'ENCODING_BFLOAT16') {
+    // float16 saturates at +-65504 rather than sending an infinity, as fedstream's encoder
+    const narrow = encoding === 'ENCODING_FLOAT16'
+      ? (v) => toHalf(Math.max(-65504, Math.min(65504, v))) : toBfloat16;
+    const payload = Buffer.alloc(arrays.reduce((n, a) => n + 2 * a.length, 0));
+    let offset = 0;
+    for (const a of arrays) {
+      for (let i = 0; i < a.length; i++, offset += 2) payload.writeUInt16LE(narrow(a[i]), offset);
+    }
+    return payload;
+  }
+  if (encoding === 'ENCODING_INT8') {
+    const payload = Buffer.alloc(arrays.reduce((n, a) => n + 4 + a.length, 0));
+    let offset = 0;
+    for (const a of arrays) {
+      let max = 0;
+      for (let i = 0; i < a.length; i++) max = Math.max(max, Math.abs(a[i]));
+      f32[0] = max / 127;
+      const scale = f32[0];
+      payload.writeFloatLE(scale, offset);
+      offset += 4;
+      for (let i = 0; i < a.length; i++, offset++) {
+        // stochastic rounding: floor(x / scale + u), u uniform in [0, 1): unbiased
+        const q = scale > 0 ? Math.floor(a[i] / scale + Math.random()) : 0;
+        payload.writeInt8(Math.max(-127, Math.min(127, q)), offset);
+      }
+    }
+    return payload;
+  }
+  return encodeFloat32(arrays);
+}
+
+const SENT_ENCODINGS = ['ENCODING_FLOAT16', 'ENCODING_BFLOAT16', 'ENCODING_INT8'];
+
 // Split a payload into typed arrays per the header's specs (little-endian on the wire).
-function decodeTensors(specs, payload) {
+function decodeTensors(specs, payload, encoding = 'ENCODING_RAW') {
+  if (encoding !== 'ENCODING_RAW') return decodeCompressed(encoding, specs, payload);
   let offset = 0;
   return specs.map((spec) => {
     const count = spec.shape.reduce((a, b) => a * b, 1);
@@ -108,12 +217,12 @@ function encodeFloat32(arrays) {
   return payload;
 }
 
-function pushUpdate(coordinator, headerFields, specs, payload) {
+function pushUpdate(coordinator, headerFields, specs, payload, encoding) {
   return new Promise((resolve, reject) => {
     const call = coordinator.PushUpdate((err, reply) => (err ? reject(err) : resolve(reply)));
     call.write({ header: { ...headerFields, tensors: {
       tensors: specs.map((s) => ({ name: s.name, dtype: 'DTYPE_FLOAT32', shape: s.shape })),
-      encoding: 'ENCODING_RAW', total_bytes: payload.length } } });
+      encoding, total_bytes: payload.length } } });
     for (let offset = 0; offset < payload.length; offset += CHUNK_BYTES) {
       call.write({ chunk: { offset, data: payload.subarray(offset, offset + CHUNK_BYTES) } });
     }
@@ -146,7 +255,8 @@ async function main() {
       const { header, payload } = await readTensorStream(
         coordinator.PullWeights({ worker_id: workerId, have_version: version }));
       if (!header.unchanged) {
-        bindWeights(layers, decodeTensors(header.tensors.tensors, payload), inputSize);
+        bindWeights(layers, decodeTensors(header.tensors.tensors, payload,
+          header.tensors.encoding), inputSize);
       }
       version = header.version;
     }
@@ -161,14 +271,16 @@ async function main() {
     const weight = clientWeights.reduce((s, w) => s + w, 0);
     const { grads, loss } = weightedGradient(layers, x, y, y.length, exampleWeights,
       task.input_divisor, task.num_classes);
-    const payload = encodeFloat32(grads);
-    if (args.dumpUpdate) fs.writeFileSync(args.dumpUpdate, payload);
+    if (args.dumpUpdate) fs.writeFileSync(args.dumpUpdate, encodeFloat32(grads));
+    const encoding = SENT_ENCODINGS.includes(task.update_encoding) ? task.update_encoding
+      : 'ENCODING_RAW';
+    const payload = encodeUpdate(encoding, grads);
     const reply = await pushUpdate(coordinator, {
       worker_id: workerId, round: a.round, base_version: version, unit: a.unit,
       client_ids: a.client_ids, weight, num_examples: y.length,
-      metrics: { loss: loss / weight } }, task.update_tensors, payload);
+      metrics: { loss: loss / weight } }, task.update_tensors, payload, encoding);
     done += 1;
-    console.log(`round ${a.round} unit ${a.unit}: pushed ${payload.length} bytes, ` +
+    console.log(`round ${a.round} unit ${a.unit}: pushed ${payload.length} bytes ${encoding}, ` +
                 `accepted=${reply.accepted}, now version ${reply.version}`);
   }
   if (done >= args.units) await unary(coordinator, 'Leave', { worker_id: workerId });
@@ -176,7 +288,11 @@ async function main() {
   datapool.close();
 }
 
-main().catch((err) => {
-  console.error(`fedstream node worker: ${err.message}`);
-  process.exit(1);
-});
+if (require.main === module) {
+  main().catch((err) => {
+    console.error(`fedstream node worker: ${err.message}`);
+    process.exit(1);
+  });
+}
+
+module.exports = { encodeUpdate, decodeTensors };

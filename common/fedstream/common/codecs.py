@@ -21,6 +21,7 @@ from fedstream.common.errors import InvalidArgument, ResourceExhausted
 from fedstream.common.tensors import CHUNK_BYTES, MAX_TENSOR_SET_BYTES, TensorSpec, unpack
 
 BLOCK = 256  # values per scale in int8-block
+HALF_MAX = 65504.0  # the largest finite float16
 F32 = np.dtype("<f4")
 
 
@@ -90,7 +91,8 @@ def encode(encoding: Encoding, arrays: Sequence[np.ndarray], *,
         if encoding is Encoding.RAW:
             parts.append(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
         elif encoding is Encoding.FLOAT16:
-            parts.append(flat.astype("<f2").tobytes())
+            # beyond float16's range a value saturates at +-65504 rather than becoming Inf
+            parts.append(np.clip(flat, -HALF_MAX, HALF_MAX).astype("<f2").tobytes())
         elif encoding is Encoding.BFLOAT16:
             bits = flat.view("<u4").astype(np.uint64)
             rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
