@@ -141,8 +141,11 @@ def decode(encoding: Encoding, specs: Sequence[TensorSpec],
         if encoding in (Encoding.FLOAT16, Encoding.BFLOAT16):
             raw = np.frombuffer(view, "<u2", n, offset)
             offset += 2 * n
-            values = (raw.view("<f2").astype(F32) if encoding is Encoding.FLOAT16
-                      else (raw.astype(np.uint32) << 16).view(F32))
+            if encoding is Encoding.FLOAT16:
+                values = raw.view("<f2").astype(F32)
+            else:  # the 16 bits become the upper half of each little-endian float32
+                values = np.zeros(n, F32)
+                values.view("<u2")[1::2] = raw
         elif encoding in (Encoding.INT8, Encoding.INT8_BLOCK):
             block = n if encoding is Encoding.INT8 else BLOCK
             blocks = (max(1, math.ceil(n / block)) if n else 0)
@@ -152,9 +155,9 @@ def decode(encoding: Encoding, specs: Sequence[TensorSpec],
             if not np.all(np.isfinite(scales) & (scales >= 0)):
                 raise InvalidArgument(f"tensor {spec.name!r}: int8 scales must be finite and "
                                       ">= 0")
-            if np.any(q == -128):
+            if n and q.min() == -128:
                 raise InvalidArgument(f"tensor {spec.name!r}: int8 values lie in [-127, 127]")
-            values = q.astype(F32) * np.repeat(scales, block)[:n] if n else np.zeros(0, F32)
+            values = _dequantize(q, scales, block)
         else:
             values, offset = _decode_topk(spec, n, view, offset)
         out.append(values.reshape(spec.shape))
@@ -162,6 +165,17 @@ def decode(encoding: Encoding, specs: Sequence[TensorSpec],
         raise InvalidArgument(f"{encoding.value} payload holds {len(view)} bytes, its tensors "
                               f"use {offset}")
     return out
+
+
+def _dequantize(q: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray:
+    """q * its block's scale, written once into the output (no full-size temporaries)."""
+    values = np.empty(len(q), F32)
+    full = len(q) // block * block if block else 0
+    np.multiply(q[:full].reshape(-1, block), scales[:full // block, None],
+                out=values[:full].reshape(-1, block), dtype=F32)
+    if full < len(q):
+        np.multiply(q[full:], scales[-1], out=values[full:], dtype=F32)
+    return values
 
 
 def _decode_topk(spec: TensorSpec, n: int, view: memoryview,
