@@ -212,3 +212,53 @@ def test_the_int8_example_in_protocol_md():
 
     payload = encode(Encoding.INT8, [np.array([0.5, -1.0], F32)], rng=NoNoise())
     assert payload.hex(" ") == "04 02 01 3c 3f 81"
+
+
+def test_the_weights_delta_chain_does_not_accumulate_rounding():
+    """Small steps sent as float16 changes: the image stays within one float16 rounding of
+    the last change from the weights, while rounding the weights themselves to float16
+    errs by far more, and each image is the previous one plus the decoded change, exactly."""
+    from fedstream.coordinator.weights_image import WeightsImage
+    rng = np.random.default_rng(0)
+    w = [rng.normal(size=(50, 20)).astype(F32)]
+    chain, rounded = WeightsImage(Encoding.FLOAT16, delta=True), WeightsImage(Encoding.FLOAT16,
+                                                                               delta=False)
+    chain.advance(1, w)
+    rounded.advance(1, w)
+    assert chain.delta_from(0) is None
+    for version in range(2, 200):
+        previous = chain.arrays
+        step = (rng.normal(size=(50, 20)) * 1e-4).astype(F32)
+        w = [w[0] + step]
+        chain.advance(version, w)
+        rounded.advance(version, w)
+        change, encoded = chain.delta_from(version - 1)
+        np.testing.assert_array_equal(chain.arrays[0], previous[0] + change[0])
+        assert len(encoded.payload) == 2 * w[0].size
+    chain_error = np.abs(chain.arrays[0] - w[0]).max()
+    assert chain_error <= np.abs(step).max() * 2 ** -10  # one rounding of the last step
+    assert np.abs(rounded.arrays[0] - w[0]).max() > 100 * chain_error
+
+
+def test_weights_deltas_over_grpc_take_the_previous_version_to_the_current_exactly(serve):
+    config = FederationConfig(rounds=3, units=1, server_optimizer="sgd", server_lr=0.1,
+                              weights_encoding="bfloat16", weights_delta=True)
+    federation = Federation(config, tiny_model(), [10] * 4)
+    server = serve(lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
+        CoordinatorServicer(federation), s), [SERVICE_NAME])
+    client = CoordinatorClient(f"127.0.0.1:{server.port}", connect_timeout_s=5)
+    wid, task, _ = client.join("w", "cpu")
+    assert task.weights_delta and task.weights_encoding is Encoding.BFLOAT16
+    first = client.pull_weights(wid, 0)  # nothing held: the whole image in float32
+    assert first.delta_from == 0 and first.wire_bytes == sum(s.nbytes for s in first.specs)
+    a = client.assignment(wid, 1.0)
+    update = [np.full(s.shape, 0.01, F32) for s in task.update_specs]
+    client.push(UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, 4.0, 40), update)
+    second = client.pull_weights(wid, first.version)
+    assert second.delta_from == first.version and second.arrays is None
+    assert second.wire_bytes == sum(s.nbytes for s in second.specs) // 2
+    held = [h + d for h, d in zip(first.arrays, second.delta)]
+    for got, want in zip(held, federation.pull_weights(wid, 0).arrays):
+        np.testing.assert_array_equal(got, want)
+    assert client.pull_weights(wid, 0).delta_from == 0  # too old for a change: whole again
+    client.close()

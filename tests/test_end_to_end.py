@@ -93,21 +93,29 @@ def test_distributed_and_simulate_give_bit_identical_weights(tmp_path):
     assert_nothing_left(out)
 
 
-@pytest.mark.parametrize("encodings", [
-    ["--update-encoding", "int8", "--weights-encoding", "bfloat16"],
-    ["--update-encoding", "topk", "--topk-fraction", "0.05", "--weights-encoding", "float16"],
-], ids=["int8-bfloat16", "topk-float16"])
-def test_compressed_runs_equal_simulate_and_count_their_bytes(tmp_path, encodings):
-    """Stochastic rounding and error feedback draw and keep alike in both run modes."""
+PARAMETERS, TENSORS = 278_410, 6  # the reference MLP
+
+
+@pytest.mark.parametrize("encodings, pushed, pulled", [
+    (["--update-encoding", "int8", "--weights-encoding", "bfloat16"],
+     2 * (PARAMETERS + 4 * TENSORS), [2 * 2 * PARAMETERS] * 4),
+    (["--update-encoding", "topk", "--topk-fraction", "0.05", "--weights-encoding", "float16"],
+     None, [2 * 2 * PARAMETERS] * 4),
+    (["--weights-encoding", "float16", "--weights-delta"],
+     2 * 4 * PARAMETERS, [2 * 4 * PARAMETERS] + [2 * 2 * PARAMETERS] * 3),
+], ids=["int8-bfloat16", "topk-float16", "float16-deltas"])
+def test_compressed_runs_equal_simulate_and_count_their_bytes(tmp_path, encodings, pushed,
+                                                              pulled):
+    """Stochastic rounding, error feedback and the weights' delta chain draw and keep alike
+    in both run modes; two workers' bytes per round (deltas: float32 weights on the first
+    pull, float16 changes after)."""
     out = run_equals_simulate(tmp_path, ["--rounds", "4", *encodings], workers=2)
     rows = metrics(out)
-    parameters, tensors = 278_410, 6
-    pulled = 2 * 2 * parameters  # two workers, 16 bits per weight
-    assert all(r["pull_bytes"] == pulled for r in rows)
-    if "int8" in encodings:
-        assert all(r["push_bytes"] == 2 * (parameters + 4 * tensors) for r in rows)
+    assert [r["pull_bytes"] for r in rows] == pulled
+    if pushed is None:  # top-k: about 5% of the values, 8 bytes each
+        assert all(r["push_bytes"] < 2 * 4 * PARAMETERS * 0.11 for r in rows)
     else:
-        assert all(r["push_bytes"] < 2 * 4 * parameters * 0.11 for r in rows)
+        assert all(r["push_bytes"] == pushed for r in rows)
     assert_nothing_left(out)
 
 

@@ -120,8 +120,11 @@ class CoordinatorClient(_Client):
             specs, _ = serde.header_from_proto(first.header.tensors)
             return Weights(first.header.version, tuple(specs), None)
         header, arrays = serde.read_one(_prepend(first, stream), accept=tuple(Encoding))
-        specs, _ = serde.header_from_proto(header.tensors)
-        return Weights(header.version, tuple(specs), arrays)
+        specs, total = serde.header_from_proto(header.tensors)
+        if header.delta_from:
+            return Weights(header.version, tuple(specs), None, delta_from=header.delta_from,
+                           delta=arrays, wire_bytes=total)
+        return Weights(header.version, tuple(specs), arrays, wire_bytes=total)
 
     @_domain_errors
     def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],

@@ -72,6 +72,7 @@ class Task:
     update_encoding: Encoding = Encoding.RAW  # PushUpdate takes this (and raw)
     topk_fraction: float = 0.01  # top-k: the share of each tensor's values kept
     weights_encoding: Encoding = Encoding.RAW  # what PullWeights sends
+    weights_delta: bool = False  # PullWeights sends the change from the version held
 
 
 @dataclass(frozen=True)
@@ -107,10 +108,15 @@ class PushResult:
 
 @dataclass(frozen=True)
 class Weights:
-    """A version of the center model; `arrays` is None when the caller already holds it."""
+    """A version of the center model as workers hold it: `arrays`, None when the caller
+    already holds it; or, for a caller holding `delta_from`, the change `delta` to add."""
     version: int
     specs: tuple[TensorSpec, ...]
     arrays: list[np.ndarray] | None
+    delta_from: int = 0
+    delta: list[np.ndarray] | None = None
+    encoded_delta: Encoded | None = None  # the change as the wire carries it
+    wire_bytes: int = 0  # what the pull moves: the change, or the whole in its encoding
 
 
 @dataclass(frozen=True)

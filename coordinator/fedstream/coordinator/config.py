@@ -113,6 +113,8 @@ class FederationConfig:
     topk_fraction: float = option(0.01, "topk: the share of each tensor's values sent")
     weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights: raw, "
                                         "float16 or bfloat16")
+    weights_delta: bool = option(False, "send a worker holding the previous version only the "
+                                        "change, in --weights-encoding")
     eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
                                           "reports; a site later than that is left out of "
                                           "that round's row")

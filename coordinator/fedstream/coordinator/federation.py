@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from fedstream.common.codecs import Encoded
+from fedstream.common.codecs import Encoded, Encoding, encoded_size
 from fedstream.common.errors import FailedPrecondition, FedstreamError
 from fedstream.common.protocol import (
     Action,
@@ -119,6 +119,11 @@ class Federation:
     @property
     def model(self) -> keras.Model:
         return self._server.model
+
+    @property
+    def image_encoding(self) -> Encoding:
+        """How a whole version travels so that workers hold its image exactly."""
+        return self._server.image.full_encoding
 
     @property
     def version(self) -> int:
@@ -259,11 +264,21 @@ class Federation:
                      site, result.version, result.loss, result.accuracy, result.num_examples)
 
     def pull_weights(self, worker_id: str, have_version: int) -> Weights:
-        """The current version's pinned weights; arrays None when `have_version` is current."""
+        """The current version as workers hold it (pinned); arrays None when `have_version`
+        is current; with weights deltas, also the change from `have_version` when it is the
+        previous version."""
         with self._cond:
             self._members.touch(worker_id)
-            version, arrays = self.version, self._server.weights
-        return Weights(version, self._specs, None if have_version == version else list(arrays))
+            image = self._server.image
+            version, arrays, delta = image.version, image.arrays, image.delta_from(have_version)
+        if have_version == version:
+            return Weights(version, self._specs, None)
+        if delta is None:
+            return Weights(version, self._specs, list(arrays),
+                           wire_bytes=encoded_size(image.full_encoding, self._specs))
+        change, encoded = delta
+        return Weights(version, self._specs, list(arrays), delta_from=have_version, delta=change,
+                       encoded_delta=encoded, wire_bytes=len(encoded.payload))
 
     # -- updates ---------------------------------------------------------------------------
     @contextlib.contextmanager

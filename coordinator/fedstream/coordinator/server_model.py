@@ -2,7 +2,8 @@
 
 Every version's weights are kept as a read-only snapshot taken when the version is made, so
 pulls, evaluation and checkpoints read a pinned version without holding the coordinator's
-lock and without racing the next server step.
+lock and without racing the next server step; beside them, the image workers pull
+(`WeightsImage`: the weights as the wire's encoding gives them).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import tensorflow as tf
 from fedstream.coordinator.checkpoint import Checkpoint
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.optimizers import make_server_optimizer
+from fedstream.coordinator.weights_image import WeightsImage
 
 
 def _frozen(variables) -> tuple[np.ndarray, ...]:
@@ -36,6 +38,8 @@ class ServerModel:
             lambda step: self.optimizer.apply_gradients(zip(step, self.trainable)))
         self.version = 1
         self.weights = _frozen(model.weights)
+        self.image = WeightsImage(config.weights_encoding, config.weights_delta)
+        self.image.advance(self.version, self.weights)
 
     def apply(self, step: list[np.ndarray]) -> None:
         """One server-optimizer step on the aggregate; a new version."""
@@ -54,6 +58,7 @@ class ServerModel:
     def _advance(self) -> None:
         self.version += 1
         self.weights = _frozen(self.model.weights)
+        self.image.advance(self.version, self.weights)
 
     def optimizer_state(self) -> list[np.ndarray]:
         return [np.array(v.numpy()) for v in self.optimizer.variables]
@@ -74,3 +79,4 @@ class ServerModel:
             variable.assign(value)
         self.version = ckpt.version
         self.weights = _frozen(self.model.weights)
+        self.image.advance(self.version, self.weights, chained=False)

@@ -17,8 +17,8 @@ from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 
 class PackedWeights:
-    """The payload of the latest version pulled, in the task's weights encoding; concurrent
-    pulls of one version pack once."""
+    """The payload of the latest version pulled whole, in the encoding that carries its image
+    exactly; concurrent pulls of one version pack once."""
 
     def __init__(self, encoding: Encoding):
         self.encoding = encoding
@@ -38,7 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation):
         self._federation = federation
         self._identities = WorkerIdentities()
-        self._packed = PackedWeights(federation.task.weights_encoding)
+        self._packed = PackedWeights(federation.image_encoding)
         self._update_encodings = (Encoding.RAW, federation.task.update_encoding)
 
     def _owned(self, worker_id: str) -> str:
@@ -75,10 +75,13 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 version=weights.version, unchanged=True,
                 tensors=serde.header_to_proto(weights.specs, sum(s.nbytes for s in weights.specs))))
             return
-        payload = self._packed.payload(weights)
+        if weights.encoded_delta is not None:
+            payload, encoding = weights.encoded_delta.payload, weights.encoded_delta.encoding
+        else:
+            payload, encoding = self._packed.payload(weights), self._packed.encoding
         header = coordinator_pb2.WeightsMessage(header=coordinator_pb2.WeightsHeader(
-            version=weights.version, unchanged=False, tensors=serde.header_to_proto(
-                weights.specs, len(payload), self._packed.encoding)))
+            version=weights.version, unchanged=False, delta_from=weights.delta_from,
+            tensors=serde.header_to_proto(weights.specs, len(payload), encoding)))
         yield from serde.frame(header, payload, coordinator_pb2.WeightsMessage)
 
     @handles_errors

@@ -63,7 +63,7 @@ class JoinReply(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., client_id_base: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding")
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding", "weights_delta")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +85,7 @@ class Task(_message.Message):
     UPDATE_ENCODING_FIELD_NUMBER: _ClassVar[int]
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_ENCODING_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_DELTA_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     loss: str
     num_classes: int
@@ -106,7 +107,8 @@ class Task(_message.Message):
     update_encoding: _tensor_pb2.Encoding
     topk_fraction: float
     weights_encoding: _tensor_pb2.Encoding
-    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ...) -> None: ...
+    weights_delta: bool
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., weights_delta: _Optional[bool] = ...) -> None: ...
 
 class AssignmentRequest(_message.Message):
     __slots__ = ("worker_id", "wait_ms")
@@ -153,14 +155,16 @@ class PullWeightsRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., have_version: _Optional[int] = ...) -> None: ...
 
 class WeightsHeader(_message.Message):
-    __slots__ = ("version", "unchanged", "tensors")
+    __slots__ = ("version", "unchanged", "tensors", "delta_from")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UNCHANGED_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FROM_FIELD_NUMBER: _ClassVar[int]
     version: int
     unchanged: bool
     tensors: _tensor_pb2.TensorSetHeader
-    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
+    delta_from: int
+    def __init__(self, version: _Optional[int] = ..., unchanged: _Optional[bool] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ..., delta_from: _Optional[int] = ...) -> None: ...
 
 class WeightsMessage(_message.Message):
     __slots__ = ("header", "chunk")

@@ -13,7 +13,8 @@ import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from fedstream.common.codecs import Encoding, encoded_size, roundtrip
+import numpy as np
+
 from fedstream.common.errors import FailedPrecondition, FedstreamError, NotFound, Unavailable
 from fedstream.common.learning import evaluate
 from fedstream.common.protocol import (
@@ -98,6 +99,7 @@ class WorkerLoop:
         self._encoder = UpdateEncoder(self.task)
         self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
         self.version = 0
+        self._held: list[np.ndarray] | None = None  # the weights held, to add a change to
         self._pulled_bytes = 0
         self.units_done = 0
         self._last_push_s = 0.0
@@ -126,7 +128,7 @@ class WorkerLoop:
             self._encoder = UpdateEncoder(task)
         log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
                     self.worker_id, joined.worker_id)
-        self.worker_id, self.task, self.version = joined.worker_id, task, 0
+        self.worker_id, self.task, self.version, self._held = joined.worker_id, task, 0, None
         self._data.base = joined.client_id_base
 
     def _batches(self, client_ids, step) -> list[Batch]:
@@ -190,14 +192,17 @@ class WorkerLoop:
             return
         weights = self._retrying(
             lambda: self._coordinator.pull_weights(self.worker_id, self.version), "pull")
+        if weights.delta is not None and weights.delta_from == self.version and self._held:
+            arrays = [h + d for h, d in zip(self._held, weights.delta)]  # as the coordinator
+        elif weights.arrays is not None:
+            arrays = weights.arrays
+        else:
+            self.version = weights.version
+            return
+        self.computer.set_weights(arrays)
+        self._held = arrays if self.task.weights_delta else None
         self.version = weights.version
-        if weights.arrays is not None:
-            encoding = self.task.weights_encoding
-            # what a network pull decodes, in process too (a no-op on decoded values)
-            arrays = (weights.arrays if encoding is Encoding.RAW
-                      else roundtrip(encoding, weights.arrays))
-            self.computer.set_weights(arrays)
-            self._pulled_bytes += encoded_size(encoding, weights.specs)
+        self._pulled_bytes += weights.wire_bytes
 
     def _evaluate(self) -> None:
         """The site's federated evaluation: the model on the site's held-out examples."""
