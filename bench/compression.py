@@ -10,7 +10,7 @@ loopback (real gRPC, real bytes), on two workloads:
 
 Per round (medians after 3 warm-up rounds): bytes pushed (updates, workers to coordinator)
 and pulled (weights), rounds per second, and the test accuracy after the last round. The
-last rows send weights as bfloat16, or as float16 changes from the version held. Then, per
+last rows send weights as bfloat16, or as bfloat16 changes from the version held. Then, per
 encoding, what decoding the reference model's update allocates, as a multiple of the decoded
 float32 bytes (tracemalloc).
 """
@@ -47,8 +47,8 @@ ENCODINGS = {
     "topk 1%": ["--update-encoding", "topk", "--topk-fraction", "0.01"],
     "topk 10%": ["--update-encoding", "topk", "--topk-fraction", "0.1"],
     "int8 + bfloat16 weights": ["--update-encoding", "int8", "--weights-encoding", "bfloat16"],
-    "int8 + float16 weight deltas": ["--update-encoding", "int8", "--weights-encoding",
-                                     "float16", "--weights-delta"],
+    "int8 + bfloat16 weight deltas": ["--update-encoding", "int8", "--weights-encoding",
+                                      "bfloat16", "--weights-delta"],
 }
 
 
