@@ -119,6 +119,21 @@ def test_compressed_runs_equal_simulate_and_count_their_bytes(tmp_path, encoding
     assert_nothing_left(out)
 
 
+def test_a_private_run_equals_simulate(tmp_path):
+    """Client-level DP: per-client clipping, Poisson sampling and seeded Gaussian noise give
+    the same model in both run modes; epsilon is reported every round."""
+    out = run_equals_simulate(tmp_path, [
+        "--rounds", "4", "--update", "delta", "--model", "2nn", "--normalize",
+        "--client-fraction", "0.2", "--sampling", "poisson", "--dp-clip", "0.5",
+        "--dp-noise-multiplier", "0.8", "--server-optimizer", "sgd", "--server-lr", "1"],
+        workers=2)
+    rows = metrics(out)
+    epsilons = [r["dp_epsilon"] for r in rows]
+    assert epsilons == sorted(epsilons) and epsilons[0] > 0
+    assert len({r["clients"] for r in rows}) > 1  # Poisson: the sample size varies
+    assert_nothing_left(out)
+
+
 def test_worker_count_changes_weights_only_within_float_tolerance(tmp_path):
     """Units change the float summation order. Adam can turn that into steps of up to its
     learning rate on near-zero gradients, so the bound is a fraction of lr * rounds: over

@@ -4,6 +4,7 @@
     fedstream simulate            # the same federation in one process, no network
     fedstream datapool | coordinator | worker   # one service, for separate hosts
     fedstream split --sites 3 --out sites/   # one data set as per-site files
+    fedstream dp-noise --target-epsilon 3 --clients 1000 --rounds 100 --client-fraction 0.02
     fedstream fetch-mnist         # download, verify and cache MNIST
     fedstream status HOST:PORT    # ask a running coordinator where it is
     fedstream health HOST:PORT    # exit 0 when a service reports SERVING
@@ -159,6 +160,25 @@ def _split(args) -> int:
     return 0
 
 
+def _dp_noise(args) -> int:
+    """The noise multiplier for a privacy target, from the accountant the runs use."""
+    import dataclasses
+
+    from fedstream.common.options import from_args
+    from fedstream.coordinator.config import FederationConfig
+    from fedstream.coordinator.privacy import epsilon, noise_for
+    config = from_args(FederationConfig, args, dp_clip=1.0)  # epsilon does not depend on C
+    multiplier = noise_for(args.target_epsilon, config, args.clients, config.rounds)
+    reached = epsilon(dataclasses.replace(config, dp_noise_multiplier=multiplier), args.clients,
+                      config.rounds)
+    print(json.dumps({"noise_multiplier": multiplier, "epsilon": reached,
+                      "delta": config.dp_delta, "rounds": config.rounds,
+                      "clients": args.clients, "client_fraction": config.client_fraction,
+                      "sampling": config.sampling.value,
+                      "accountant": config.dp_accountant.value}))
+    return 0
+
+
 def _status(args) -> int:
     import dataclasses
 
@@ -240,6 +260,14 @@ def build_parser() -> argparse.ArgumentParser:
                                               "examples), one site per value")
     p.add_argument("--out", required=True, help="folder for the <site>.npz files")
     p.set_defaults(handler=_split)
+    from fedstream.coordinator.config import FederationConfig
+    p = sub.add_parser("dp-noise", help="the noise multiplier that keeps a run within a "
+                                        "privacy target (epsilon at --dp-delta)")
+    p.add_argument("--target-epsilon", type=float, required=True)
+    p.add_argument("--clients", type=int, required=True, help="clients in the federation")
+    add_options(p, FederationConfig, only=("rounds", "client_fraction", "min_clients",
+                                           "sampling", "dp_delta", "dp_accountant"))
+    p.set_defaults(handler=_dp_noise)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")

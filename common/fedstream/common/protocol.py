@@ -73,6 +73,7 @@ class Task:
     topk_fraction: float = 0.01  # top-k: the share of each tensor's values kept
     weights_encoding: Encoding = Encoding.RAW  # what PullWeights sends
     weights_delta: bool = False  # PullWeights sends the change from the version held
+    dp_clip: float = 0.0  # > 0: clip every client's update to this L2 norm (client-level DP)
 
 
 @dataclass(frozen=True)

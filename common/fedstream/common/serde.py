@@ -168,6 +168,7 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         per_client_updates=task.per_client, max_tensor_set_bytes=task.max_tensor_set_bytes,
         update_encoding=_ENCODING[task.update_encoding], topk_fraction=task.topk_fraction,
         weights_encoding=_ENCODING[task.weights_encoding], weights_delta=task.weights_delta,
+        dp_clip=task.dp_clip,
         **({} if task.local is None else dict(
             local_epochs=task.local.epochs, local_batch_size=task.local.batch_size,
             client_optimizer=task.local.optimizer, client_lr=task.local.lr,
@@ -185,7 +186,7 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         update_encoding=_lookup(_ENCODING, msg.update_encoding, "update encoding"),
         topk_fraction=msg.topk_fraction,
         weights_encoding=_lookup(_ENCODING, msg.weights_encoding, "weights encoding"),
-        weights_delta=msg.weights_delta,
+        weights_delta=msg.weights_delta, dp_clip=msg.dp_clip,
         local=None if msg.update_kind != coordinator_pb2.UPDATE_KIND_MODEL_DELTA else
         LocalTraining(epochs=msg.local_epochs, batch_size=msg.local_batch_size,
                       optimizer=msg.client_optimizer, lr=msg.client_lr,

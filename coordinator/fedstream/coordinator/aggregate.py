@@ -25,11 +25,16 @@ def weighted_mean_of_sums(partials: Sequence[tuple[Update, float]]) -> list[np.n
     total_weight = sum(w for _, w in partials)
     if total_weight <= 0:
         raise ValueError(f"total weight {total_weight} must be positive")
-    sums = [np.array(a, dtype=np.float32, copy=True) for a in partials[0][0]]
-    for arrays, _ in partials[1:]:
+    return [s / np.float32(total_weight) for s in sum_in_order([a for a, _ in partials])]
+
+
+def sum_in_order(updates: Sequence[Update]) -> list[np.ndarray]:
+    """The float32 sum of updates, added in the given order."""
+    sums = [np.array(a, dtype=np.float32, copy=True) for a in updates[0]]
+    for arrays in updates[1:]:
         for acc, a in zip(sums, arrays):
             acc += a
-    return [s / np.float32(total_weight) for s in sums]
+    return sums
 
 
 def coordinate_median(updates: Sequence[Update]) -> list[np.ndarray]:

@@ -40,6 +40,16 @@ class Mode(str, enum.Enum):
     FEDASYNC = "fedasync"
 
 
+class Sampling(str, enum.Enum):
+    FIXED = "fixed"  # max(min_clients, round(C * N)) clients, without replacement
+    POISSON = "poisson"  # every client independently with probability C
+
+
+class Accountant(str, enum.Enum):
+    RDP = "rdp"
+    PLD = "pld"
+
+
 class Staleness(str, enum.Enum):
     CONSTANT = "constant"
     POLYNOMIAL = "polynomial"
@@ -68,6 +78,19 @@ class FederationConfig:
     client_fraction: float = option(1.0, "share C of the clients sampled each round (seeded)")
     min_clients: int = option(1, "sample at least this many clients per round")
     sampling_seed: int = option(0, "seeds the client sample of each round or unit")
+    sampling: Sampling = option(Sampling.FIXED, "fixed: max(min_clients, C*N) clients without "
+                                "replacement; poisson: each client with probability C (what "
+                                "the DP accountant's Poisson event assumes)")
+    dp_clip: float = option(0.0, "client-level differential privacy: clip every client's "
+                                 "update to this L2 norm (0: off)")
+    dp_noise_multiplier: float = option(0.0, "DP: Gaussian noise of standard deviation "
+                                             "multiplier * clip on the sum of clipped updates")
+    dp_delta: float = option(1e-5, "DP: the delta the accountant reports epsilon at")
+    dp_target_epsilon: float = option(0.0, "DP: end training before a round would take "
+                                           "epsilon past this (0: no limit)")
+    dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
+    dp_seed: int = option(0, "DP: seeds the noise (with the version), so run and simulate "
+                             "add the same")
     server_optimizer: ServerOptimizer = option(ServerOptimizer.ADAM,
                                                "sgd (FedAvg, FedAvgM), adam, adagrad, yogi")
     server_lr: float = option(1e-4, "server learning rate (the reference: Adam 1e-4)")
@@ -120,6 +143,11 @@ class FederationConfig:
                                           "that round's row")
 
     @property
+    def private(self) -> bool:
+        """Client-level DP is on: updates are clipped per client."""
+        return self.dp_clip > 0
+
+    @property
     def site_names(self) -> tuple[str, ...]:
         return tuple(name.strip() for name in self.sites.split(",") if name.strip())
 
@@ -169,6 +197,16 @@ class FederationConfig:
         if self.weights_encoding not in (Encoding.RAW, Encoding.FLOAT16, Encoding.BFLOAT16):
             problems.append(f"weights_encoding={self.weights_encoding.value}: weights travel "
                             "raw, float16 or bfloat16")
+        if self.dp_clip < 0 or self.dp_noise_multiplier < 0 or not 0 < self.dp_delta < 1:
+            problems.append("dp_clip and dp_noise_multiplier must be >= 0, dp_delta in (0, 1)")
+        if self.dp_noise_multiplier > 0 and self.dp_clip == 0:
+            problems.append("DP noise needs --dp-clip: the noise is scaled to the clip")
+        if self.dp_clip > 0 and (self.mode is not Mode.SYNC or self.aggregator is not
+                                 Aggregator.MEAN or self.weighting is not Weighting.UNIFORM):
+            problems.append("client-level DP needs synchronous rounds, the mean aggregator and "
+                            "uniform weighting (every client's clipped update weighs 1)")
+        if self.dp_target_epsilon < 0:
+            problems.append("dp_target_epsilon must be >= 0")
         if not 0 < self.topk_fraction <= 1:
             problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:

@@ -49,13 +49,20 @@ from fedstream.coordinator.federated_eval import FederatedEvaluation, check_resu
 from fedstream.coordinator.membership import Membership
 from fedstream.coordinator.metrics import flatten
 from fedstream.coordinator.policy import RoundPolicy
+from fedstream.coordinator.privacy import PrivacyLedger
 from fedstream.coordinator.reporting import Evaluator, Report, Reporter, step_metrics
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.sites import DataSpec, Sites
 from fedstream.coordinator.task import make_task, rounds_per_pass
 from fedstream.coordinator.units import Contribution, Unit
-from fedstream.coordinator.validation import check_finite, check_specs, check_weight, expected_specs
+from fedstream.coordinator.validation import (
+    check_clipped,
+    check_finite,
+    check_specs,
+    check_weight,
+    expected_specs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,8 @@ class Federation:
                                  on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
                                  background=background_reports or self.sites.federated)
         self._evaluations: list[FederatedEvaluation] = []
+        self._privacy = (PrivacyLedger(config, lambda: len(self.sites.table()[0]))
+                         if config.private else None)
         self._cond = threading.Condition()
         self.phase = "waiting_for_workers"
         self.round = 0
@@ -213,6 +222,8 @@ class Federation:
         self.policy.open(number)
         self._opened_at = self._clock()
         self._cond.notify_all()
+        if self.config.mode is Mode.SYNC and self.policy.due(self._opened_at, self._opened_at):
+            self._step()  # a round without clients closes at once
 
     def assignment(self, worker_id: str, wait_s: float) -> Assignment:
         """The next unit to compute, waiting up to `wait_s` for one: a pending evaluation of
@@ -313,6 +324,8 @@ class Federation:
         client sends instead, is not needed in process."""
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
+            if self.config.private:
+                check_clipped(arrays, len(meta.client_ids), self.config.dp_clip)
             unit = self._admit(meta, [spec_of(s.name, a)
                                       for s, a in zip(self.task.update_specs, arrays)])
             if unit.update is not None:
@@ -350,6 +363,14 @@ class Federation:
             site_workers=self._site_workers() if federated else None)
         self._counts.clear()
         final = self.round >= self.config.rounds
+        if self._privacy is not None and self.config.dp_noise_multiplier > 0:
+            metrics["dp_epsilon"] = self._privacy.spent(self.round)
+            metrics["dp_delta"] = self.config.dp_delta
+            if not final and self._privacy.exhausted(self.round):
+                log.warning("training ends after round %d: one more round would take epsilon "
+                            "past --dp-target-epsilon %g (now %.4g)", self.round,
+                            self.config.dp_target_epsilon, metrics["dp_epsilon"])
+                final = True
         due = self.round % self.eval_every == 0 or final
         evaluation = None
         if federated and due:

@@ -31,6 +31,8 @@ def unit_metrics(reports: Sequence[dict[str, float]]) -> dict[str, float]:
     """One step's worker reports combined: the training loss weighted like the updates,
     byte counts summed, timings (`*_s`) averaged over units."""
     total_weight = sum(r["weight"] for r in reports)
+    if not reports:  # an empty round
+        return {"train_loss": float("nan")}
     out = {"train_loss": sum(r.get("loss", 0.0) * r["weight"] for r in reports) / total_weight}
     for key in sorted({k for r in reports for k in r}):
         values = [float(r[key]) for r in reports if key in r]

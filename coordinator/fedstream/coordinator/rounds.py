@@ -16,6 +16,7 @@ import numpy as np
 
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import UpdateMeta
+from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
 from fedstream.coordinator.units import Contribution, Unit, sample_round
@@ -27,10 +28,20 @@ log = logging.getLogger(__name__)
 class SyncRounds(RoundPolicy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._aggregate = build_aggregator(self.config)
+        self._aggregate = build_aggregator(self.config, self.expected_clients)
         self.round = 0
         self.units: list[Unit] = []
         self._last_unit: dict[str, int] = {}
+
+    def expected_clients(self) -> float:
+        """Clients a round samples on average: what client-level DP divides by."""
+        n = len(self.sites.table()[0])
+        c = self.config
+        if c.client_fraction >= 1:
+            return float(n)
+        if c.sampling is Sampling.POISSON:
+            return c.client_fraction * n
+        return float(min(n, max(c.min_clients, round(c.client_fraction * n))))
 
     def open(self, round_number):
         """Sample over every site's clients; each site's share splits into `units` units."""
@@ -83,7 +94,9 @@ class SyncRounds(RoundPolicy):
         return all(u.update is not None for u in self.units)
 
     def due(self, now, opened_at):
-        """The deadline passed with a quorum of units in."""
+        """The deadline passed with a quorum of units in, or (Poisson) no client was drawn."""
+        if not self.units:
+            return True
         received = sum(u.update is not None for u in self.units)
         deadline = self.config.round_deadline_s
         quorum = self.config.quorum or len(self.units)
@@ -92,6 +105,8 @@ class SyncRounds(RoundPolicy):
     def step(self) -> Step:
         t0 = time.perf_counter()
         received = [u for u in self.units if u.update is not None]
+        if not self.units:  # an empty Poisson sample: nothing to learn, nothing released
+            return Step([], {"stragglers": 0, "empty_round": 1})
         stragglers = len(self.units) - len(received)
         if stragglers:
             log.warning("round %d closes at its deadline without %d unit(s): their updates "

@@ -8,7 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import FederationConfig, Sampling
 from fedstream.coordinator.sites import POOL_SITE
 
 
@@ -47,12 +47,15 @@ class Unit:
 
 def sample_round(config: FederationConfig, client_ids: np.ndarray,
                  round_number: int) -> np.ndarray:
-    """A round's clients out of every site's (`client_ids`, sorted), sorted: all of them, or a
-    seeded sample of max(min_clients, round(C * N)) that depends only on (sampling seed,
-    round) and the client table."""
+    """A round's clients out of every site's (`client_ids`, sorted), sorted: all of them, a
+    seeded sample of max(min_clients, round(C * N)), or (Poisson) each client with
+    probability C; it depends only on (sampling seed, round) and the client table."""
     if config.client_fraction >= 1:
         return client_ids
     n = len(client_ids)
+    if config.sampling is Sampling.POISSON:
+        rng = np.random.default_rng([config.sampling_seed, round_number])
+        return client_ids[rng.random(n) < config.client_fraction]
     k = min(n, max(config.min_clients, round(config.client_fraction * n)))
     rng = np.random.default_rng([config.sampling_seed, round_number])
     return client_ids[np.sort(rng.choice(n, size=k, replace=False))]

@@ -63,7 +63,7 @@ class JoinReply(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., client_id_base: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding", "weights_delta")
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding", "weights_delta", "dp_clip")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +86,7 @@ class Task(_message.Message):
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_ENCODING_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_DELTA_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     loss: str
     num_classes: int
@@ -108,7 +109,8 @@ class Task(_message.Message):
     topk_fraction: float
     weights_encoding: _tensor_pb2.Encoding
     weights_delta: bool
-    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., weights_delta: _Optional[bool] = ...) -> None: ...
+    dp_clip: float
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., weights_delta: _Optional[bool] = ..., dp_clip: _Optional[float] = ...) -> None: ...
 
 class AssignmentRequest(_message.Message):
     __slots__ = ("worker_id", "wait_ms")

@@ -9,6 +9,7 @@ previous push), so the coordinator's per-round metrics show the split without gu
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,6 +28,7 @@ from fedstream.common.protocol import (
 )
 from fedstream.worker.compression import UpdateEncoder
 from fedstream.worker.computers import make_computer
+from fedstream.worker.privacy import clip_and_sum
 from fedstream.worker.site import SiteClients, check_pool_site
 
 log = logging.getLogger(__name__)
@@ -95,7 +97,7 @@ class WorkerLoop:
                  f"{joined.client_id_base + summary.num_clients - 1})" if site else "",
                  self.task.update_kind.value, self.task.rounds)
         self._data = SiteClients(data, summary, joined.client_id_base)
-        self.computer = make_computer(self.task, device)
+        self.computer = self._make_computer(self.task)
         self._encoder = UpdateEncoder(self.task)
         self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
         self.version = 0
@@ -116,6 +118,11 @@ class WorkerLoop:
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
 
+    def _make_computer(self, task):
+        """With client-level DP the computer gives every client's update, to be clipped."""
+        return make_computer(dataclasses.replace(task, per_client=True) if task.dp_clip > 0
+                             else task, self._device)
+
     def _join(self):
         return self._coordinator.join(self._name, self._device, self._site, self._site_data)
 
@@ -123,7 +130,7 @@ class WorkerLoop:
         joined = self._retrying(self._join, "join")
         task = joined.task
         if task.model_json != self.task.model_json or task.update_specs != self.task.update_specs:
-            self.computer = make_computer(task, self._device)
+            self.computer = self._make_computer(task)
         if task.update_encoding != self.task.update_encoding:
             self._encoder = UpdateEncoder(task)
         log.warning("the coordinator forgot worker %s (it restarted?): joined again as %s",
@@ -161,6 +168,8 @@ class WorkerLoop:
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
         update = self.computer.compute(batches, a.round)
+        if self.task.dp_clip > 0:
+            update = clip_and_sum(update, self.task.dp_clip)
         arrays, encoded = self._encoder.encode(update.arrays, a.client_ids, a.round)
         if self._delay_s:
             time.sleep(self._delay_s)
