@@ -29,6 +29,7 @@ class GradientComputer(UpdateComputer):
         super().__init__(task, device)
         self.max_examples_per_call = max_examples_per_call
         self._step = tf.function(self._weighted_gradient, reduce_retracing=True)
+        self._jacobian = tf.function(self._vectorised_client_gradients, reduce_retracing=True)
 
     def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
         if self.task.per_client:
@@ -51,16 +52,45 @@ class GradientComputer(UpdateComputer):
 
     def _per_client(self, batches: Sequence[Batch]) -> UnitUpdate:
         """Each client's own mean-loss gradient, stacked [clients, ...]: robust aggregators
-        look at clients one by one, so nothing may be summed here."""
-        per_client, losses = [], []
+        and client-level DP look at clients one by one, so nothing may be summed here.
+        Clients with batches of one size are computed together, one program vectorised over
+        them (`tf.vectorized_map`), at most `max_examples_per_call` examples a call."""
+        order = sorted(range(len(batches)), key=lambda i: len(batches[i].y))
+        per_client: list = [None] * len(batches)
+        losses = np.zeros(len(batches), np.float64)
         with tf.device(self.device):
-            for b in batches:
-                n = len(b.y)
-                grads, loss = self._step(b.x, b.y, np.full(n, 1.0 / n, np.float32))
-                per_client.append([g.numpy() for g in grads])
-                losses.append(float(loss))
-        return UnitUpdate(stack_updates(per_client), float(len(batches)), sum(len(b.y) for b in batches),
-                          float(np.mean(losses)))
+            start = 0
+            while start < len(order):
+                n = len(batches[order[start]].y)
+                group = [i for i in order[start:] if len(batches[i].y) == n]
+                group = group[:max(1, self.max_examples_per_call // max(1, n))]
+                x = np.stack([batches[i].x for i in group])
+                y = np.stack([batches[i].y for i in group])
+                grads, client_losses = self._client_gradients(x, y)
+                for k, i in enumerate(group):
+                    per_client[i] = [g[k] for g in grads]
+                    losses[i] = float(client_losses[k])
+                start += len(group)
+        return UnitUpdate(stack_updates(per_client), float(len(batches)),
+                          sum(len(b.y) for b in batches), float(np.mean(losses)))
+
+    def _vectorised_client_gradients(self, x, y):
+        """[clients, B, ...] examples: every client's mean-loss gradient, stacked, one
+        vectorised program over the clients."""
+        def one_client(xy):
+            cx, cy = xy
+            with tf.GradientTape() as tape:
+                outputs = self.model(preprocess(cx, self.task.input_divisor),
+                                     training=self.task.dropout)
+                loss = tf.reduce_mean(per_example_loss(self.task.loss, cy, outputs,
+                                                       self.task.num_classes))
+            return tape.gradient(loss, self._trainable), loss
+
+        return tf.vectorized_map(one_client, (x, y))
+
+    def _client_gradients(self, x: np.ndarray, y: np.ndarray):
+        grads, client_losses = self._jacobian(x, y)
+        return [g.numpy() for g in grads], client_losses.numpy()
 
     def _weighted_gradient(self, x, y, example_weights):
         with tf.GradientTape() as tape:
