@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
+from local_run import local_run
 
 HERE = Path(__file__).resolve().parent
 WARMUP = 3
@@ -53,15 +51,9 @@ ENCODINGS = {
 
 
 def measure(flags: list[str], out: Path) -> dict:
-    argv = [sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", "run", "--out",
-            str(out), "--workers", "2", "--worker-threads", "1", "--quiet", *flags]
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{' '.join(flags)} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows, wall_s = local_run(["--workers", "2", "--worker-threads", "1", "--quiet", *flags], out)
     steady = rows[WARMUP:]
-    return {"wall_s": time.monotonic() - started,
+    return {"wall_s": wall_s,
             "push_bytes": statistics.median(r["push_bytes"] for r in steady),
             "pull_bytes": statistics.median(r["pull_bytes"] for r in steady),
             "rounds_per_s": statistics.median(r["rounds_per_s"] for r in steady),

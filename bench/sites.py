@@ -19,11 +19,10 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from local_run import local_run
 
 HERE = Path(__file__).resolve().parent
 RECIPE = ["--rounds", "30", "--eval-every", "1000", "--worker-threads", "1", "--quiet"]
@@ -34,18 +33,12 @@ SETUPS = {
 WARMUP = 3
 
 
-def measure(name: str, flags: list[str], out: Path) -> dict:
-    argv = [sys.executable, "-m", "fedstream.cli", "--log-level", "WARNING", "run", "--out",
-            str(out), *RECIPE, *flags]
-    started = time.monotonic()
-    done = subprocess.run(argv, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{name} failed:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+def measure(flags: list[str], out: Path) -> dict:
+    rows, wall_s = local_run([*RECIPE, *flags], out)
     steady = rows[WARMUP:]
     per_round = lambda key: statistics.median(r[key] for r in steady)  # noqa: E731
     result = {
-        "wall_s": time.monotonic() - started,
+        "wall_s": wall_s,
         "round_s_median": per_round("round_s"),
         "clients_per_round": rows[-1]["clients"],
         "bytes_per_round": {"data pool -> workers": per_round("fetch_bytes"),
@@ -69,7 +62,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in SETUPS.items():
-            results[name] = measure(name, flags, Path(tmp) / name.replace(" ", "-"))
+            results[name] = measure(flags, Path(tmp) / name.replace(" ", "-"))
             print(name, json.dumps(results[name]), flush=True)
     out = HERE / "results" / "sites.json"
     out.write_text(json.dumps({"machine": platform.platform(), "recipe": RECIPE,
