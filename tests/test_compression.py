@@ -16,7 +16,6 @@ from fedstream.common.codecs import (
     decode,
     encode,
     encoded_size,
-    roundtrip,
     topk_count,
 )
 from fedstream.common.errors import InvalidArgument
@@ -32,6 +31,11 @@ from fedstream.worker.compression import UpdateEncoder
 from conftest import tiny_model, weights_digest
 
 F32 = np.dtype("<f4")
+
+
+def roundtrip(encoding, arrays, **options):
+    """What a receiver decodes from `arrays` sent in `encoding`."""
+    return decode(encoding, specs_of(arrays), encode(encoding, arrays, **options))
 
 
 def tensors(seed=0):

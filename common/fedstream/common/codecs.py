@@ -195,12 +195,6 @@ def _decode_topk(spec: TensorSpec, n: int, view: memoryview,
     return values, offset + 4 + 8 * k
 
 
-def roundtrip(encoding: Encoding, arrays: Sequence[np.ndarray], **options) -> list[np.ndarray]:
-    """What a receiver decodes from `arrays` sent in `encoding`."""
-    specs = [TensorSpec(str(i), F32, tuple(a.shape)) for i, a in enumerate(arrays)]
-    return decode(encoding, specs, encode(encoding, arrays, **options))
-
-
 class TensorSetAssembler:
     """Reassembles one tensor set from chunks into a buffer allocated once from the header,
     and decodes it: raw arrays are views of that buffer."""

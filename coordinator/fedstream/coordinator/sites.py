@@ -170,13 +170,6 @@ class Sites:
                                            for s in sites]))
         return self._table
 
-    def site_of(self, client_id: int) -> Site | None:
-        index = client_id // SITE_STRIDE
-        for site in self._sites.values():
-            if site.index == index and client_id - site.base < len(site.data.client_sizes):
-                return site
-        return None
-
     def check_owned(self, site_name: str, client_ids: Sequence[int]) -> None:
         """A worker of `site_name` may compute only its own site's clients."""
         site = self._sites.get(site_name)
