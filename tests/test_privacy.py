@@ -40,7 +40,8 @@ def test_every_clients_contribution_respects_the_clip():
     clipped_norms = norms * factors
     assert np.all(clipped_norms <= 0.05 * (1 + 1e-6)) and np.any(norms > 0.05)
     assert np.all((factors == 1) == (norms <= 0.05))
-    summed = clip_and_sum(per_client, 0.05)
+    summed, unclipped = clip_and_sum(per_client, 0.05)
+    assert unclipped == int(np.sum(norms <= 0.05))
     for s, a in zip(summed.arrays, per_client.arrays):
         np.testing.assert_allclose(s, np.tensordot(factors, a, axes=1), rtol=1e-5, atol=1e-9)
     assert summed.weight == 8
@@ -49,7 +50,7 @@ def test_every_clients_contribution_respects_the_clip():
 def test_the_noise_has_the_stated_standard_deviation():
     """sigma * C on the sum, then divided by the expected clients: the sample standard
     deviation of 200,000 values is within 1% of it (its relative error is about 0.16%)."""
-    stage = GaussianNoise(clip=2.0, multiplier=1.5, seed=7, expected_clients=lambda: 4.0)
+    stage = GaussianNoise(std=lambda: 1.5 * 2.0, seed=7, expected_clients=lambda: 4.0)
     zeros = Contribution([np.zeros((400, 500), F32)], 4.0, 4, base_version=3)
     (noisy,) = stage([zeros])
     assert abs(noisy.std() / (1.5 * 2.0 / 4.0) - 1) < 0.01 and abs(noisy.mean()) < 0.003
@@ -62,8 +63,7 @@ def test_no_noise_and_every_client_is_the_plain_mean_bit_for_bit():
     contributions = [Contribution([rng.normal(size=(30, 7)).astype(F32)], 5.0, 5, 2)
                      for _ in range(3)]
     plain = WeightedMean()(contributions)
-    private = GaussianNoise(clip=1.0, multiplier=0.0, seed=0,
-                            expected_clients=lambda: 15.0)(contributions)
+    private = GaussianNoise(std=lambda: 0.0, seed=0, expected_clients=lambda: 15.0)(contributions)
     assert plain[0].tobytes() == private[0].tobytes()
 
 
@@ -160,3 +160,40 @@ def test_the_noise_command_gives_the_smallest_multiplier_for_a_target():
     sigma = out["noise_multiplier"]
     assert independent_epsilon(0.02, sigma, 100, 1e-5) <= 3
     assert independent_epsilon(0.02, sigma * 0.995, 100, 1e-5) > 3
+
+
+def test_adaptive_clipping_splits_the_noise_without_changing_the_privacy():
+    """The count's mechanism (multiplier 2 sigma_b) and the updates' (z_u) compose to
+    exactly the stated z: dp-accounting gives the pair and a single z the same epsilon."""
+    from fedstream.coordinator.privacy import ClipSchedule
+    config = FederationConfig(dp_clip=1.0, dp_noise_multiplier=1.1, dp_target_quantile=0.5,
+                              dp_quantile_noise=2.0)
+    schedule = ClipSchedule(config, lambda: 40.0)
+    z_u = schedule.update_multiplier()
+    assert z_u > 1.1 and schedule.noise_std() == pytest.approx(z_u * 1.0)
+
+    def eps(event):
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(event, 50)
+        return accountant.get_epsilon(1e-5)
+
+    pair = dp_accounting.ComposedDpEvent([dp_accounting.GaussianDpEvent(z_u),
+                                          dp_accounting.GaussianDpEvent(2 * 2.0)])
+    assert eps(pair) == pytest.approx(eps(dp_accounting.GaussianDpEvent(1.1)), rel=1e-6)
+    with pytest.raises(ValueError, match="raise --dp-quantile-noise"):
+        ClipSchedule(FederationConfig(dp_clip=1.0, dp_noise_multiplier=3.0,
+                                      dp_target_quantile=0.5, dp_quantile_noise=1.0),
+                     lambda: 40.0).update_multiplier()
+
+
+@pytest.mark.parametrize("start", [0.01, 5.0])
+def test_the_adaptive_clip_moves_to_the_target_quantile_of_update_norms(start):
+    """From a clip far below or above the clients' update norms, the clip moves until about
+    half of the clients' updates are within it (the workers clip with the round's clip)."""
+    fed, rows = run_private(rounds=40, dp_clip=start, dp_noise_multiplier=0.5,
+                            dp_target_quantile=0.5, dp_clip_lr=0.5)
+    clips = [r["dp_clip"] for r in rows]
+    fractions = [r["dp_unclipped_fraction"] for r in rows]
+    assert clips[0] == start and 0.05 < clips[-1] < 2.0  # the norms' median is about 0.35
+    assert 0.2 < np.mean(fractions[-10:]) < 0.8
+    assert fed.policy.clip == pytest.approx(clips[-1] * np.exp(-0.5 * (fractions[-1] - 0.5)))

@@ -84,6 +84,7 @@ class Assignment:
     unit: int = 0
     client_ids: tuple[int, ...] = ()
     step: int = 0
+    dp_clip: float = 0.0  # client-level DP: this round's clip; 0: the task's
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class UpdateMeta:
     weight: float
     num_examples: int
     metrics: dict[str, float] = field(default_factory=dict)
+    unclipped_clients: int = 0  # client-level DP: clients whose update was within the clip
 
 
 @dataclass(frozen=True)

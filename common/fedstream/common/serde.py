@@ -195,13 +195,14 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
 
 def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:
     return coordinator_pb2.Assignment(action=_ACTION[a.action], round=a.round, version=a.version,
-                                      unit=a.unit, client_ids=list(a.client_ids), step=a.step)
+                                      unit=a.unit, client_ids=list(a.client_ids), step=a.step,
+                                      dp_clip=a.dp_clip)
 
 
 def assignment_from_proto(msg: coordinator_pb2.Assignment) -> Assignment:
     return Assignment(action=_lookup(_ACTION, msg.action, "assignment action"), round=msg.round,
                       version=msg.version, unit=msg.unit, client_ids=tuple(msg.client_ids),
-                      step=msg.step)
+                      step=msg.step, dp_clip=msg.dp_clip)
 
 
 def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec], total_bytes: int,
@@ -210,13 +211,15 @@ def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec], total_by
         worker_id=meta.worker_id, round=meta.round, base_version=meta.base_version,
         unit=meta.unit, client_ids=list(meta.client_ids), weight=meta.weight,
         num_examples=meta.num_examples, metrics=meta.metrics,
+        unclipped_clients=meta.unclipped_clients,
         tensors=header_to_proto(specs, total_bytes, encoding))
 
 
 def update_meta_from_proto(msg: coordinator_pb2.UpdateHeader) -> UpdateMeta:
     return UpdateMeta(worker_id=msg.worker_id, round=msg.round, base_version=msg.base_version,
                       unit=msg.unit, client_ids=tuple(msg.client_ids), weight=msg.weight,
-                      num_examples=msg.num_examples, metrics=dict(msg.metrics))
+                      num_examples=msg.num_examples, metrics=dict(msg.metrics),
+                      unclipped_clients=msg.unclipped_clients)
 
 
 def push_result_to_proto(r: PushResult) -> coordinator_pb2.PushUpdateReply:

@@ -88,6 +88,13 @@ class FederationConfig:
     dp_delta: float = option(1e-5, "DP: the delta the accountant reports epsilon at")
     dp_target_epsilon: float = option(0.0, "DP: end training before a round would take "
                                            "epsilon past this (0: no limit)")
+    dp_target_quantile: float = option(0.0, "DP, adaptive clipping (Andrew et al. 2021): the "
+                                            "clip follows this quantile of the clients' update "
+                                            "norms, estimated privately (0: --dp-clip fixed)")
+    dp_clip_lr: float = option(0.2, "adaptive clipping: the clip's geometric learning rate")
+    dp_quantile_noise: float = option(0.0, "adaptive clipping: standard deviation of the "
+                                           "noise on the count of unclipped clients (0: "
+                                           "expected clients per round / 20)")
     dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
     dp_seed: int = option(0, "DP: seeds the noise (with the version), so run and simulate "
                              "add the same")
@@ -205,6 +212,11 @@ class FederationConfig:
                                  Aggregator.MEAN or self.weighting is not Weighting.UNIFORM):
             problems.append("client-level DP needs synchronous rounds, the mean aggregator and "
                             "uniform weighting (every client's clipped update weighs 1)")
+        if not 0 <= self.dp_target_quantile < 1 or self.dp_clip_lr <= 0:
+            problems.append("dp_target_quantile must be in [0, 1) and dp_clip_lr > 0")
+        if self.dp_target_quantile and not self.dp_noise_multiplier:
+            problems.append("adaptive clipping estimates the quantile privately: it needs "
+                            "--dp-noise-multiplier")
         if self.dp_target_epsilon < 0:
             problems.append("dp_target_epsilon must be >= 0")
         if not 0 < self.topk_fraction <= 1:

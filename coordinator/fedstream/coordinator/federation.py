@@ -246,7 +246,7 @@ class Federation:
                 if unit is not None:
                     return Assignment(Action.TRAIN, round=self.round, version=self.version,
                                       unit=unit.index, client_ids=unit.client_ids,
-                                      step=self.policy.step_of(unit))
+                                      step=self.policy.step_of(unit), dp_clip=self.policy.clip)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return Assignment(Action.WAIT, round=self.round, version=self.version)
@@ -325,7 +325,7 @@ class Federation:
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
             if self.config.private:
-                check_clipped(arrays, len(meta.client_ids), self.config.dp_clip)
+                check_clipped(arrays, len(meta.client_ids), self.policy.clip)
             unit = self._admit(meta, [spec_of(s.name, a)
                                       for s, a in zip(self.task.update_specs, arrays)])
             if unit.update is not None:
@@ -336,7 +336,8 @@ class Federation:
             contribution = Contribution([np.asarray(a) for a in arrays], float(meta.weight),
                                         len(meta.client_ids), meta.base_version,
                                         {**meta.metrics, "weight": float(meta.weight),
-                                         "examples": meta.num_examples})
+                                         "examples": meta.num_examples,
+                                         "unclipped": meta.unclipped_clients})
             if (self.policy.receive(unit, contribution)
                     or self.policy.due(self._clock(), self._opened_at)):
                 self._step()

@@ -66,27 +66,29 @@ class GaussianNoise(Aggregator):
     clients per round, a constant, so the released step hides whether one client took part.
     The noise is drawn from (seed, version), so both run modes add the same."""
 
-    def __init__(self, clip: float, multiplier: float, seed: int,
+    def __init__(self, std: Callable[[], float], seed: int,
                  expected_clients: Callable[[], float]):
-        self._std = clip * multiplier
+        self._std = std  # multiplier * this round's clip
         self._seed = seed
         self._expected = expected_clients
 
     def __call__(self, contributions):
         total = aggregate.sum_in_order([c.arrays for c in contributions])
         rng = np.random.default_rng([self._seed, contributions[0].base_version])
-        if self._std > 0:
+        std = self._std()
+        if std > 0:
             for t in total:
-                t += rng.normal(0.0, self._std, t.shape).astype(np.float32)
+                t += rng.normal(0.0, std, t.shape).astype(np.float32)
         return [t / np.float32(self._expected()) for t in total]
 
 
 def build_aggregator(config: FederationConfig,
-                     expected_clients: Callable[[], float] | None = None) -> Aggregator:
-    """The pipeline a configuration asks for; DP needs the expected clients per round."""
+                     expected_clients: Callable[[], float] | None = None,
+                     noise_std: Callable[[], float] | None = None) -> Aggregator:
+    """The pipeline a configuration asks for; DP needs the expected clients per round and
+    the noise's standard deviation."""
     if config.private:
-        return GaussianNoise(config.dp_clip, config.dp_noise_multiplier, config.dp_seed,
-                             expected_clients)
+        return GaussianNoise(noise_std, config.dp_seed, expected_clients)
     rule = config.aggregator
     if rule is Rule.MEDIAN:
         inner: Aggregator = PerClient(aggregate.coordinate_median)

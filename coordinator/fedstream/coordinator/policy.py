@@ -56,6 +56,11 @@ class RoundPolicy(abc.ABC):
     def receive(self, unit: Unit, contribution: Contribution) -> bool:
         """Store an admitted unit's update; True when a server step is due."""
 
+    @property
+    def clip(self) -> float:
+        """Client-level DP: the clip of the open round (0: off)."""
+        return self.config.dp_clip
+
     def due(self, now: float, opened_at: float) -> bool:
         """A server step is due without a new update (a deadline passed)."""
         return False

@@ -17,6 +17,8 @@ import dataclasses
 import functools
 from typing import Callable
 
+import numpy as np
+
 from fedstream.coordinator.config import Accountant, FederationConfig, Sampling
 
 
@@ -97,3 +99,48 @@ def noise_for(target_epsilon: float, config: FederationConfig, n_clients: int,
         mid = (lo + hi) / 2
         lo, hi = (lo, mid) if spent(mid) <= target_epsilon else (mid, hi)
     return hi
+
+
+class ClipSchedule:
+    """The clip of each round and the noise on the updates' sum. Fixed: --dp-clip C and
+    noise z * C. Adaptive (--dp-target-quantile gamma, Andrew et al., NeurIPS 2021): each
+    round the workers count the clients whose update was within the clip; the coordinator
+    adds Gaussian noise of standard deviation sigma_b to that count, and moves the clip
+    geometrically toward the gamma quantile of the update norms:
+    C <- C * exp(-eta * (noisy fraction - gamma)). The count is a second Gaussian mechanism
+    (sensitivity 1/2 after centring), so the updates' noise multiplier is lowered to
+    z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 and the pair together is exactly as private as one
+    mechanism of multiplier z, which is what the accountant counts."""
+
+    def __init__(self, config: FederationConfig, expected_clients: Callable[[], float]):
+        self._config = config
+        self._expected = expected_clients
+        self.value = config.dp_clip
+
+    @property
+    def adaptive(self) -> bool:
+        return self._config.dp_target_quantile > 0
+
+    def count_noise(self) -> float:
+        return self._config.dp_quantile_noise or self._expected() / 20
+
+    def update_multiplier(self) -> float:
+        z = self._config.dp_noise_multiplier
+        if not self.adaptive or z == 0:
+            return z
+        sigma_b = self.count_noise()
+        if 2 * sigma_b <= z:
+            raise ValueError(f"adaptive clipping needs 2 * dp_quantile_noise ({2 * sigma_b:g}) "
+                             f"above the noise multiplier ({z:g}): raise --dp-quantile-noise")
+        return (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
+
+    def noise_std(self) -> float:
+        """The standard deviation of the noise on this round's sum of clipped updates."""
+        return self.update_multiplier() * self.value
+
+    def update(self, unclipped: int, rng) -> float:
+        """After a round: the noisy fraction of clients within the clip; the clip moves."""
+        fraction = (unclipped + rng.normal(0.0, self.count_noise())) / self._expected()
+        self.value *= float(np.exp(-self._config.dp_clip_lr *
+                                   (fraction - self._config.dp_target_quantile)))
+        return fraction

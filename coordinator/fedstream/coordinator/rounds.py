@@ -19,6 +19,7 @@ from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
+from fedstream.coordinator.privacy import ClipSchedule
 from fedstream.coordinator.units import Contribution, Unit, sample_round
 from fedstream.coordinator.validation import check_claim
 
@@ -28,7 +29,9 @@ log = logging.getLogger(__name__)
 class SyncRounds(RoundPolicy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._aggregate = build_aggregator(self.config, self.expected_clients)
+        self._clips = ClipSchedule(self.config, self.expected_clients)
+        self._aggregate = build_aggregator(self.config, self.expected_clients,
+                                           self._clips.noise_std)
         self.round = 0
         self.units: list[Unit] = []
         self._last_unit: dict[str, int] = {}
@@ -113,8 +116,16 @@ class SyncRounds(RoundPolicy):
                         "will be refused", self.round, stragglers)
         mean = self._aggregate([u.update for u in received])
         t1 = time.perf_counter()
+        version = self.model.version
         self.model.apply(mean)
-        return Step(received, {"stragglers": stragglers, "aggregate_s": t1 - t0,
+        privacy = {}
+        if self._clips.adaptive:
+            clip = self._clips.value
+            unclipped = sum(int(u.update.metrics.get("unclipped", 0)) for u in received)
+            rng = np.random.default_rng([self.config.dp_seed, version, 1])
+            privacy = {"dp_clip": clip,
+                       "dp_unclipped_fraction": self._clips.update(unclipped, rng)}
+        return Step(received, {**privacy, "stragglers": stragglers, "aggregate_s": t1 - t0,
                                "apply_s": time.perf_counter() - t1})
 
     def release(self, worker_id):
@@ -125,9 +136,15 @@ class SyncRounds(RoundPolicy):
     def close(self):
         self.units = []
 
+    @property
+    def clip(self):
+        return self._clips.value
+
     def state(self):
-        """Nothing beyond the model's round and version: a round's units are resampled."""
-        return {}
+        """Beyond the model's round and version (a round's units are resampled): the clip,
+        which adaptive clipping moves."""
+        return {"dp_clip": self._clips.value} if self._clips.adaptive else {}
 
     def restore(self, state):
         """See `state`."""
+        self._clips.value = float(state.get("dp_clip", self._clips.value))

@@ -121,7 +121,7 @@ class AssignmentRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "round", "version", "unit", "client_ids", "step")
+    __slots__ = ("action", "round", "version", "unit", "client_ids", "step", "dp_clip")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACTION_UNSPECIFIED: _ClassVar[Assignment.Action]
@@ -140,13 +140,15 @@ class Assignment(_message.Message):
     UNIT_FIELD_NUMBER: _ClassVar[int]
     CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
+    DP_CLIP_FIELD_NUMBER: _ClassVar[int]
     action: Assignment.Action
     round: int
     version: int
     unit: int
     client_ids: _containers.RepeatedScalarFieldContainer[int]
     step: int
-    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ...) -> None: ...
+    dp_clip: float
+    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ...) -> None: ...
 
 class PullWeightsRequest(_message.Message):
     __slots__ = ("worker_id", "have_version")
@@ -177,7 +179,7 @@ class WeightsMessage(_message.Message):
     def __init__(self, header: _Optional[_Union[WeightsHeader, _Mapping]] = ..., chunk: _Optional[_Union[_tensor_pb2.Chunk, _Mapping]] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("worker_id", "round", "base_version", "unit", "client_ids", "weight", "num_examples", "metrics", "tensors")
+    __slots__ = ("worker_id", "round", "base_version", "unit", "client_ids", "weight", "num_examples", "metrics", "tensors", "unclipped_clients")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +196,7 @@ class UpdateHeader(_message.Message):
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     TENSORS_FIELD_NUMBER: _ClassVar[int]
+    UNCLIPPED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     round: int
     base_version: int
@@ -203,7 +206,8 @@ class UpdateHeader(_message.Message):
     num_examples: int
     metrics: _containers.ScalarMap[str, float]
     tensors: _tensor_pb2.TensorSetHeader
-    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., weight: _Optional[float] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ...) -> None: ...
+    unclipped_clients: int
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., base_version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., weight: _Optional[float] = ..., num_examples: _Optional[int] = ..., metrics: _Optional[_Mapping[str, float]] = ..., tensors: _Optional[_Union[_tensor_pb2.TensorSetHeader, _Mapping]] = ..., unclipped_clients: _Optional[int] = ...) -> None: ...
 
 class UpdateMessage(_message.Message):
     __slots__ = ("header", "chunk")

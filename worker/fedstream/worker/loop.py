@@ -168,8 +168,9 @@ class WorkerLoop:
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
         update = self.computer.compute(batches, a.round)
+        unclipped = 0
         if self.task.dp_clip > 0:
-            update = clip_and_sum(update, self.task.dp_clip)
+            update, unclipped = clip_and_sum(update, a.dp_clip or self.task.dp_clip)
         arrays, encoded = self._encoder.encode(update.arrays, a.client_ids, a.round)
         if self._delay_s:
             time.sleep(self._delay_s)
@@ -182,7 +183,8 @@ class WorkerLoop:
                      "pull_bytes": self._pulled_bytes,
                      "fetch_bytes": sum(b.x.nbytes + b.y.nbytes for b in batches),
                      "push_bytes": (sum(g.nbytes for g in arrays) if encoded is None
-                                    else len(encoded.payload))})
+                                    else len(encoded.payload))},
+            unclipped_clients=unclipped)
         self._pulled_bytes = 0
         try:
             self._retrying(lambda: self._coordinator.push(meta, arrays, encoded=encoded), "push")

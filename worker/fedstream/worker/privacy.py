@@ -19,9 +19,11 @@ def clip_factors(stacked: list[np.ndarray], clip: float) -> np.ndarray:
     return np.minimum(1.0, clip / np.maximum(norms, 1e-30))
 
 
-def clip_and_sum(update: UnitUpdate, clip: float) -> UnitUpdate:
+def clip_and_sum(update: UnitUpdate, clip: float) -> tuple[UnitUpdate, int]:
     """A per-client (stacked) update as the sum of its clients' clipped updates, weight 1
-    each."""
-    factors = clip_factors(update.arrays, clip).astype(np.float32)
-    summed = [np.tensordot(factors, a, axes=1).astype(np.float32) for a in update.arrays]
-    return UnitUpdate(summed, float(len(factors)), update.num_examples, update.loss)
+    each, and how many clients were within the clip (adaptive clipping counts them)."""
+    factors = clip_factors(update.arrays, clip)
+    summed = [np.tensordot(factors.astype(np.float32), a, axes=1).astype(np.float32)
+              for a in update.arrays]
+    return (UnitUpdate(summed, float(len(factors)), update.num_examples, update.loss),
+            int(np.sum(factors >= 1.0)))
