@@ -106,18 +106,18 @@ def _wrap(handler, wrap_behavior):
     return handler
 
 
-def _with_caller(handler, name: Identity):
+def _with_caller(handler, identity: Identity):
     def wrap(behavior, streaming):
         if streaming:
             def run(request, context):
-                token = _caller.set(name)
+                token = _caller.set(identity)
                 try:
                     yield from behavior(request, context)
                 finally:
                     _caller.reset(token)
         else:
             def run(request, context):
-                token = _caller.set(name)
+                token = _caller.set(identity)
                 try:
                     return behavior(request, context)
                 finally:

@@ -195,6 +195,16 @@ def _decode_topk(spec: TensorSpec, n: int, view: memoryview,
     return values, offset + 4 + 8 * k
 
 
+def transmit(encoding: Encoding, arrays: Sequence[np.ndarray],
+             **options) -> tuple[Encoded, list[np.ndarray]]:
+    """The payload of float32 `arrays` in `encoding` and what a receiver decodes from it: a
+    sender that must hold exactly what was received (error feedback, weight images) uses
+    the decoded arrays."""
+    payload = encode(encoding, arrays, **options)
+    specs = [TensorSpec(str(i), F32, tuple(a.shape)) for i, a in enumerate(arrays)]
+    return Encoded(encoding, payload), decode(encoding, specs, payload)
+
+
 class TensorSetAssembler:
     """Reassembles one tensor set from chunks into a buffer allocated once from the header,
     and decodes it: raw arrays are views of that buffer."""

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from fedstream.coordinator.config import Accountant, FederationConfig, Sampling
+from fedstream.coordinator.units import fixed_sample_size
 
 
 def _dp_accounting():
@@ -39,8 +40,8 @@ def round_event(config: FederationConfig, n_clients: int):
         return gaussian
     if config.sampling is Sampling.POISSON:
         return dp.PoissonSampledDpEvent(config.client_fraction, gaussian)
-    k = min(n_clients, max(config.min_clients, round(config.client_fraction * n_clients)))
-    return dp.SampledWithoutReplacementDpEvent(n_clients, k, gaussian)
+    return dp.SampledWithoutReplacementDpEvent(n_clients, fixed_sample_size(config, n_clients),
+                                               gaussian)
 
 
 def epsilon(config: FederationConfig, n_clients: int, rounds: int) -> float:

@@ -20,7 +20,7 @@ from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
 from fedstream.coordinator.privacy import ClipSchedule
-from fedstream.coordinator.units import Contribution, Unit, sample_round
+from fedstream.coordinator.units import Contribution, Unit, fixed_sample_size, sample_round
 from fedstream.coordinator.validation import check_claim
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ class SyncRounds(RoundPolicy):
             return float(n)
         if c.sampling is Sampling.POISSON:
             return c.client_fraction * n
-        return float(min(n, max(c.min_clients, round(c.client_fraction * n))))
+        return float(fixed_sample_size(c, n))
 
     def open(self, round_number):
         """Sample over every site's clients; each site's share splits into `units` units."""

@@ -45,6 +45,11 @@ class Unit:
         return self.update is None and (self.leased_to is None or self.lease_deadline < now)
 
 
+def fixed_sample_size(config: FederationConfig, n_clients: int) -> int:
+    """Clients of a fixed-size sample: max(min_clients, round(C * N)), at most N."""
+    return min(n_clients, max(config.min_clients, round(config.client_fraction * n_clients)))
+
+
 def sample_round(config: FederationConfig, client_ids: np.ndarray,
                  round_number: int) -> np.ndarray:
     """A round's clients out of every site's (`client_ids`, sorted), sorted: all of them, a
@@ -56,7 +61,7 @@ def sample_round(config: FederationConfig, client_ids: np.ndarray,
     if config.sampling is Sampling.POISSON:
         rng = np.random.default_rng([config.sampling_seed, round_number])
         return client_ids[rng.random(n) < config.client_fraction]
-    k = min(n, max(config.min_clients, round(config.client_fraction * n)))
+    k = fixed_sample_size(config, n)
     rng = np.random.default_rng([config.sampling_seed, round_number])
     return client_ids[np.sort(rng.choice(n, size=k, replace=False))]
 

@@ -16,8 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-from fedstream.common.codecs import F32, Encoded, Encoding, decode, encode
-from fedstream.common.tensors import TensorSpec
+from fedstream.common.codecs import F32, Encoded, Encoding, transmit
 
 
 class WeightsImage:
@@ -42,14 +41,11 @@ class WeightsImage:
             image = tuple(weights)
         elif self.delta and previous:
             change = [np.asarray(w, F32) - p for w, p in zip(weights, previous)]
-            payload = encode(self.encoding, change)
-            specs = [TensorSpec(str(i), F32, c.shape) for i, c in enumerate(change)]
-            d = decode(self.encoding, specs, payload)
+            encoded, d = transmit(self.encoding, change)
             image = tuple(p + x for p, x in zip(previous, d))
-            self._delta = (version - 1, d, Encoded(self.encoding, payload))
+            self._delta = (version - 1, d, encoded)
         else:
-            specs = [TensorSpec(str(i), F32, w.shape) for i, w in enumerate(weights)]
-            image = tuple(decode(self.encoding, specs, encode(self.encoding, weights)))
+            image = tuple(transmit(self.encoding, weights)[1])
             self._delta = None
         for a in image:
             a.flags.writeable = False

@@ -16,9 +16,8 @@ from typing import Sequence
 
 import numpy as np
 
-from fedstream.common.codecs import F32, Encoded, Encoding, decode, encode
+from fedstream.common.codecs import F32, Encoded, Encoding, transmit
 from fedstream.common.protocol import Task
-from fedstream.common.tensors import TensorSpec
 
 
 class UpdateEncoder:
@@ -40,10 +39,8 @@ class UpdateEncoder:
                 arrays = [a + r for a, r in zip(arrays, self._residuals[client_ids][1])]
         # int8's stochastic rounding: seeded by the unit, so both run modes draw alike
         rng = np.random.default_rng([round_number, len(client_ids), *client_ids[:1]])
-        payload = encode(self.encoding, arrays, rng=rng, topk_fraction=self.fraction)
-        specs = [TensorSpec(str(i), F32, a.shape) for i, a in enumerate(arrays)]
-        decoded = decode(self.encoding, specs, payload)
+        encoded, decoded = transmit(self.encoding, arrays, rng=rng, topk_fraction=self.fraction)
         if self.encoding is Encoding.TOPK:
             self._residuals[client_ids] = (round_number,
                                            [a - d for a, d in zip(arrays, decoded)])
-        return decoded, Encoded(self.encoding, payload)
+        return decoded, encoded
