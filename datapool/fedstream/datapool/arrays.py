@@ -33,8 +33,8 @@ class ArrayKeys:
     y_test: str = "y_test"
 
 
-def load_arrays(path: str | Path, keys: ArrayKeys = ArrayKeys(), num_classes: int = 0,
-                name: str | None = None) -> LabelledData:
+def load_arrays(path: str | Path, keys: ArrayKeys = ArrayKeys(),
+                num_classes: int = 0) -> LabelledData:
     """The four arrays of `path`; labels must be integers in [0, num_classes) (0: one more
     than the largest label seen)."""
     path = Path(path)
@@ -50,7 +50,7 @@ def load_arrays(path: str | Path, keys: ArrayKeys = ArrayKeys(), num_classes: in
             arrays = {field: np.asarray(d[key]) for field, key in wanted.items()}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
         raise DatasetError(f"{path} is not a readable .npz without pickles: {e}") from e
-    return check_labelled(name or path.stem, num_classes, **arrays)
+    return check_labelled(path.stem, num_classes, **arrays)
 
 
 def check_labelled(name: str, num_classes: int, **arrays: np.ndarray) -> LabelledData:

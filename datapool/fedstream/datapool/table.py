@@ -7,6 +7,7 @@ same columns."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,5 +83,4 @@ def load_table(path: str | Path, test_path: str | Path | None, columns: TableCol
     x, y, clients = _examples(path, columns, clients=True)
     xt, yt, _ = _examples(test_path, columns, clients=False)
     data = check_labelled(path.stem, num_classes, x_train=x, y_train=y, x_test=xt, y_test=yt)
-    return LabelledData(data.name, data.x_train, data.y_train, data.x_test, data.y_test,
-                        data.num_classes, client_ids=clients)
+    return dataclasses.replace(data, client_ids=clients)
