@@ -21,10 +21,13 @@ from fedstream.common.protocol import (
     Assignment,
     Batch,
     DatasetSummary,
+    EncryptedShare,
     EvaluationResult,
     FederationStatus,
     Joined,
+    PartyKeys,
     PushResult,
+    RevealedShare,
     SiteData,
     UpdateMeta,
     Weights,
@@ -150,6 +153,27 @@ class CoordinatorClient(_Client):
     def report_evaluation(self, result: EvaluationResult) -> None:
         self._stub.ReportEvaluation(serde.evaluation_to_proto(result), timeout=30.0,
                                     metadata=self._md)
+
+    @_domain_errors
+    def advertise_keys(self, worker_id: str, round_number: int, unit: int,
+                       keys: PartyKeys) -> None:
+        self._stub.AdvertiseKeys(coordinator_pb2.AdvertiseKeysRequest(
+            worker_id=worker_id, round=round_number, unit=unit, share_key=keys.share_key,
+            mask_key=keys.mask_key), timeout=30.0, metadata=self._md)
+
+    @_domain_errors
+    def share_keys(self, worker_id: str, round_number: int, unit: int,
+                   shares: Sequence[EncryptedShare]) -> None:
+        self._stub.ShareKeys(coordinator_pb2.ShareKeysRequest(
+            worker_id=worker_id, round=round_number, unit=unit,
+            shares=serde.shares_to_proto(shares)), timeout=30.0, metadata=self._md)
+
+    @_domain_errors
+    def reveal_shares(self, worker_id: str, round_number: int, unit: int,
+                      shares: Sequence[RevealedShare]) -> None:
+        self._stub.RevealShares(coordinator_pb2.RevealSharesRequest(
+            worker_id=worker_id, round=round_number, unit=unit,
+            shares=serde.revealed_to_proto(shares)), timeout=30.0, metadata=self._md)
 
     @_domain_errors
     def evaluate(self) -> tuple[int, dict[str, float]]:

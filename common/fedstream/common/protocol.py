@@ -29,6 +29,9 @@ class Action(enum.Enum):
     WAIT = "wait"
     STOP = "stop"
     EVALUATE = "evaluate"  # evaluate `version` on the site's held-out examples
+    SHARE_KEYS = "share_keys"  # secure aggregation: share the party's secrets
+    MASK = "mask"  # secure aggregation: push the party's masked input
+    UNMASK = "unmask"  # secure aggregation: reveal shares for the survivors
 
 
 def input_divisor(normalize: bool) -> float:
@@ -74,6 +77,44 @@ class Task:
     weights_encoding: Encoding = Encoding.RAW  # what PullWeights sends
     weights_delta: bool = False  # PullWeights sends the change from the version held
     dp_clip: float = 0.0  # > 0: clip every client's update to this L2 norm (client-level DP)
+    secure_aggregation: bool = False  # updates travel masked; the coordinator sees their sum
+
+
+@dataclass(frozen=True)
+class PartyKeys:
+    """A secure-aggregation party's two X25519 public keys (raw 32 bytes each)."""
+    party: int
+    share_key: bytes
+    mask_key: bytes
+
+
+@dataclass(frozen=True)
+class EncryptedShare:
+    party: int  # the recipient when a party sends it; the sender in a party's inbox
+    ciphertext: bytes
+
+
+@dataclass(frozen=True)
+class RevealedShare:
+    """One party's share of another's secret: its self-mask seed (the owner survived) or
+    its mask key (the owner dropped), never both."""
+    party: int  # the owner
+    self_mask_seed: bytes = b""
+    mask_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class SecureStep:
+    """What a secure-aggregation party needs for one step of its round (party = unit + 1)."""
+    party: int
+    threshold: int = 0
+    roster: tuple[PartyKeys, ...] = ()  # SHARE_KEYS
+    sharers: tuple[int, ...] = ()  # MASK
+    inbox: tuple[EncryptedShare, ...] = ()  # MASK
+    range: float = 0.0  # MASK: fixed point
+    bits: int = 0
+    noise_std: float = 0.0  # MASK: distributed DP
+    survivors: tuple[int, ...] = ()  # UNMASK
 
 
 @dataclass(frozen=True)
@@ -85,6 +126,7 @@ class Assignment:
     client_ids: tuple[int, ...] = ()
     step: int = 0
     dp_clip: float = 0.0  # client-level DP: this round's clip; 0: the task's
+    secure: SecureStep | None = None  # SHARE_KEYS, MASK, UNMASK
 
 
 @dataclass(frozen=True)
@@ -235,6 +277,15 @@ class CoordinatorPort(Protocol):
     def leave(self, worker_id: str) -> None: ...
 
     def report_evaluation(self, result: EvaluationResult) -> None: ...
+
+    def advertise_keys(self, worker_id: str, round_number: int, unit: int,
+                       keys: PartyKeys) -> None: ...
+
+    def share_keys(self, worker_id: str, round_number: int, unit: int,
+                   shares: Sequence[EncryptedShare]) -> None: ...
+
+    def reveal_shares(self, worker_id: str, round_number: int, unit: int,
+                      shares: Sequence[RevealedShare]) -> None: ...
 
 
 class DataPort(Protocol):

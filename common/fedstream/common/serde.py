@@ -18,10 +18,14 @@ from fedstream.common.protocol import (
     Assignment,
     Batch,
     DatasetSummary,
+    EncryptedShare,
     EvaluationResult,
     FederationStatus,
     LocalTraining,
+    PartyKeys,
     PushResult,
+    RevealedShare,
+    SecureStep,
     SiteData,
     Task,
     UpdateKind,
@@ -149,7 +153,10 @@ _WEIGHTING = {Weighting.UNIFORM: coordinator_pb2.CLIENT_WEIGHTING_UNIFORM,
 _ACTION = {Action.TRAIN: coordinator_pb2.Assignment.TRAIN,
            Action.WAIT: coordinator_pb2.Assignment.WAIT,
            Action.STOP: coordinator_pb2.Assignment.STOP,
-           Action.EVALUATE: coordinator_pb2.Assignment.EVALUATE}
+           Action.EVALUATE: coordinator_pb2.Assignment.EVALUATE,
+           Action.SHARE_KEYS: coordinator_pb2.Assignment.SHARE_KEYS,
+           Action.MASK: coordinator_pb2.Assignment.MASK,
+           Action.UNMASK: coordinator_pb2.Assignment.UNMASK}
 
 
 def _lookup(table: dict, code, what: str):
@@ -168,7 +175,7 @@ def task_to_proto(task: Task) -> coordinator_pb2.Task:
         per_client_updates=task.per_client, max_tensor_set_bytes=task.max_tensor_set_bytes,
         update_encoding=_ENCODING[task.update_encoding], topk_fraction=task.topk_fraction,
         weights_encoding=_ENCODING[task.weights_encoding], weights_delta=task.weights_delta,
-        dp_clip=task.dp_clip,
+        dp_clip=task.dp_clip, secure_aggregation=task.secure_aggregation,
         **({} if task.local is None else dict(
             local_epochs=task.local.epochs, local_batch_size=task.local.batch_size,
             client_optimizer=task.local.optimizer, client_lr=task.local.lr,
@@ -187,6 +194,7 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
         topk_fraction=msg.topk_fraction,
         weights_encoding=_lookup(_ENCODING, msg.weights_encoding, "weights encoding"),
         weights_delta=msg.weights_delta, dp_clip=msg.dp_clip,
+        secure_aggregation=msg.secure_aggregation,
         local=None if msg.update_kind != coordinator_pb2.UPDATE_KIND_MODEL_DELTA else
         LocalTraining(epochs=msg.local_epochs, batch_size=msg.local_batch_size,
                       optimizer=msg.client_optimizer, lr=msg.client_lr,
@@ -196,13 +204,52 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
 def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:
     return coordinator_pb2.Assignment(action=_ACTION[a.action], round=a.round, version=a.version,
                                       unit=a.unit, client_ids=list(a.client_ids), step=a.step,
-                                      dp_clip=a.dp_clip)
+                                      dp_clip=a.dp_clip,
+                                      secure=None if a.secure is None
+                                      else _secure_step_to_proto(a.secure))
 
 
 def assignment_from_proto(msg: coordinator_pb2.Assignment) -> Assignment:
     return Assignment(action=_lookup(_ACTION, msg.action, "assignment action"), round=msg.round,
                       version=msg.version, unit=msg.unit, client_ids=tuple(msg.client_ids),
-                      step=msg.step, dp_clip=msg.dp_clip)
+                      step=msg.step, dp_clip=msg.dp_clip,
+                      secure=_secure_step_from_proto(msg.secure) if msg.HasField("secure")
+                      else None)
+
+
+def _secure_step_to_proto(s: SecureStep) -> coordinator_pb2.SecureStep:
+    return coordinator_pb2.SecureStep(
+        party=s.party, threshold=s.threshold,
+        roster=[coordinator_pb2.PartyKeys(party=k.party, share_key=k.share_key,
+                                          mask_key=k.mask_key) for k in s.roster],
+        sharers=list(s.sharers), inbox=shares_to_proto(s.inbox), range=s.range, bits=s.bits,
+        noise_std=s.noise_std, survivors=list(s.survivors))
+
+
+def _secure_step_from_proto(msg: coordinator_pb2.SecureStep) -> SecureStep:
+    return SecureStep(
+        party=msg.party, threshold=msg.threshold,
+        roster=tuple(PartyKeys(k.party, k.share_key, k.mask_key) for k in msg.roster),
+        sharers=tuple(msg.sharers), inbox=shares_from_proto(msg.inbox), range=msg.range,
+        bits=msg.bits, noise_std=msg.noise_std, survivors=tuple(msg.survivors))
+
+
+def shares_to_proto(shares: Sequence[EncryptedShare]) -> list[coordinator_pb2.EncryptedShare]:
+    return [coordinator_pb2.EncryptedShare(party=e.party, ciphertext=e.ciphertext)
+            for e in shares]
+
+
+def shares_from_proto(msgs) -> tuple[EncryptedShare, ...]:
+    return tuple(EncryptedShare(m.party, m.ciphertext) for m in msgs)
+
+
+def revealed_to_proto(shares: Sequence[RevealedShare]) -> list[coordinator_pb2.RevealedShare]:
+    return [coordinator_pb2.RevealedShare(party=r.party, self_mask_seed=r.self_mask_seed,
+                                          mask_key=r.mask_key) for r in shares]
+
+
+def revealed_from_proto(msgs) -> tuple[RevealedShare, ...]:
+    return tuple(RevealedShare(m.party, m.self_mask_seed, m.mask_key) for m in msgs)
 
 
 def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec], total_bytes: int,

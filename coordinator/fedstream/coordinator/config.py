@@ -98,6 +98,18 @@ class FederationConfig:
     dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
     dp_seed: int = option(0, "DP: seeds the noise (with the version), so run and simulate "
                              "add the same")
+    secure_aggregation: bool = option(False, "secure aggregation (Bonawitz et al. 2017): "
+                                      "each unit is a party whose update travels masked, and "
+                                      "the coordinator learns only the sum of a round's "
+                                      "units; needs a worker per unit")
+    secagg_threshold: float = option(0.6, "secure aggregation: any ceil(this * parties) (at "
+                                          "least 2) parties recover a dropped party's masks; "
+                                          "a round with fewer survivors is abandoned")
+    secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
+                                       "client's update per unit of its weight (with DP: "
+                                       "the clip); values beyond it saturate")
+    secagg_timeout_s: float = option(60.0, "secure aggregation: a phase closes this long "
+                                           "after it opened with the parties that answered")
     server_optimizer: ServerOptimizer = option(ServerOptimizer.ADAM,
                                                "sgd (FedAvg, FedAvgM), adam, adagrad, yogi")
     server_lr: float = option(1e-4, "server learning rate (the reference: Adam 1e-4)")
@@ -219,6 +231,15 @@ class FederationConfig:
                             "--dp-noise-multiplier")
         if self.dp_target_epsilon < 0:
             problems.append("dp_target_epsilon must be >= 0")
+        if self.secure_aggregation and (
+                self.mode is not Mode.SYNC or self.aggregator is not Aggregator.MEAN
+                or self.update_encoding is not Encoding.RAW or self.dp_target_quantile):
+            problems.append("secure aggregation sums the units of synchronous rounds: it needs "
+                            "the mean aggregator, raw updates and a fixed --dp-clip")
+        if not 0 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
+                or self.secagg_timeout_s <= 0:
+            problems.append("secagg_threshold must be in (0, 1], secagg_range and "
+                            "secagg_timeout_s > 0")
         if not 0 < self.topk_fraction <= 1:
             problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:

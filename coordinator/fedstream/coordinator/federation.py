@@ -27,14 +27,17 @@ import keras
 import numpy as np
 
 from fedstream.common.codecs import Encoded, Encoding, encoded_size
-from fedstream.common.errors import FailedPrecondition, FedstreamError
+from fedstream.common.errors import FailedPrecondition, FedstreamError, InvalidArgument
 from fedstream.common.protocol import (
     Action,
     Assignment,
+    EncryptedShare,
     EvaluationResult,
     FederationStatus,
     Joined,
+    PartyKeys,
     PushResult,
+    RevealedShare,
     SiteData,
     UpdateKind,
     UpdateMeta,
@@ -52,6 +55,7 @@ from fedstream.coordinator.policy import RoundPolicy
 from fedstream.coordinator.privacy import PrivacyLedger
 from fedstream.coordinator.reporting import Evaluator, Report, Reporter, step_metrics
 from fedstream.coordinator.rounds import SyncRounds
+from fedstream.coordinator.secure_rounds import SecureRounds
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.sites import DataSpec, Sites
 from fedstream.coordinator.task import make_task, rounds_per_pass
@@ -75,6 +79,8 @@ def make_policy(config: FederationConfig, sites: Sites, model: ServerModel, coun
         return FedBuff(config, sites, model, counts)
     if config.mode is Mode.FEDASYNC:
         return FedAsync(config, sites, model, counts, update_kind=update_kind)
+    if config.secure_aggregation:
+        return SecureRounds(config, sites, model, counts)
     return SyncRounds(config, sites, model, counts)
 
 
@@ -109,6 +115,7 @@ class Federation:
         self.policy = make_policy(config, self.sites, self._server, self._counts,
                                   self.task.update_kind)
         self._members = Membership(clock)
+        self._secure = isinstance(self.policy, SecureRounds)
         # a federated evaluation completes on later calls: its reports wait on a thread
         self._reports = Reporter(model_json=self.task.model_json, evaluator=evaluator,
                                  on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
@@ -241,6 +248,12 @@ class Federation:
                     self._members.stop(worker_id)
                     self._cond.notify_all()
                     return Assignment(Action.STOP, round=self.round, version=self.version)
+                secure = (self.policy.secure_step(worker_id, self._clock())
+                          if self.phase == "training" and self._secure else None)
+                if secure is not None:
+                    action, unit, step = secure
+                    return Assignment(action, round=self.round, version=self.version,
+                                      unit=unit.index, client_ids=unit.client_ids, secure=step)
                 unit = (self.policy.lease(worker_id, site, self._clock())
                         if self.phase == "training" else None)
                 if unit is not None:
@@ -315,13 +328,32 @@ class Federation:
     def check_update(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> None:
         """Everything about an update that its header decides; raises on the first problem."""
         with self._cond, self._counting_rejections():
-            self._admit(meta, specs)
+            if self._secure:
+                self._admit_masked(meta, specs)
+            else:
+                self._admit(meta, specs)
+
+    def _admit_masked(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
+        """A secure-aggregation party's masked input: one uint32 tensor "masked"."""
+        self._members.touch(meta.worker_id)
+        if self.phase != "training":
+            raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
+                                     "for work before pushing")
+        if len(specs) != 1 or specs[0].name != "masked" or specs[0].dtype != np.dtype("<u4") \
+                or len(specs[0].shape) != 1:
+            raise InvalidArgument("under secure aggregation an update is one uint32 tensor "
+                                  "named 'masked' of the party's masked input: mask it "
+                                  "(Assignment MASK) before pushing")
+        check_weight(meta, per_client=False)
+        return self.policy.check_masked(meta, specs[0].shape[0])
 
     def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],
              encoded: Encoded | None = None) -> PushResult:
         """Validate and store one unit's update; a due server step happens before returning.
         `arrays` are the update as the coordinator decodes it; `encoded`, the bytes a network
         client sends instead, is not needed in process."""
+        if self._secure:
+            return self._push_masked(meta, arrays)
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
             if self.config.private:
@@ -343,6 +375,59 @@ class Federation:
                 self._step()
             return PushResult(True, False, self.round, self.version)
 
+    def _push_masked(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult:
+        with self._cond, self._counting_rejections():
+            unit = self._admit_masked(meta, [spec_of("masked", a) for a in arrays])
+            if unit.update is not None:
+                self._counts["updates_duplicate"] += 1
+                return PushResult(False, True, self.round, self.version)
+            self._counts["updates_accepted"] += 1
+            self._members.credit(meta.worker_id)
+            self.policy.receive(unit, Contribution(
+                [np.array(arrays[0], dtype=np.uint32)], float(meta.weight),
+                len(meta.client_ids), meta.base_version,
+                {**meta.metrics, "weight": float(meta.weight), "examples": meta.num_examples}))
+            self._advance_secure()
+            return PushResult(True, False, self.round, self.version)
+
+    # -- secure aggregation ----------------------------------------------------------------
+    def advertise_keys(self, worker_id: str, round_number: int, unit: int,
+                       keys: PartyKeys) -> None:
+        with self._cond:
+            self._members.touch(worker_id)
+            self._secure_policy().advertise(worker_id, round_number, keys, self._clock())
+            self._advance_secure()
+
+    def share_keys(self, worker_id: str, round_number: int, unit: int,
+                   shares: Sequence[EncryptedShare]) -> None:
+        with self._cond:
+            self._members.touch(worker_id)
+            self._secure_policy().share(worker_id, round_number, unit, list(shares),
+                                        self._clock())
+            self._advance_secure()
+
+    def reveal_shares(self, worker_id: str, round_number: int, unit: int,
+                      shares: Sequence[RevealedShare]) -> None:
+        with self._cond:
+            self._members.touch(worker_id)
+            self._secure_policy().reveal(worker_id, round_number, unit, list(shares),
+                                         self._clock())
+            self._advance_secure()
+
+    def _secure_policy(self) -> SecureRounds:
+        if not self._secure:
+            raise FailedPrecondition("this federation does not aggregate securely: push "
+                                     "updates in the clear")
+        if self.phase != "training":
+            raise FailedPrecondition(f"no round is open (phase {self.phase})")
+        return self.policy
+
+    def _advance_secure(self) -> None:
+        """Wake the parties for the next phase; step once the secure sum closed."""
+        self._cond.notify_all()
+        if self.policy.due(self._clock(), self._opened_at):
+            self._step()
+
     def check_deadline(self) -> bool:
         """Step if the policy says a deadline passed (units pushed later are refused as for a
         closed round), or start a resumed run whose rejoin wait is over; the coordinator calls
@@ -352,6 +437,8 @@ class Federation:
             if self.phase == "training" and self.policy.due(self._clock(), self._opened_at):
                 self._step()
                 return True
+            if self._secure:
+                self._cond.notify_all()  # a phase may have closed at its timeout
             return False
 
     def _step(self) -> None:

@@ -63,7 +63,7 @@ class SyncRounds(RoundPolicy):
         last = self._last_unit.get(worker_id)
         preferred = [self.units[last]] if last is not None and last < len(self.units) else []
         for unit in preferred + self.units:
-            if unit.site == site and unit.free(now):
+            if unit.site == site and self.leasable(unit, now):
                 if unit.leased_to is not None:
                     self.counts["leases_expired"] += 1
                     log.warning("lease of unit %d (round %d) held by %s expired: reassigning",
@@ -72,6 +72,9 @@ class SyncRounds(RoundPolicy):
                 unit.lease(worker_id, now, self.config.lease_s)
                 return unit
         return None
+
+    def leasable(self, unit: Unit, now: float) -> bool:
+        return unit.free(now)
 
     def step_of(self, unit):
         return self.round - 1

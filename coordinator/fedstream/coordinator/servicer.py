@@ -10,7 +10,7 @@ from fedstream.common.auth import caller, caller_site
 from fedstream.common.codecs import Encoding, encode
 from fedstream.common.errors import PermissionDenied
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
-from fedstream.common.protocol import Weights
+from fedstream.common.protocol import PartyKeys, Weights
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.identities import WorkerIdentities
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -110,6 +110,25 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._owned(request.worker_id)
         self._federation.report_evaluation(serde.evaluation_from_proto(request))
         return coordinator_pb2.EvaluationReply(accepted=True)
+
+    @handles_errors
+    def AdvertiseKeys(self, request, context):
+        self._federation.advertise_keys(
+            self._owned(request.worker_id), request.round, request.unit,
+            PartyKeys(request.unit + 1, request.share_key, request.mask_key))
+        return coordinator_pb2.SecureReply()
+
+    @handles_errors
+    def ShareKeys(self, request, context):
+        self._federation.share_keys(self._owned(request.worker_id), request.round, request.unit,
+                                    serde.shares_from_proto(request.shares))
+        return coordinator_pb2.SecureReply()
+
+    @handles_errors
+    def RevealShares(self, request, context):
+        self._federation.reveal_shares(self._owned(request.worker_id), request.round,
+                                       request.unit, serde.revealed_from_proto(request.shares))
+        return coordinator_pb2.SecureReply()
 
     @handles_errors
     def Leave(self, request, context):

@@ -29,7 +29,7 @@ def make_task(config: FederationConfig, model: keras.Model, *, loss: str,
         rounds=config.rounds, per_client=config.aggregator is not Aggregator.MEAN,
         update_encoding=config.update_encoding, topk_fraction=config.topk_fraction,
         weights_encoding=config.weights_encoding, weights_delta=config.weights_delta,
-        dp_clip=config.dp_clip,
+        dp_clip=config.dp_clip, secure_aggregation=config.secure_aggregation,
         local=LocalTraining(epochs=config.local_epochs, batch_size=config.local_batch_size,
                             lr=config.client_lr, momentum=config.client_momentum,
                             prox_mu=config.prox_mu) if delta else None)

@@ -63,7 +63,7 @@ class JoinReply(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., task: _Optional[_Union[Task, _Mapping]] = ..., client_id_base: _Optional[int] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding", "weights_delta", "dp_clip")
+    __slots__ = ("model_json", "loss", "num_classes", "update_kind", "weighting", "batch_size", "dropout", "input_divisor", "update_tensors", "rounds", "per_client_updates", "local_epochs", "local_batch_size", "client_optimizer", "client_lr", "client_momentum", "prox_mu", "max_tensor_set_bytes", "update_encoding", "topk_fraction", "weights_encoding", "weights_delta", "dp_clip", "secure_aggregation")
     MODEL_JSON_FIELD_NUMBER: _ClassVar[int]
     LOSS_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class Task(_message.Message):
     WEIGHTS_ENCODING_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_DELTA_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_FIELD_NUMBER: _ClassVar[int]
+    SECURE_AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     model_json: str
     loss: str
     num_classes: int
@@ -110,7 +111,8 @@ class Task(_message.Message):
     weights_encoding: _tensor_pb2.Encoding
     weights_delta: bool
     dp_clip: float
-    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., weights_delta: _Optional[bool] = ..., dp_clip: _Optional[float] = ...) -> None: ...
+    secure_aggregation: bool
+    def __init__(self, model_json: _Optional[str] = ..., loss: _Optional[str] = ..., num_classes: _Optional[int] = ..., update_kind: _Optional[_Union[UpdateKind, str]] = ..., weighting: _Optional[_Union[ClientWeighting, str]] = ..., batch_size: _Optional[int] = ..., dropout: _Optional[bool] = ..., input_divisor: _Optional[float] = ..., update_tensors: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., rounds: _Optional[int] = ..., per_client_updates: _Optional[bool] = ..., local_epochs: _Optional[int] = ..., local_batch_size: _Optional[int] = ..., client_optimizer: _Optional[str] = ..., client_lr: _Optional[float] = ..., client_momentum: _Optional[float] = ..., prox_mu: _Optional[float] = ..., max_tensor_set_bytes: _Optional[int] = ..., update_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., topk_fraction: _Optional[float] = ..., weights_encoding: _Optional[_Union[_tensor_pb2.Encoding, str]] = ..., weights_delta: _Optional[bool] = ..., dp_clip: _Optional[float] = ..., secure_aggregation: _Optional[bool] = ...) -> None: ...
 
 class AssignmentRequest(_message.Message):
     __slots__ = ("worker_id", "wait_ms")
@@ -121,7 +123,7 @@ class AssignmentRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "round", "version", "unit", "client_ids", "step", "dp_clip")
+    __slots__ = ("action", "round", "version", "unit", "client_ids", "step", "dp_clip", "secure")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACTION_UNSPECIFIED: _ClassVar[Assignment.Action]
@@ -129,11 +131,17 @@ class Assignment(_message.Message):
         WAIT: _ClassVar[Assignment.Action]
         STOP: _ClassVar[Assignment.Action]
         EVALUATE: _ClassVar[Assignment.Action]
+        SHARE_KEYS: _ClassVar[Assignment.Action]
+        MASK: _ClassVar[Assignment.Action]
+        UNMASK: _ClassVar[Assignment.Action]
     ACTION_UNSPECIFIED: Assignment.Action
     TRAIN: Assignment.Action
     WAIT: Assignment.Action
     STOP: Assignment.Action
     EVALUATE: Assignment.Action
+    SHARE_KEYS: Assignment.Action
+    MASK: Assignment.Action
+    UNMASK: Assignment.Action
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +149,7 @@ class Assignment(_message.Message):
     CLIENT_IDS_FIELD_NUMBER: _ClassVar[int]
     STEP_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_FIELD_NUMBER: _ClassVar[int]
+    SECURE_FIELD_NUMBER: _ClassVar[int]
     action: Assignment.Action
     round: int
     version: int
@@ -148,7 +157,100 @@ class Assignment(_message.Message):
     client_ids: _containers.RepeatedScalarFieldContainer[int]
     step: int
     dp_clip: float
-    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ...) -> None: ...
+    secure: SecureStep
+    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ..., secure: _Optional[_Union[SecureStep, _Mapping]] = ...) -> None: ...
+
+class SecureStep(_message.Message):
+    __slots__ = ("party", "threshold", "roster", "sharers", "inbox", "range", "bits", "noise_std", "survivors")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    ROSTER_FIELD_NUMBER: _ClassVar[int]
+    SHARERS_FIELD_NUMBER: _ClassVar[int]
+    INBOX_FIELD_NUMBER: _ClassVar[int]
+    RANGE_FIELD_NUMBER: _ClassVar[int]
+    BITS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    threshold: int
+    roster: _containers.RepeatedCompositeFieldContainer[PartyKeys]
+    sharers: _containers.RepeatedScalarFieldContainer[int]
+    inbox: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
+    range: float
+    bits: int
+    noise_std: float
+    survivors: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, party: _Optional[int] = ..., threshold: _Optional[int] = ..., roster: _Optional[_Iterable[_Union[PartyKeys, _Mapping]]] = ..., sharers: _Optional[_Iterable[int]] = ..., inbox: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., range: _Optional[float] = ..., bits: _Optional[int] = ..., noise_std: _Optional[float] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PartyKeys(_message.Message):
+    __slots__ = ("party", "share_key", "mask_key")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    share_key: bytes
+    mask_key: bytes
+    def __init__(self, party: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+
+class EncryptedShare(_message.Message):
+    __slots__ = ("party", "ciphertext")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    ciphertext: bytes
+    def __init__(self, party: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class AdvertiseKeysRequest(_message.Message):
+    __slots__ = ("worker_id", "round", "unit", "share_key", "mask_key")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SHARE_KEY_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    round: int
+    unit: int
+    share_key: bytes
+    mask_key: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+
+class ShareKeysRequest(_message.Message):
+    __slots__ = ("worker_id", "round", "unit", "shares")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    round: int
+    unit: int
+    shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("party", "self_mask_seed", "mask_key")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    SELF_MASK_SEED_FIELD_NUMBER: _ClassVar[int]
+    MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    self_mask_seed: bytes
+    mask_key: bytes
+    def __init__(self, party: _Optional[int] = ..., self_mask_seed: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+
+class RevealSharesRequest(_message.Message):
+    __slots__ = ("worker_id", "round", "unit", "shares")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SHARES_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    round: int
+    unit: int
+    shares: _containers.RepeatedCompositeFieldContainer[RevealedShare]
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., shares: _Optional[_Iterable[_Union[RevealedShare, _Mapping]]] = ...) -> None: ...
+
+class SecureReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class PullWeightsRequest(_message.Message):
     __slots__ = ("worker_id", "have_version")

@@ -74,6 +74,21 @@ class CoordinatorStub:
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
                 _registered_method=True)
+        self.AdvertiseKeys = channel.unary_unary(
+                '/fedstream.v1.Coordinator/AdvertiseKeys',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.AdvertiseKeysRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+                _registered_method=True)
+        self.ShareKeys = channel.unary_unary(
+                '/fedstream.v1.Coordinator/ShareKeys',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+                _registered_method=True)
+        self.RevealShares = channel.unary_unary(
+                '/fedstream.v1.Coordinator/RevealShares',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.RevealSharesRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -160,6 +175,32 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AdvertiseKeys(self, request, context):
+        """Secure aggregation (Task.secure_aggregation; docs/PROTOCOL.md, "Secure aggregation"):
+        the coordinator learns only the sum of a round's units. A TRAIN assignment's unit is a
+        party: the worker computes the update, keeps it, and advertises two fresh X25519 public
+        keys; SHARE_KEYS, MASK and UNMASK assignments then drive the party through the round,
+        the masked input travelling as PushUpdate's single uint32 tensor "masked".
+        Errors (nothing is stored by a refused call): NOT_FOUND for an unknown worker id;
+        PERMISSION_DENIED for a unit leased to another worker; FAILED_PRECONDITION when the
+        round or its phase has moved on; INVALID_ARGUMENT for malformed keys or shares.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ShareKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevealShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +243,21 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.ReportEvaluation,
                     request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.FromString,
                     response_serializer=fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.SerializeToString,
+            ),
+            'AdvertiseKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdvertiseKeys,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.AdvertiseKeysRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.SerializeToString,
+            ),
+            'ShareKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ShareKeys,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.SerializeToString,
+            ),
+            'RevealShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevealShares,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.RevealSharesRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -420,6 +476,87 @@ class Coordinator:
             '/fedstream.v1.Coordinator/ReportEvaluation',
             fedstream_dot_v1_dot_coordinator__pb2.EvaluationReport.SerializeToString,
             fedstream_dot_v1_dot_coordinator__pb2.EvaluationReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdvertiseKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/AdvertiseKeys',
+            fedstream_dot_v1_dot_coordinator__pb2.AdvertiseKeysRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ShareKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/ShareKeys',
+            fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevealShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/RevealShares',
+            fedstream_dot_v1_dot_coordinator__pb2.RevealSharesRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,6 +29,7 @@ from fedstream.common.protocol import (
 from fedstream.worker.compression import UpdateEncoder
 from fedstream.worker.computers import make_computer
 from fedstream.worker.privacy import clip_and_sum
+from fedstream.worker.secure_party import ProtocolViolation, SecureParties, SecureParty
 from fedstream.worker.site import SiteClients, check_pool_site
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ class WorkerLoop:
         self.computer = self._make_computer(self.task)
         self._encoder = UpdateEncoder(self.task)
         self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
+        self._parties = SecureParties()
         self.version = 0
         self._held: list[np.ndarray] | None = None  # the weights held, to add a change to
         self._pulled_bytes = 0
@@ -159,6 +161,9 @@ class WorkerLoop:
             return False
         if a.action is Action.WAIT:
             return True
+        if a.action in (Action.SHARE_KEYS, Action.MASK, Action.UNMASK):
+            self._secure_step(a)
+            return True
         t0 = time.perf_counter()
         self._pull(a.version)
         if a.action is Action.EVALUATE:
@@ -171,7 +176,10 @@ class WorkerLoop:
         unclipped = 0
         if self.task.dp_clip > 0:
             update, unclipped = clip_and_sum(update, a.dp_clip or self.task.dp_clip)
-        arrays, encoded = self._encoder.encode(update.arrays, a.client_ids, a.round)
+        if self.task.secure_aggregation:
+            arrays, encoded = update.arrays, None
+        else:
+            arrays, encoded = self._encoder.encode(update.arrays, a.client_ids, a.round)
         if self._delay_s:
             time.sleep(self._delay_s)
         t3 = time.perf_counter()
@@ -186,6 +194,9 @@ class WorkerLoop:
                                     else len(encoded.payload))},
             unclipped_clients=unclipped)
         self._pulled_bytes = 0
+        if self.task.secure_aggregation:
+            self._advertise(a, meta, update)
+            return True
         try:
             self._retrying(lambda: self._coordinator.push(meta, arrays, encoded=encoded), "push")
         except FailedPrecondition as e:
@@ -195,6 +206,51 @@ class WorkerLoop:
             self._last_push_s = time.perf_counter() - t3
         self.units_done += 1
         return True
+
+    def _advertise(self, a, meta: UpdateMeta, update) -> None:
+        """Secure aggregation: the unit's update stays here as a party of the round; its
+        public keys go to the coordinator, its masked input follows at MASK."""
+        party = SecureParty(a.round, a.unit, update.arrays, update.weight, update.loss)
+        self._parties.add(party, dataclasses.replace(meta, metrics={
+            k: v for k, v in meta.metrics.items() if k != "loss"}))  # the loss goes masked
+        try:
+            self._retrying(lambda: self._coordinator.advertise_keys(
+                self.worker_id, a.round, a.unit, party.keys), "advertise keys")
+        except FailedPrecondition as e:
+            log.warning("round %d unit %d dropped: %s", a.round, a.unit, e)
+
+    def _secure_step(self, a) -> None:
+        """One step of a party this worker holds; a request the protocol forbids is refused
+        (the party stays silent and drops out)."""
+        held = self._parties.get(a.round, a.unit)
+        if held is None or a.secure is None:
+            log.warning("no party of round %d unit %d here (this worker restarted?): it drops "
+                        "out", a.round, a.unit)
+            time.sleep(min(self._wait_s, 1.0))
+            return
+        party, meta = held
+        coordinator = self._coordinator
+        try:
+            if a.action is Action.SHARE_KEYS:
+                shares = party.share(a.secure)
+                self._retrying(lambda: coordinator.share_keys(self.worker_id, a.round, a.unit,
+                                                              shares), "share keys")
+            elif a.action is Action.MASK:
+                masked = party.mask(a.secure)
+                meta = dataclasses.replace(meta, metrics={**meta.metrics,
+                                                          "push_bytes": masked.nbytes})
+                self._retrying(lambda: coordinator.push(meta, [masked]), "push")
+                self.units_done += 1
+            else:
+                shares = party.unmask(a.secure)
+                self._retrying(lambda: coordinator.reveal_shares(self.worker_id, a.round,
+                                                                 a.unit, shares), "reveal")
+        except ProtocolViolation as e:
+            log.error("%s", e)
+            self._parties.drop(a.round, a.unit)
+        except FailedPrecondition as e:
+            log.warning("secure aggregation step of round %d unit %d dropped: %s", a.round,
+                        a.unit, e)
 
     def _pull(self, version: int) -> None:
         """Hold `version` (or the newer one the coordinator has); the bytes pulled count
