@@ -135,6 +135,19 @@ def test_a_private_run_equals_simulate(tmp_path):
     assert_nothing_left(out)
 
 
+def test_a_securely_aggregated_run_equals_simulate(tmp_path):
+    """Secure aggregation: three worker processes are three parties per round; the sum the
+    coordinator unmasks is exact in the ring, so both run modes give the same model."""
+    out = run_equals_simulate(tmp_path, [
+        "--rounds", "3", "--secure-aggregation", "--update", "delta", "--model", "2nn",
+        "--normalize", "--client-fraction", "0.1", "--weighting", "examples",
+        "--server-optimizer", "sgd", "--server-lr", "1"], workers=3)
+    rows = metrics(out)
+    assert [r["secagg_parties"] for r in rows] == [3] * 3
+    assert all(r["secagg_abandoned"] == 0 and r["secagg_dropped"] == 0 for r in rows)
+    assert_nothing_left(out)
+
+
 def test_worker_count_changes_weights_only_within_float_tolerance(tmp_path):
     """Units change the float summation order. Adam can turn that into steps of up to its
     learning rate on near-zero gradients, so the bound is a fraction of lr * rounds: over

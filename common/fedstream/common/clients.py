@@ -32,6 +32,7 @@ from fedstream.common.protocol import (
     UpdateMeta,
     Weights,
 )
+from fedstream.common.secagg import MASKED_TENSOR
 from fedstream.common.status_codes import error_from_rpc
 from fedstream.common.tensors import pack, spec_of
 from fedstream.common.tls import TlsConfig
@@ -153,6 +154,10 @@ class CoordinatorClient(_Client):
     def report_evaluation(self, result: EvaluationResult) -> None:
         self._stub.ReportEvaluation(serde.evaluation_to_proto(result), timeout=30.0,
                                     metadata=self._md)
+
+    def push_masked(self, meta: UpdateMeta, masked: np.ndarray) -> PushResult:
+        """Secure aggregation: a party's masked input, PushUpdate's one uint32 tensor."""
+        return self.push(meta, [masked], names=(MASKED_TENSOR,))
 
     @_domain_errors
     def advertise_keys(self, worker_id: str, round_number: int, unit: int,

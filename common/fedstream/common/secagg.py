@@ -24,6 +24,7 @@ SHARE_BYTES = 16  # one Shamir share of a 16-byte half
 PLAINTEXT_BYTES = 4 * SHARE_BYTES  # self-mask seed's two halves, then the mask key's two
 NONCE_BYTES = 12
 RING_BITS = 32
+MASKED_TENSOR = "masked"  # PushUpdate's one tensor under secure aggregation: uint32 [n + 1]
 LOSS_SCALE = 256.0  # the securely summed weighted loss travels as round(loss * 256)
 _MASK_INFO = b"fedstream/v1 secagg pairwise mask"
 _SHARE_INFO = b"fedstream/v1 secagg share key"

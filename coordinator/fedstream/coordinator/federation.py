@@ -43,6 +43,7 @@ from fedstream.common.protocol import (
     UpdateMeta,
     Weights,
 )
+from fedstream.common.secagg import MASKED_TENSOR
 from fedstream.common.tensors import TensorSpec, spec_of
 from fedstream.coordinator import checkpoint
 from fedstream.coordinator.config import FederationConfig, Mode
@@ -339,7 +340,7 @@ class Federation:
         if self.phase != "training":
             raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
                                      "for work before pushing")
-        if len(specs) != 1 or specs[0].name != "masked" or specs[0].dtype != np.dtype("<u4") \
+        if len(specs) != 1 or specs[0].name != MASKED_TENSOR or specs[0].dtype != np.dtype("<u4") \
                 or len(specs[0].shape) != 1:
             raise InvalidArgument("under secure aggregation an update is one uint32 tensor "
                                   "named 'masked' of the party's masked input: mask it "
@@ -353,7 +354,9 @@ class Federation:
         `arrays` are the update as the coordinator decodes it; `encoded`, the bytes a network
         client sends instead, is not needed in process."""
         if self._secure:
-            return self._push_masked(meta, arrays)
+            raise FailedPrecondition("this federation aggregates securely: push the party's "
+                                     "masked input (Assignment MASK), never an update in the "
+                                     "clear")
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
             if self.config.private:
@@ -375,16 +378,20 @@ class Federation:
                 self._step()
             return PushResult(True, False, self.round, self.version)
 
-    def _push_masked(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> PushResult:
+    def push_masked(self, meta: UpdateMeta, masked: np.ndarray) -> PushResult:
+        """Secure aggregation: store one party's masked input."""
         with self._cond, self._counting_rejections():
-            unit = self._admit_masked(meta, [spec_of("masked", a) for a in arrays])
+            if not self._secure:
+                raise FailedPrecondition("this federation does not aggregate securely: push "
+                                         "updates in the clear")
+            unit = self._admit_masked(meta, [spec_of(MASKED_TENSOR, masked)])
             if unit.update is not None:
                 self._counts["updates_duplicate"] += 1
                 return PushResult(False, True, self.round, self.version)
             self._counts["updates_accepted"] += 1
             self._members.credit(meta.worker_id)
             self.policy.receive(unit, Contribution(
-                [np.array(arrays[0], dtype=np.uint32)], float(meta.weight),
+                [np.array(masked, dtype=np.uint32)], float(meta.weight),
                 len(meta.client_ids), meta.base_version,
                 {**meta.metrics, "weight": float(meta.weight), "examples": meta.num_examples}))
             self._advance_secure()

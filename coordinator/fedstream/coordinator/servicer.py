@@ -93,7 +93,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
         header, arrays = serde.read_one(request_iterator, validate_header=check,
                                         accept=self._update_encodings)
-        result = self._federation.push(serde.update_meta_from_proto(header), arrays)
+        meta = serde.update_meta_from_proto(header)
+        if self._federation.task.secure_aggregation:
+            result = self._federation.push_masked(meta, arrays[0])
+        else:
+            result = self._federation.push(meta, arrays)
         return serde.push_result_to_proto(result)
 
     @handles_errors

@@ -239,7 +239,7 @@ class WorkerLoop:
                 masked = party.mask(a.secure)
                 meta = dataclasses.replace(meta, metrics={**meta.metrics,
                                                           "push_bytes": masked.nbytes})
-                self._retrying(lambda: coordinator.push(meta, [masked]), "push")
+                self._retrying(lambda: coordinator.push_masked(meta, masked), "push")
                 self.units_done += 1
             else:
                 shares = party.unmask(a.secure)
