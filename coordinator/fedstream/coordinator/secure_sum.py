@@ -165,7 +165,10 @@ class SecureSum:
                 raise InvalidArgument(
                     f"party {s.party} {'survived' if survived else 'dropped'}: reveal its "
                     f"{'self_mask_seed' if survived else 'mask_key'} share (32 bytes) alone")
-        p.revealed = {s.party: s for s in shares}
+        revealed = {s.party: s for s in shares}
+        if p.revealed is not None and p.revealed != revealed:
+            raise FailedPrecondition(f"party {party} already revealed other shares")
+        p.revealed = revealed
 
     # -- what each party is asked ------------------------------------------------------------
     def step_for(self, party: int) -> tuple[str, SecureStep] | None:
