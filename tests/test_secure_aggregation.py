@@ -61,13 +61,14 @@ def test_both_sides_of_a_pair_derive_one_mask_seed_per_round():
 
 # -- the protocol, driven directly ------------------------------------------------------------
 def run_protocol(inputs, weights, *, threshold=0.6, drop_before_mask=(), drop_before_reveal=(),
-                 value_range=4.0, noise_std=0.0):
+                 value_range=4.0, noise_std=0.0, bits=0):
     """Parties 1..n with `inputs` through a SecureSum; the dropped stay silent from the
     phase named. Returns (the closed SecureSum, the parties, their masked inputs)."""
     n = len(inputs)
     now = [0.0]
     secure = SecureSum(9, {p + 1: w for p, w in enumerate(weights)}, inputs[0].size + 1,
-                       threshold, value_range, noise_std, timeout_s=5.0, opened_at=0.0)
+                       threshold, value_range, noise_std, timeout_s=5.0, opened_at=0.0,
+                       bits=bits)
     parties = {p + 1: SecureParty(9, p, [inputs[p]], weights[p], loss=0.5)
                for p in range(n)}
     masked = {}
@@ -120,6 +121,16 @@ def uniformity_chi2(values: np.ndarray) -> float:
     counts = np.bincount(values.view(np.uint8), minlength=256)
     expected = counts.sum() / 256
     return float(np.sum((counts - expected) ** 2 / expected))
+
+
+def test_fewer_precision_bits_coarsen_the_sum_and_too_many_fall_back_to_the_ring():
+    inputs = rng_inputs(3)
+    plain = np.sum(np.asarray(inputs, np.float64), axis=0)
+    coarse, _, _ = run_protocol(inputs, [1.0] * 3, bits=8)
+    assert coarse.fixed_point.bits == 8
+    assert 3 * 2.0 ** -10 < np.max(np.abs(coarse.result.total - plain)) <= 3 * 2.0 ** -9
+    wide, _, _ = run_protocol(inputs, [1.0] * 3, bits=30)
+    assert wide.fixed_point.bits == secagg.FixedPoint.for_bound(3 * 4.0).bits < 30
 
 
 def test_one_partys_upload_alone_is_indistinguishable_from_uniform():

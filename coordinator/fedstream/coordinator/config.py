@@ -108,6 +108,9 @@ class FederationConfig:
     secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
                                        "client's update per unit of its weight (with DP: "
                                        "the clip); values beyond it saturate")
+    secagg_bits: int = option(0, "secure aggregation: fixed-point precision, values as "
+                                 "round(x * 2^bits); 0 or more than the ring holds: the most "
+                                 "that keeps a round's sum in 2^32")
     secagg_timeout_s: float = option(60.0, "secure aggregation: a phase closes this long "
                                            "after it opened with the parties that answered")
     server_optimizer: ServerOptimizer = option(ServerOptimizer.ADAM,
@@ -237,9 +240,9 @@ class FederationConfig:
             problems.append("secure aggregation sums the units of synchronous rounds: it needs "
                             "the mean aggregator, raw updates and a fixed --dp-clip")
         if not 0 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
-                or self.secagg_timeout_s <= 0:
+                or self.secagg_timeout_s <= 0 or not 0 <= self.secagg_bits <= 30:
             problems.append("secagg_threshold must be in (0, 1], secagg_range and "
-                            "secagg_timeout_s > 0")
+                            "secagg_timeout_s > 0, secagg_bits in [0, 30]")
         if not 0 < self.topk_fraction <= 1:
             problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:

@@ -78,6 +78,7 @@ class SecureSum:
     noise_std: float  # distributed DP: the Gaussian noise any `threshold` parties add together
     timeout_s: float
     opened_at: float | None  # None: the phase opens at the first `advance`
+    bits: int = 0  # fixed-point precision asked for; 0: the most the ring allows
     phase: Phase = Phase.ADVERTISE
     threshold: int = 0
     roster: tuple[int, ...] = ()
@@ -200,10 +201,12 @@ class SecureSum:
 
     @property
     def fixed_point(self) -> secagg.FixedPoint:
-        """Wide enough for every sharer's saturated input: range x weight + 6 noise stds."""
+        """Wide enough for every sharer's saturated input (range x weight + 6 noise stds):
+        the precision asked for, or less where the ring could not hold the sum."""
         bound = sum(self.value_range * self.parties[q].weight + 6 * self.party_noise_std
                     for q in self.sharers)
-        return secagg.FixedPoint.for_bound(bound)
+        widest = secagg.FixedPoint.for_bound(bound)
+        return secagg.FixedPoint(min(self.bits, widest.bits)) if self.bits else widest
 
     # -- phases --------------------------------------------------------------------------------
     @property
