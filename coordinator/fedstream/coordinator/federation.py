@@ -6,8 +6,8 @@ and never calls back up:
 - `ServerModel`: weights, version, server optimizer, one pinned snapshot per version;
 - `Membership`: who joined (for which site) and was told to stop;
 - `Sites`: which site owns which client, as the sites published it;
-- a `RoundPolicy` (`SyncRounds`, `FedBuff`, `FedAsync`): units, leases, what fits, when
-  the model steps, through the aggregation pipeline (`pipeline`);
+- a `RoundPolicy` (`SyncRounds`, `SecureRounds`, `FedBuff`, `FedAsync`): units, leases,
+  what fits, when the model steps, through the aggregation pipeline (`pipeline`);
 - `validation`: pure checks every policy shares;
 - `Reporter`: evaluation, checkpoint and metrics sinks of each step, off the lock;
 - `FederatedEvaluation`: with sites, each site's evaluation of a version on its own data.
