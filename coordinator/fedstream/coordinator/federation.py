@@ -314,12 +314,16 @@ class Federation:
             self._counts["updates_rejected"] += 1
             raise
 
-    def _admit(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
+    def _check_sender(self, meta: UpdateMeta) -> None:
+        """The worker is known, its clients are its site's, and a round is open."""
         self._members.touch(meta.worker_id)
         self.sites.check_owned(self._members.site_of(meta.worker_id), meta.client_ids)
         if self.phase != "training":
             raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
                                      "for work before pushing")
+
+    def _admit(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
+        self._check_sender(meta)
         unit = self.policy.admit(meta)
         check_weight(meta, per_client=self.task.per_client)
         check_specs(specs, expected_specs(self.task.update_specs, len(meta.client_ids),
@@ -336,10 +340,7 @@ class Federation:
 
     def _admit_masked(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
         """A secure-aggregation party's masked input: one uint32 tensor "masked"."""
-        self._members.touch(meta.worker_id)
-        if self.phase != "training":
-            raise FailedPrecondition(f"no round is open (phase {self.phase}): ask GetAssignment "
-                                     "for work before pushing")
+        self._check_sender(meta)
         if len(specs) != 1 or specs[0].name != MASKED_TENSOR or specs[0].dtype != np.dtype("<u4") \
                 or len(specs[0].shape) != 1:
             raise InvalidArgument("under secure aggregation an update is one uint32 tensor "
@@ -400,25 +401,25 @@ class Federation:
     # -- secure aggregation ----------------------------------------------------------------
     def advertise_keys(self, worker_id: str, round_number: int, unit: int,
                        keys: PartyKeys) -> None:
-        with self._cond:
-            self._members.touch(worker_id)
-            self._secure_policy().advertise(worker_id, round_number, keys, self._clock())
-            self._advance_secure()
+        self._secure_message(worker_id, lambda policy, now: policy.advertise(
+            worker_id, round_number, keys, now))
 
     def share_keys(self, worker_id: str, round_number: int, unit: int,
                    shares: Sequence[EncryptedShare]) -> None:
-        with self._cond:
-            self._members.touch(worker_id)
-            self._secure_policy().share(worker_id, round_number, unit, list(shares),
-                                        self._clock())
-            self._advance_secure()
+        self._secure_message(worker_id, lambda policy, now: policy.share(
+            worker_id, round_number, unit, list(shares), now))
 
     def reveal_shares(self, worker_id: str, round_number: int, unit: int,
                       shares: Sequence[RevealedShare]) -> None:
+        self._secure_message(worker_id, lambda policy, now: policy.reveal(
+            worker_id, round_number, unit, list(shares), now))
+
+    def _secure_message(self, worker_id: str,
+                        deliver: Callable[[SecureRounds, float], None]) -> None:
+        """One party message to the round's secure sum; the next phase may open."""
         with self._cond:
             self._members.touch(worker_id)
-            self._secure_policy().reveal(worker_id, round_number, unit, list(shares),
-                                         self._clock())
+            deliver(self._secure_policy(), self._clock())
             self._advance_secure()
 
     def _secure_policy(self) -> SecureRounds:
