@@ -138,6 +138,49 @@ def test_clients_trained_together_match_clients_trained_in_turn(momentum, prox_m
         np.testing.assert_array_equal(v.numpy(), w.numpy())
 
 
+@pytest.mark.parametrize("batch_size, momentum, prox_mu", [(4, 0.0, 0.0), (4, 0.9, 0.1),
+                                                      (0, 0.9, 0.0)])
+def test_clients_of_unequal_sizes_trained_together_match_clients_trained_in_turn(
+        batch_size, momentum, prox_mu):
+    """Sizes 5 to 72 with B=4 are 2 to 18 steps: 65 and 72 examples (17 and 18 steps) share the
+    bucket of 18 steps, the client of 17 standing still on its padded last step of each
+    epoch, and 5 and 7 examples (2 steps each) train together with short last minibatches of
+    their own; with B=0 (the whole client) the minibatch widths are padded instead. Deltas
+    and each unit's loss agree with training the clients in turn."""
+    model = tiny_model(seed=10)
+    task = delta_task(model, epochs=2, batch_size=batch_size, client_lr=0.01,
+                      client_momentum=momentum, prox_mu=prox_mu)
+    clients = batches([5, 12, 17, 65, 40, 7, 72], seed=11)
+    together = fresh(task, model)
+    in_turn = fresh(task, model)
+    in_turn._together = None
+    got, want = (t.compute(clients, round_number=5) for t in (together, in_turn))
+    for a, b in zip(got.arrays, want.arrays):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    assert got.loss == pytest.approx(want.loss, rel=1e-5)
+
+
+def test_clients_of_nearby_sizes_share_one_compiled_program():
+    """Units of clients with 65 to 72 examples (B=4: 17 or 18 steps) over several rounds: one
+    trace, and one padded shape (3 clients, 18 steps of 4)."""
+    model = tiny_model(seed=12)
+    task = delta_task(model, epochs=1, batch_size=4, client_lr=0.01)
+    trainer = fresh(task, model)
+    for round_number, sizes in enumerate([[65, 72, 70], [66, 69, 71], [68, 72, 67]]):
+        trainer.compute(batches(sizes, seed=round_number), round_number)
+    together = trainer._together
+    assert together._program.experimental_get_tracing_count() == 1
+    assert together.shapes == {(3, 18, 4)}
+
+
+def test_padded_step_buckets():
+    from fedstream.worker.clients_together import padded_steps
+    assert [padded_steps(s) for s in (1, 9, 16, 17, 18, 19, 60, 61, 64, 65, 70, 600)] == [
+        1, 9, 16, 18, 18, 20, 60, 64, 64, 72, 72, 640]
+    for steps in range(1, 5000):
+        assert steps <= padded_steps(steps) <= steps * 9 / 8
+
+
 def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(monkeypatch):
     from fedstream.worker import clients_together
     model = tiny_model(seed=8)

@@ -6,7 +6,8 @@ round's and the optimizer's slots and step count zeroed before every client, and
 the round's weights afterwards. Minibatch order is shuffled by a generator seeded with
 (round, client id, epoch), so simulate and distributed runs train identically. An epoch's
 steps run in one compiled loop, without a return to Python between them; for models that
-vectorise, the unit's clients train together on a client axis (`clients_together`).
+vectorise, the unit's clients train together on a client axis, every step of every epoch in
+one XLA program (`clients_together`).
 """
 
 from __future__ import annotations
