@@ -181,6 +181,22 @@ def test_padded_step_buckets():
         assert steps <= padded_steps(steps) <= steps * 9 / 8
 
 
+def test_a_model_with_a_dropout_layer_trains_together_as_in_turn():
+    """Dropout off: the layer is the identity on both paths, its seed state passed along."""
+    keras.utils.set_random_seed(16)
+    model = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                              keras.layers.Dense(6, activation="relu"), keras.layers.Dropout(0.2),
+                              keras.layers.Dense(10, activation="softmax")])
+    task = delta_task(model, epochs=1, batch_size=4, client_lr=0.01)
+    together, in_turn = fresh(task, model), fresh(task, model)
+    assert together._together is not None
+    in_turn._together = None
+    clients = batches([12, 8], seed=17)
+    for a, b in zip(together.compute(clients, round_number=1).arrays,
+                    in_turn.compute(clients, round_number=1).arrays):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+
+
 def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(monkeypatch):
     from fedstream.worker import clients_together
     model = tiny_model(seed=8)
@@ -200,11 +216,21 @@ def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(mon
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
-def test_convolutional_models_train_clients_in_turn():
+def test_convolutional_and_stateful_models_train_clients_in_turn():
     from fedstream.coordinator.models import build_model
     from fedstream.worker.clients_together import trains_together
     assert not trains_together(delta_task(build_model("cnn", 0)), build_model("cnn", 0))
     assert trains_together(delta_task(build_model("2nn", 0)), build_model("2nn", 0))
+    # a dropout layer's only state is its seed: with dropout off, its clients train together
+    reference = build_model("reference", 0)
+    assert trains_together(delta_task(reference), reference)
+    assert not trains_together(dataclasses.replace(delta_task(reference), dropout=True),
+                               reference)
+    keras.utils.set_random_seed(0)
+    normalised = keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                                   keras.layers.BatchNormalization(),
+                                   keras.layers.Dense(10, activation="softmax")])
+    assert not trains_together(delta_task(normalised), normalised)
 
 
 def test_fedprox_pulls_clients_towards_the_round_weights():
