@@ -173,12 +173,29 @@ def test_clients_of_nearby_sizes_share_one_compiled_program():
     assert together.shapes == {(3, 18, 4)}
 
 
-def test_padded_step_buckets():
-    from fedstream.worker.clients_together import padded_steps
-    assert [padded_steps(s) for s in (1, 9, 16, 17, 18, 19, 60, 61, 64, 65, 70, 600)] == [
+def test_units_of_17_and_18_clients_share_one_program_and_match_training_in_turn():
+    """Poisson sampling varies a unit's clients: 17 are padded to the bucket of 18 with a
+    client that never steps, so both rounds run one shape, and the 17 real deltas are those
+    of training in turn."""
+    model = tiny_model(seed=18)
+    task = delta_task(model, epochs=1, batch_size=4, client_lr=0.01, client_momentum=0.9)
+    trainer = fresh(task, model)
+    for round_number, count in ((1, 17), (2, 18)):
+        clients = batches([8] * count, seed=round_number)
+        in_turn = fresh(task, model)
+        in_turn._together = None
+        for a, b in zip(trainer.compute(clients, round_number).arrays,
+                        in_turn.compute(clients, round_number).arrays):
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
+    assert trainer._together.shapes == {(18, 2, 4)}
+
+
+def test_buckets_pad_by_less_than_an_eighth():
+    from fedstream.worker.clients_together import bucket
+    assert [bucket(s) for s in (1, 9, 16, 17, 18, 19, 60, 61, 64, 65, 70, 600)] == [
         1, 9, 16, 18, 18, 20, 60, 64, 64, 72, 72, 640]
-    for steps in range(1, 5000):
-        assert steps <= padded_steps(steps) <= steps * 9 / 8
+    for count in range(1, 5000):
+        assert count <= bucket(count) < count * 9 / 8
 
 
 def test_a_model_with_a_dropout_layer_trains_together_as_in_turn():
@@ -208,8 +225,8 @@ def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(mon
     trainer = fresh(task, model)
     groups = []
     train_group = trainer._together._train_group
-    trainer._together._train_group = lambda group, *a: groups.append(len(group)) or train_group(
-        group, *a)
+    trainer._together._train_group = lambda group, *a, **k: groups.append(
+        len(group)) or train_group(group, *a, **k)
     sliced = trainer.compute(clients, round_number=2).arrays
     assert groups == [2, 1]
     for a, b in zip(whole, sliced):
