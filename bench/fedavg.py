@@ -10,6 +10,10 @@ clients one after another: `--plain`), a JAX loop that vectorises the clients
 (bench/jax_fedavg.py; needs `pip install -e ".[bench]"`, skipped with the reason when JAX does
 not import), and the compute floor: the workload's FLOPs per round divided by the fp32 matmul
 rate measured on this machine. Rounds per second are medians over the rounds after warm-up.
+
+W3 also gets a profile (`--profile`): one unit's local training (5 clients, as in
+`simulate --units 2`) under TensorFlow's profiler, its CPU time summed by kind of operation,
+which shows where the time above the compute floor goes.
 """
 
 from __future__ import annotations
@@ -138,6 +142,82 @@ def plain_loop(w: dict, json_path: str) -> None:
     Path(json_path).write_text(json.dumps(rows))
 
 
+# TensorFlow op types by what they do in a training step
+OP_KINDS = {
+    "convolution, forward": ("Conv2D", "FusedConv2D"),
+    "convolution, input gradient": ("Conv2DBackpropInput",),
+    "convolution, filter gradient": ("Conv2DBackpropFilter", "Conv2DBackpropFilterWithBias"),
+    "dense matmuls": ("MatMul", "FusedMatMul", "BatchMatMulV2"),
+    "optimizer update": ("AssignSubVariableOp", "AssignAddVariableOp", "AssignVariableOp", "Mul",
+                         "Sub", "AddV2"),
+    "pooling": ("MaxPool", "MaxPoolGrad"),
+    "activations and loss": ("Relu", "ReluGrad", "BiasAddGrad", "Softmax",
+                             "SoftmaxCrossEntropyWithLogits"),
+    "idle": ("IDLE",),  # the profiler's threads waiting: left out of the shares
+}
+
+
+def op_kind(op_type: str) -> str:
+    bare = op_type.removeprefix("_Mkl").removeprefix("Native")
+    return next((kind for kind, types in OP_KINDS.items() if bare in types), "other")
+
+
+def profile_unit(w: dict, json_path: str) -> None:
+    """One W3 unit (5 clients) trained under TensorFlow's profiler after a warm-up unit;
+    writes its wall time and the CPU time of each kind of operation."""
+    import glob
+    import tempfile as tmp
+
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
+
+    from fedstream.cli.main import parse
+    from fedstream.cli.simulate import config_from_args
+    from fedstream.common.protocol import Batch
+    from fedstream.coordinator.build import build_federation
+    from fedstream.datapool.server import build_store
+    from fedstream.worker.computers import make_computer
+
+    config = config_from_args(parse(["simulate", *fedstream_flags(w)]))
+    store = build_store(config.data)
+    federation = build_federation(config.federation, store.summary,
+                                  (store.x_test[:10], store.y_test[:10]), lambda row: None)
+    computer = make_computer(federation.task, "/CPU:0")
+    computer.set_weights([v.numpy() for v in federation.model.weights])
+    unit = [Batch(c, 0, *store.client(c)) for c in range(PER_ROUND // 2)]
+    computer.compute(unit, round_number=1)
+    logdir = tmp.mkdtemp(prefix="fedstream-profile-")
+    tf.profiler.experimental.start(logdir)
+    t0 = time.perf_counter()
+    computer.compute(unit, round_number=2)
+    wall = time.perf_counter() - t0
+    tf.profiler.experimental.stop()
+    space = sorted(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True))[-1]
+    data, _ = plugin.xspace_to_tools_data([space], "framework_op_stats", {})
+    table = json.loads(data)[0]
+    columns = [c["id"] for c in table["cols"]]
+    cpu_s: dict[str, float] = {}
+    for row in table["rows"]:
+        op = dict(zip(columns, (c.get("v") for c in row["c"])))
+        kind = op_kind(op["type"])
+        cpu_s[kind] = cpu_s.get(kind, 0.0) + op["total_self_time"] / 1e6
+    steps = len(unit) * w["epochs"] * (len(unit[0].y) // BATCH)
+    Path(json_path).write_text(json.dumps({
+        "unit_wall_s": wall, "client_steps": steps,
+        "unit_flops": 3 * forward_flops(w["model"]) * BATCH * steps,
+        "cpu_s_by_kind": dict(sorted(cpu_s.items(), key=lambda kv: -kv[1]))}))
+
+
+def profile(w: dict, tmp: Path) -> dict | str:
+    path = tmp / "profile.json"
+    proc = subprocess.run([sys.executable, __file__, "--profile", json.dumps(w), "--json",
+                           str(path)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        return f"skipped: {(proc.stderr.strip().splitlines() or ['failed'])[-1]}"
+    return json.loads(path.read_text())
+
+
 def forward_flops(model_name: str) -> float:
     """Multiply-adds x 2 of one example's forward pass, from the model's layers."""
     from fedstream.coordinator.models import build_model
@@ -189,6 +269,7 @@ def main() -> None:
     p.add_argument("--jax-cnn", action="store_true", help="run the JAX loop for W3 too")
     p.add_argument("--tag", default="fedavg", help="result file: bench/results/<tag>.json")
     p.add_argument("--plain", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--profile", default=None, help=argparse.SUPPRESS)
     p.add_argument("--machine", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--json", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -197,6 +278,9 @@ def main() -> None:
         return
     if args.machine:
         measure_machine(args.json)
+        return
+    if args.profile:
+        profile_unit(json.loads(args.profile), args.json)
         return
     tmp = Path(tempfile.mkdtemp(prefix="fedstream-fedavg-"))
     subprocess.run([sys.executable, __file__, "--machine", "--json", str(tmp / "machine.json")],
@@ -212,6 +296,8 @@ def main() -> None:
         flops = round_flops(w, examples_per_client)
         r["floor_s"] = flops / (machine["matmul_gflops"] * 1e9)
         r["gflop_per_round"] = flops / 1e9
+        if w["model"] == "cnn":
+            r["profile"] = profile(w, tmp)
         results[name] = r
         print(name, json.dumps(r), flush=True)
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), **machine},
@@ -234,6 +320,18 @@ def markdown(results: dict) -> str:
                      f"{r['plain_tf_s']:.3f} s | {jax_text} | {r['floor_s']:.3f} s | "
                      f"{r['simulate_s'] / r['floor_s']:.2f} | "
                      f"{r['simulate_s'] / r['distributed_s']:.2f} | {vs_jax} |")
+    for name, r in results.items():
+        p = r.get("profile")
+        if isinstance(p, dict):
+            busy = {k: s for k, s in p["cpu_s_by_kind"].items() if k != "idle"}
+            total = sum(busy.values())
+            shares = ", ".join(f"{kind} {100 * s / total:.0f}%" for kind, s in busy.items())
+            lines.append(f"\n{name}, one unit profiled: {p['unit_wall_s']:.2f} s for "
+                         f"{p['client_steps']} client steps "
+                         f"({p['unit_flops'] / p['unit_wall_s'] / 1e9:.0f} GFLOP/s), "
+                         f"{total:.2f} s of operations' CPU time: {shares}")
+        elif p:
+            lines.append(f"\n{name} profile: {p}")
     return "\n".join(lines)
 
 
