@@ -19,9 +19,9 @@ leaves that client's weights and momentum as they were. Clients whose step count
 `bucket` (at most 1/8 apart) train in one group padded to the bucket, and a group's number of
 clients is padded to its bucket with clients that never step, so a long run with clients of
 many sizes, or units of varying numbers of clients (Poisson sampling), compiles only a
-handful of programs; clients of equal size are padded to nothing. A group whose stacked weights, momentum and gradients would pass
-`MAX_STACKED_BYTES` trains in slices, so device memory is bounded whatever the number of
-clients.
+handful of programs, each once; clients of equal size are padded to nothing. A group whose
+stacked weights, momentum and gradients would pass `MAX_STACKED_BYTES` trains in slices, so
+device memory is bounded whatever the number of clients.
 """
 
 from __future__ import annotations
@@ -63,29 +63,39 @@ def bucket(count: int) -> int:
 
 
 class ClientsTogether:
-    def __init__(self, task: Task, model: keras.Model, anchor: Sequence[tf.Variable]):
+    def __init__(self, task: Task, model: keras.Model):
         self.task = task
         self.model = model
-        self._anchor = anchor  # the round's weights, for FedProx's proximal term
         self._program = None  # traced on first use, for the data's dtype and shape
         self.shapes: set[tuple[int, int, int]] = set()  # (clients, steps, width) compiled
 
-    def train(self, batches: Sequence[Batch], start: Sequence[np.ndarray],
-              round_number: int) -> tuple[list[list[np.ndarray]], list[float]]:
-        """Every client's delta (start - end) and mean training loss, in the given order."""
-        deltas: list = [None] * len(batches)
-        losses: list = [None] * len(batches)
+    def train(self, batches: Sequence[Batch], start: Sequence[np.ndarray], round_number: int,
+              weights: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+        """The unit's update from the round's weights `start`: sum over clients of weight x
+        delta (start - end) per variable, or, with `weights` None, every client's delta stacked
+        [clients, ...]; and each client's mean training loss, in the given order. The deltas
+        and their sum are made inside the compiled program: nothing per client comes back."""
+        stacked = weights is None
+        update = ([np.zeros((len(batches), *s.shape), np.float32) for s in start] if stacked
+                  else [np.zeros_like(s) for s in start])
+        losses = np.zeros(len(batches))
         per_client = 3 * sum(s.nbytes for s in start)
         at_once = max(1, MAX_STACKED_BYTES // per_client)
+        start_tensors = [tf.convert_to_tensor(s) for s in start]
         for members in self._groups(batches):
             for first in range(0, len(members), at_once):
                 chosen = members[first:first + at_once]
-                group_deltas, group_losses = self._train_group(
-                    [batches[i] for i in chosen], start, round_number,
+                part, part_losses = self._train_group(
+                    [batches[i] for i in chosen], start_tensors, round_number,
+                    None if stacked else weights[chosen],
                     slots=max(len(chosen), min(bucket(len(chosen)), at_once)))
-                for i, d, loss in zip(chosen, group_deltas, group_losses):
-                    deltas[i], losses[i] = d, loss
-        return deltas, losses
+                losses[chosen] = part_losses
+                for total, value in zip(update, part):
+                    if stacked:
+                        total[chosen] = value[:len(chosen)]
+                    else:
+                        total += value
+        return update, losses
 
     def _groups(self, batches: Sequence[Batch]) -> list[list[int]]:
         """Indices of the clients that train together: one bucket of step counts and of
@@ -100,8 +110,8 @@ class ClientsTogether:
     def _width(self, batch: Batch) -> int:
         return self.task.local.batch_size or len(batch.y)
 
-    def _train_group(self, group: Sequence[Batch], start: Sequence[np.ndarray],
-                     round_number: int, slots: int):
+    def _train_group(self, group: Sequence[Batch], start: Sequence[tf.Tensor],
+                     round_number: int, weights: np.ndarray | None, slots: int):
         """Pads the group to one shape (steps and width exactly its own when its clients are
         alike, else the bucket's; `slots` clients, the ones past the group's never stepping),
         lays every client's seeded minibatch order of every epoch out as rows of indices and
@@ -126,50 +136,58 @@ class ClientsTogether:
                 rows[:n] = drawn
                 order[c, e, :steps[c], :w] = rows.reshape(steps[c], w)
                 mask[c, e, :steps[c], :w] = (np.arange(steps[c] * w) < n).reshape(steps[c], w)
-        weights = [tf.convert_to_tensor(np.repeat(s[None], slots, axis=0)) for s in start]
+        client_weights = np.zeros(slots, np.float32)  # padding clients weigh nothing
+        client_weights[:clients] = 1.0 if weights is None else weights
         shape = (slots, local.epochs * per_epoch, width)
         if shape not in self.shapes:
             log.info("compiling local training for %d clients x %d steps of %d", *shape)
             self.shapes.add(shape)
-        ends, total = self._compiled(group[0], weights)(
-            weights, tf.convert_to_tensor(x), tf.convert_to_tensor(y),
-            tf.convert_to_tensor(order.reshape(shape)), tf.convert_to_tensor(mask.reshape(shape)))
-        ends = [w.numpy() for w in ends]
-        return ([[s - end[c] for s, end in zip(start, ends)] for c in range(clients)],
-                list(total.numpy()[:clients] / (local.epochs * np.array(steps))))
+        update, total = self._compiled(group[0], start)(
+            list(start), tf.convert_to_tensor(client_weights), tf.convert_to_tensor(x),
+            tf.convert_to_tensor(y), tf.convert_to_tensor(order.reshape(shape)),
+            tf.convert_to_tensor(mask.reshape(shape)))
+        return ([u.numpy() for u in update],
+                total.numpy()[:clients] / (local.epochs * np.array(steps)))
 
-    def _compiled(self, example: Batch, weights):
+    def _compiled(self, example: Batch, start: Sequence[tf.Tensor]):
         """One trace per task; XLA compiles once per padded shape."""
         if self._program is None:
             def spec(a):
                 return tf.TensorSpec([None, None, *a.shape[1:]], tf.as_dtype(a.dtype))
-            rows = tf.TensorSpec([None, None, None])
-            stacked = [tf.TensorSpec([None, *w.shape[1:]], w.dtype) for w in weights]
+            rows = [None, None, None]  # clients, steps, minibatch slots
             self._program = tf.function(self._steps, jit_compile=True, input_signature=[
-                stacked, spec(example.x), spec(example.y), tf.TensorSpec(rows.shape, tf.int64),
-                rows])
+                [tf.TensorSpec(s.shape, s.dtype) for s in start], tf.TensorSpec([None]),
+                spec(example.x), spec(example.y), tf.TensorSpec(rows, tf.int64),
+                tf.TensorSpec(rows, tf.float32)])
         return self._program
 
-    def _steps(self, weights, x, y, order, mask):
+    def _steps(self, start, client_weights, x, y, order, mask):
         """One SGD step per order[:, i], for all clients at once (as Keras' SGD computes it:
         w -= lr g, or v = momentum v - lr g, w += v), a client whose mask[:, i] is empty
-        standing still; returns the end weights and each client's sum of step losses."""
+        standing still. Returns the deltas (start - end) stacked, or summed with
+        `client_weights` for a task that does not want them per client, and each client's sum
+        of step losses."""
         local = self.task.local
+        clients = tf.shape(order)[0]
+        weights = [tf.repeat(s[None], clients, axis=0) for s in start]
         velocity = [tf.zeros_like(w) for w in weights]
-        total = tf.zeros([tf.shape(order)[0]])
+        total = tf.zeros([clients])
         for i in tf.range(tf.shape(order)[1]):
             xb = tf.gather(x, order[:, i], batch_dims=1)
             yb = tf.gather(y, order[:, i], batch_dims=1)
-            grads, losses = tf.vectorized_map(self._client_gradient,
-                                              (tuple(weights), xb, yb, mask[:, i]),
-                                              fallback_to_while_loop=False)
+            grads, losses = tf.vectorized_map(
+                lambda args: self._client_gradient(args, start),
+                (tuple(weights), xb, yb, mask[:, i]), fallback_to_while_loop=False)
             active = tf.reduce_any(mask[:, i] > 0, axis=1)
             weights, velocity = _sgd_step(weights, velocity, grads, active, local.lr,
                                           local.momentum)
             total += losses
-        return weights, total
+        deltas = [s[None] - w for s, w in zip(start, weights)]
+        if self.task.per_client:
+            return deltas, total
+        return [tf.tensordot(client_weights, d, axes=1) for d in deltas], total
 
-    def _client_gradient(self, args):
+    def _client_gradient(self, args, anchor):
         weights, x, y, mask = args
         weights = list(weights)
         with tf.GradientTape() as tape:
@@ -182,7 +200,7 @@ class ClientsTogether:
             total = loss
             if self.task.local.prox_mu > 0:  # FedProx: stay near the round's weights
                 total += 0.5 * self.task.local.prox_mu * tf.add_n(
-                    [tf.reduce_sum(tf.square(w - a)) for w, a in zip(weights, self._anchor)])
+                    [tf.reduce_sum(tf.square(w - a)) for w, a in zip(weights, anchor)])
         return tuple(tape.gradient(total, weights)), loss
 
 

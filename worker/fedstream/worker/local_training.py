@@ -41,7 +41,7 @@ class LocalTrainer(UpdateComputer):
                             for v in self._trainable]
         self._train_step = tf.function(self._step, reduce_retracing=True)
         self._train_steps = None  # traced on first use, for the data's dtype and shape
-        self._together = (ClientsTogether(task, self.model, self._anchor)
+        self._together = (ClientsTogether(task, self.model)
                           if trains_together(task, self.model) else None)
 
     def _step(self, x, y):
@@ -106,25 +106,30 @@ class LocalTrainer(UpdateComputer):
 
     def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
         start = [v.numpy() for v in self._trainable]
+        weights = None if self.task.per_client else client_weights(self.task, batches)
+        with tf.device(self.device):
+            if self._together is not None:
+                update, losses = self._together.train(batches, start, round_number, weights)
+            else:
+                update, losses = self._train_in_turn(batches, start, round_number, weights)
+        examples = sum(len(b.y) for b in batches)
+        if weights is None:
+            return UnitUpdate(update, float(len(batches)), examples, float(np.mean(losses)))
+        total = float(weights.sum())
+        return UnitUpdate(update, total, examples, float(np.dot(weights, losses)) / total)
+
+    def _train_in_turn(self, batches: Sequence[Batch], start: list[np.ndarray],
+                       round_number: int, weights: np.ndarray | None):
+        """`ClientsTogether.train`'s result, one client after another."""
         for anchor, value in zip(self._anchor, start):
             anchor.assign(value)
         deltas, losses = [], []
-        with tf.device(self.device):
-            if self._together is not None:
-                deltas, losses = self._together.train(batches, start, round_number)
-            else:
-                for batch in batches:
-                    self._start_client(start)
-                    losses.append(self._train_client(batch, round_number))
-                    deltas.append([s - v.numpy() for s, v in zip(start, self._trainable)])
-                self._start_client(start)  # the model holds the round's weights again
-        examples = sum(len(b.y) for b in batches)
-        if self.task.per_client:
-            return UnitUpdate(stack_updates(deltas), float(len(batches)), examples,
-                              float(np.mean(losses)))
-        weights = client_weights(self.task, batches)
-        summed = [sum(w * d[i] for w, d in zip(weights, deltas)).astype(np.float32)
-                  for i in range(len(start))]
-        total = float(weights.sum())
-        return UnitUpdate(summed, total, examples,
-                          float(np.dot(weights, losses)) / total)
+        for batch in batches:
+            self._start_client(start)
+            losses.append(self._train_client(batch, round_number))
+            deltas.append([s - v.numpy() for s, v in zip(start, self._trainable)])
+        self._start_client(start)  # the model holds the round's weights again
+        if weights is None:
+            return stack_updates(deltas), losses
+        return [sum(w * d[i] for w, d in zip(weights, deltas)).astype(np.float32)
+                for i in range(len(start))], losses
