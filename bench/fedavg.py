@@ -1,4 +1,4 @@
-"""FedAvg workloads beside the reference recipe: `python bench/fedavg.py` (about 6 minutes on
+"""FedAvg workloads beside the reference recipe: `python bench/fedavg.py` (about 7 minutes on
 2 cores; writes bench/results/fedavg.json and prints a Markdown summary).
 
   W2  FedAvg, 2NN, 100 IID clients, 10 per round, E=1, B=10, client SGD 0.1
@@ -7,8 +7,9 @@
 For each workload, side by side in one run: `fedstream simulate`, `fedstream run --workers 2`,
 a plain TensorFlow loop as a TensorFlow user writes it by hand (one `tf.function` train step,
 clients one after another: `--plain`), a JAX loop that vectorises the clients
-(bench/jax_fedavg.py; needs `pip install -e ".[bench]"`, skipped with the reason when JAX does
-not import), and the compute floor: the workload's FLOPs per round divided by the fp32 matmul
+(bench/jax_fedavg.py, run by `--jax-python`, an interpreter with JAX: a venv of its own keeps
+Keras from importing JAX into fedstream's processes, or `pip install -e ".[bench]"` here;
+skipped with the reason when JAX does not import), and the compute floor: the workload's FLOPs per round divided by the fp32 matmul
 rate measured on this machine. Rounds per second are medians over the rounds after warm-up.
 
 W3 also gets a profile (`--profile`): one unit's local training (5 clients, as in
