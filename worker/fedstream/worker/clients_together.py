@@ -72,10 +72,11 @@ class ClientsTogether:
     def train(self, batches: Sequence[Batch], start: Sequence[np.ndarray], round_number: int,
               weights: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
         """The unit's update from the round's weights `start`: sum over clients of weight x
-        delta (start - end) per variable, or, with `weights` None, every client's delta stacked
-        [clients, ...]; and each client's mean training loss, in the given order. The deltas
-        and their sum are made inside the compiled program: nothing per client comes back."""
-        stacked = weights is None
+        delta (start - end) per variable, or, for a task that wants per-client updates (then
+        `weights` is None), every client's delta stacked [clients, ...]; and each client's
+        mean training loss, in the given order. The deltas and their sum are made inside the
+        compiled program: nothing per client comes back."""
+        stacked = self.task.per_client
         update = ([np.zeros((len(batches), *s.shape), np.float32) for s in start] if stacked
                   else [np.zeros_like(s) for s in start])
         losses = np.zeros(len(batches))
