@@ -168,7 +168,6 @@ def profile_unit(w: dict, json_path: str) -> None:
     """One W3 unit (5 clients) trained under TensorFlow's profiler after a warm-up unit;
     writes its wall time and the CPU time of each kind of operation."""
     import glob
-    import tempfile as tmp
 
     import tensorflow as tf
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
@@ -188,7 +187,7 @@ def profile_unit(w: dict, json_path: str) -> None:
     computer.set_weights([v.numpy() for v in federation.model.weights])
     unit = [Batch(c, 0, *store.client(c)) for c in range(PER_ROUND // 2)]
     computer.compute(unit, round_number=1)
-    logdir = tmp.mkdtemp(prefix="fedstream-profile-")
+    logdir = tempfile.mkdtemp(prefix="fedstream-profile-")
     tf.profiler.experimental.start(logdir)
     t0 = time.perf_counter()
     computer.compute(unit, round_number=2)
