@@ -102,20 +102,21 @@ def test_the_compiled_epoch_loop_equals_one_step_at_a_time(momentum, prox_mu):
         fast = [trainer.compute([c], round_number=round_number).arrays for c in clients]
         for client, got in zip(clients, fast):
             reference = fresh(task, model)
-            start = [v.numpy() for v in reference._trainable]
-            for anchor, value in zip(reference._anchor, start):
+            steps = reference._in_turn
+            start = [v.numpy() for v in steps._trainable]
+            for anchor, value in zip(steps._anchor, start):
                 anchor.assign(value)
-            reference._start_client(start)
+            steps._start_client(start)
             for epoch in range(2):
                 order = np.random.default_rng([round_number, client.client_id, epoch]
                                               ).permutation(len(client.y))
                 for begin in range(0, len(client.y), 4):
                     chosen = order[begin:begin + 4]
-                    reference._train_step(client.x[chosen], client.y[chosen])
-            for g, s, v in zip(got, start, reference._trainable):
+                    steps._train_step(client.x[chosen], client.y[chosen])
+            for g, s, v in zip(got, start, steps._trainable):
                 want = (s - v.numpy()) * len(client.y)  # examples weighting
                 assert g.tobytes() == want.astype(np.float32).tobytes()
-    assert trainer._train_steps.experimental_get_tracing_count() == 1
+    assert trainer._in_turn._train_steps.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.parametrize("momentum, prox_mu", [(0.0, 0.0), (0.9, 0.1)])
@@ -169,7 +170,7 @@ def test_clients_of_nearby_sizes_share_one_compiled_program():
     for round_number, sizes in enumerate([[65, 72, 70], [66, 69, 71], [68, 72, 67]]):
         trainer.compute(batches(sizes, seed=round_number), round_number)
     together = trainer._together
-    assert together._program.experimental_get_tracing_count() == 1
+    assert together._program._program.experimental_get_tracing_count() == 1
     assert together.shapes == {(3, 18, 4)}
 
 
@@ -235,7 +236,7 @@ def test_clients_trained_together_in_slices_when_their_weights_would_not_fit(mon
 
 def test_convolutional_and_stateful_models_train_clients_in_turn():
     from fedstream.coordinator.models import build_model
-    from fedstream.worker.clients_together import trains_together
+    from fedstream.worker.tf_steps import trains_together
     assert not trains_together(delta_task(build_model("cnn", 0)), build_model("cnn", 0))
     assert trains_together(delta_task(build_model("2nn", 0)), build_model("2nn", 0))
     # a dropout layer's only state is its seed: with dropout off, its clients train together

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from fedstream.common.backend import backend_option
 from fedstream.common.options import add_options, from_args, option, section, to_argv
 from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, MetricsConfig
@@ -40,9 +41,10 @@ class LocalRunConfig:
                                            "federation (defaults: the reference recipe)")
     workers: int = option(2, "worker processes (per site, with --sites); the first round "
                              "waits for all of them")
-    worker_threads: int = option(0, "TensorFlow threads per worker (0: cores / workers)")
-    coordinator_threads: int = option(0, "TensorFlow threads of the coordinator (0: "
-                                         "TensorFlow's default; it computes only while the "
+    backend: str | None = backend_option()  # the coordinator's and the workers'
+    worker_threads: int = option(0, "compute threads per worker (0: cores / workers)")
+    coordinator_threads: int = option(0, "compute threads of the coordinator (0: the "
+                                         "backend's default; it computes only while the "
                                          "workers wait, so it oversubscribes nothing)")
     device: str | None = option(None, "workers' device: /CPU:0 or /GPU:<n> (default: the "
                                       "first GPU, else the CPU)")
@@ -263,12 +265,15 @@ def run(config: LocalRunConfig) -> int:
         pools, num_classes = start_pools(config, procs, server_tls)
         for site, address in pools.items():
             say(f"datapool     {address}" + (f"  (site {site})" if site else ""))
-        sinks = MetricsConfig(metrics=metrics_path,
-                              tensorboard=os.path.join(config.out, "tensorboard"),
+        backend = config.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+        sinks = MetricsConfig(metrics=metrics_path,  # TensorBoard's files need TensorFlow
+                              tensorboard=os.path.join(config.out, "tensorboard")
+                              if backend == "tensorflow" else None,
                               prometheus_port=config.sinks.prometheus_port)
         reads = {"datapool": pools[""]} if "" in pools else {"num_classes": num_classes}
         coordinator_proc = procs.start("coordinator", ["coordinator", *to_argv(CoordinatorConfig(
-            listen="127.0.0.1:0", **reads, threads=config.coordinator_threads,
+            listen="127.0.0.1:0", **reads, backend=config.backend,
+            threads=config.coordinator_threads,
             sinks=sinks, save_weights=os.path.join(config.out, "weights.npz"),
             port_file=os.path.join(config.out, "coordinator.addr"), tls=server_tls,
             federation=config.federation))])
@@ -279,10 +284,10 @@ def run(config: LocalRunConfig) -> int:
                 name = f"worker-{site}-{i}" if site else f"worker-{i}"
                 worker = WorkerConfig(
                     coordinator=coordinator, datapool=datapool, site=site, device=config.device,
-                    threads=threads, name=name, tls=client_tls,
+                    backend=config.backend, threads=threads, name=name, tls=client_tls,
                     delay_s=config.straggler_delay_s if i == 0 and not site else 0.0)
                 procs.start(name, ["worker", *to_argv(worker)])
-        say(f"{config.workers * len(pools)} workers   {threads} TensorFlow thread(s) each; "
+        say(f"{config.workers * len(pools)} workers   {threads} {backend} thread(s) each; "
             f"logs in {config.out}")
         while coordinator_proc.poll() is None:
             for row in tail.rows():

@@ -14,6 +14,7 @@ import json
 import logging
 from dataclasses import dataclass
 
+from fedstream.common.backend import backend_option, threads_option
 from fedstream.common.logs import log_config
 from fedstream.common.options import add_options, from_args, option, section
 from fedstream.coordinator.config import FederationConfig, MetricsConfig
@@ -30,7 +31,8 @@ class SimulateConfig:
     federation: FederationConfig = section(FederationConfig,
                                            "federation (defaults: the reference recipe)")
     device: str | None = option(None, "/CPU:0 or /GPU:<n> (default: the first GPU, else the CPU)")
-    threads: int = option(0, "TensorFlow threads (0: TensorFlow's default)")
+    backend: str | None = backend_option()
+    threads: int = threads_option()
     sinks: MetricsConfig = section(MetricsConfig)
     save_weights: str | None = option(None, "save the final weights (.npz) here")
 
@@ -54,8 +56,8 @@ def config_from_args(args: argparse.Namespace) -> SimulateConfig:
 def run(config: SimulateConfig) -> dict:
     """Train to the end; return the last round's metrics."""
     log_config(log, "simulate", config)
-    from fedstream.common.learning import configure_threads
-    configure_threads(config.threads)
+    from fedstream.common.backend import use_backend
+    log.info("Keras backend: %s", use_backend(config.backend, config.threads))
     from fedstream.coordinator.build import build_federation, save_weights
     from fedstream.coordinator.metrics import MetricsLog
     from fedstream.datapool.server import build_store

@@ -1,5 +1,6 @@
-"""TensorFlow pieces the coordinator and the worker share: thread budget, model loading,
-input preprocessing and the loss. Imported only by processes that run TensorFlow."""
+"""Model pieces the coordinator and the worker share, on whichever Keras backend the process
+runs: model loading, input preprocessing, the loss and evaluation. Written in `keras.ops`, so
+the same code runs eagerly, inside `tf.function`, `jax.jit` and `torch.func` transforms."""
 
 from __future__ import annotations
 
@@ -8,22 +9,11 @@ import logging
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_LOSSES = ("categorical_crossentropy",)
-
-
-def configure_threads(threads: int) -> None:
-    """Cap TensorFlow's thread pools (0 = its default), before any op runs.
-
-    Several TensorFlow processes share few cores in a local federation; each taking all
-    of them oversubscribes the machine.
-    """
-    if threads > 0:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(min(threads, 2))
 
 
 def model_from_json(model_json: str) -> keras.Model:
@@ -32,17 +22,21 @@ def model_from_json(model_json: str) -> keras.Model:
     return keras.saving.deserialize_keras_object(config, safe_mode=True)
 
 
-def preprocess(x: np.ndarray | tf.Tensor, divisor: float) -> tf.Tensor:
-    x = tf.cast(x, tf.float32)
+def preprocess(x, divisor: float):
+    x = ops.cast(x, "float32")
     return x if divisor == 1 else x / divisor
 
 
-def per_example_loss(loss: str, labels: tf.Tensor, outputs: tf.Tensor, num_classes: int) -> tf.Tensor:
-    """Categorical cross-entropy per example. On a softmax output Keras computes it from the
-    logits, so saturated examples keep their gradient p - y (a clip-then-log form loses it)."""
+def per_example_loss(loss: str, labels, outputs, num_classes: int):
+    """Categorical cross-entropy per example. On a softmax output TensorFlow's Keras computes
+    it from the logits, so saturated examples keep their gradient p - y (a clip-then-log form
+    loses it); JAX's and PyTorch's Keras clip. The one-hot labels are a comparison, not a
+    one-hot op, so the loss vectorises over clients on every backend."""
     if loss not in SUPPORTED_LOSSES:
         raise ValueError(f"unsupported loss {loss!r}; supported: {', '.join(SUPPORTED_LOSSES)}")
-    onehot = tf.one_hot(tf.cast(labels, tf.int32), num_classes)
+    classes = ops.arange(num_classes, dtype="int32")
+    onehot = ops.cast(ops.equal(ops.expand_dims(ops.cast(labels, "int32"), -1), classes),
+                      "float32")
     return keras.losses.categorical_crossentropy(onehot, outputs)
 
 
@@ -54,6 +48,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: str, num
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         out = model(preprocess(xb, input_divisor), training=False)
-        total_loss += float(tf.reduce_sum(per_example_loss(loss, yb, out, num_classes)))
-        correct += int(np.sum(np.argmax(out.numpy(), axis=1) == yb))
+        total_loss += float(ops.convert_to_numpy(ops.sum(per_example_loss(loss, yb, out,
+                                                                             num_classes))))
+        correct += int(np.sum(np.argmax(ops.convert_to_numpy(out), axis=1) == yb))
     return {"test_loss": total_loss / len(x), "test_acc": correct / len(x)}

@@ -9,6 +9,7 @@ import enum
 from dataclasses import dataclass
 
 from fedstream.common.auth import auth_token_option, auth_tokens_option
+from fedstream.common.backend import backend_option, threads_option
 from fedstream.common.codecs import Encoding
 from fedstream.common.options import add_options, coerce_choices, from_args, option, section
 from fedstream.common.protocol import UpdateKind, Weighting, input_divisor
@@ -270,7 +271,8 @@ class CoordinatorConfig:
                            env="FEDSTREAM_DATAPOOL")
     num_classes: int = option(10, "with --sites: the classes of the task (one data pool: "
                                   "the pool says)")
-    threads: int = option(0, "TensorFlow threads (0: TensorFlow's default)")
+    backend: str | None = backend_option()
+    threads: int = threads_option()
     sinks: MetricsConfig = section(MetricsConfig)
     save_weights: str | None = option(None, "save the final weights (.npz) here")
     checkpoint_dir: str | None = option(None, "checkpoint every round into this folder; "

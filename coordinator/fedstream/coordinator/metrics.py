@@ -30,6 +30,11 @@ class TensorBoardScalars:
     dashboard, so writing them needs no `tensorboard` package (viewing does)."""
 
     def __init__(self, logdir: str):
+        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        if backend != "tensorflow":
+            raise ValueError(f"--tensorboard writes through TensorFlow, which a process on the "
+                             f"{backend} backend does not load: leave it off (--metrics "
+                             f"writes the same figures as JSONL) or use --backend tensorflow")
         import tensorflow as tf
         from tensorflow.core.framework import summary_pb2
 

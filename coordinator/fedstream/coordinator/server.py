@@ -12,14 +12,12 @@ from __future__ import annotations
 import logging
 
 from fedstream.common.auth import server_interceptors
+from fedstream.common.backend import use_backend
 from fedstream.common.clients import DataPoolClient
 from fedstream.common.grpc_server import bound_address, create_server, publish_address, stop_on_signals
-from fedstream.common.learning import configure_threads
 from fedstream.common.logs import log_config
-from fedstream.coordinator.build import build_federation, build_site_federation, save_weights
 from fedstream.coordinator.config import CoordinatorConfig
 from fedstream.coordinator.metrics import MetricsLog
-from fedstream.coordinator.servicer import CoordinatorServicer
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,7 +28,9 @@ STOP_GRACE_S = 5.0  # in-flight RPCs get this long to finish on shutdown
 
 def serve(config: CoordinatorConfig) -> None:
     log_config(log, "coordinator", config)
-    configure_threads(config.threads)
+    log.info("Keras backend: %s", use_backend(config.backend, config.threads))
+    from fedstream.coordinator.build import build_federation, build_site_federation, save_weights
+    from fedstream.coordinator.servicer import CoordinatorServicer
     metrics = MetricsLog.of(config.sinks)
     if config.federation.site_names:
         log.info("sites %s: their data stays at each site; the coordinator reads no data pool",

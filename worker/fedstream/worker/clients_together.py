@@ -1,17 +1,9 @@
 """The clients of a unit trained together: their weights stacked on a client axis, every local
-step one vectorised program for all of them (`tf.vectorized_map` over `stateless_call`), all
-the steps of all epochs one program compiled by XLA. Clients still share nothing: each has
-its own weights, momentum, minibatch order and proximal anchor term, exactly the rules of one
-client alone.
-
-Used for models whose every layer vectorises into batched matrix products (Dense and
-shape-only layers). FedAvg 2NN, 5 clients of 600, E=1, B=10, side by side in one process:
-2.1x faster than clients one after another (1.7x to 2.8x per round); XLA took the together
-round from 65 to 42 ms. Convolutions do not gain: `tf.vectorized_map` turns their filter
-gradient into a while loop, XLA's CPU convolutions measured 15x slower than TensorFlow's, and
-grouped convolutions (the clients side by side on the channel axis) measured 7-12% slower
-than clients in turn, the stacked copies of the CNN's 1.6M-weight dense layer no longer
-fitting the cache. Convolutional models train clients in turn.
+step one vectorised program for all of them, all the steps of all epochs one compiled program
+(the backend's: `tf_steps.TogetherProgram`, `functional_steps.TogetherProgram`). Clients
+still share nothing: each has its own weights, momentum, minibatch order and proximal anchor
+term, exactly the rules of one client alone. This module lays the clients' data out for the
+program, on any backend.
 
 Unequal clients: a client's steps are its minibatches, a short last one included; every step
 carries a mask of which of its B slots are real examples, and a step whose mask is empty
@@ -28,34 +20,26 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
-from fedstream.common.learning import per_example_loss, preprocess
 from fedstream.common.protocol import Batch, Task
 
 log = logging.getLogger(__name__)
 
-VECTORISED_LAYERS = {"Dense", "Flatten", "Reshape", "Activation", "Dropout"}
+VECTORISED_LAYERS = {"Dense", "Flatten", "Reshape", "Activation", "Dropout"}  # batched matmuls
 MAX_STACKED_BYTES = 512 << 20  # weights, velocity and gradients of the clients trained at once
 
-
-def trains_together(task: Task, model: keras.Model) -> bool:
-    """Whether the model's clients can train on one client axis, and gain from it: layers that
-    vectorise, no state but a dropout layer's seed, and dropout off (it draws per client)."""
-    return not task.dropout and all(
-        type(layer).__name__ in VECTORISED_LAYERS
-        and (type(layer).__name__ == "Dropout" or not layer.non_trainable_variables)
-        for layer in model.layers)
+# (start, client weights, x, y, order, mask, seeds) -> (update, each client's sum of step losses)
+Program = Callable[..., tuple[list[np.ndarray], np.ndarray]]
 
 
 def bucket(count: int) -> int:
-    """The padded size of a count (steps, minibatch width, clients): up to 16 as it is, beyond
-    that the next number with four significant bits (17 -> 18, 61 -> 64, 65 -> 72), so
-    padding adds less than 1/8."""
+    """The padded size of a count (steps, minibatch width, clients, examples): up to 16 as it
+    is, beyond that the next number with four significant bits (17 -> 18, 61 -> 64,
+    65 -> 72), so padding adds less than 1/8."""
     if count <= 16:
         return count
     unit = 1 << (count.bit_length() - 4)
@@ -63,10 +47,9 @@ def bucket(count: int) -> int:
 
 
 class ClientsTogether:
-    def __init__(self, task: Task, model: keras.Model):
+    def __init__(self, task: Task, program: Program):
         self.task = task
-        self.model = model
-        self._program = None  # traced on first use, for the data's dtype and shape
+        self._program = program
         self.shapes: set[tuple[int, int, int]] = set()  # (clients, steps, width) compiled
 
     def train(self, batches: Sequence[Batch], start: Sequence[np.ndarray], round_number: int,
@@ -82,12 +65,11 @@ class ClientsTogether:
         losses = np.zeros(len(batches))
         per_client = 3 * sum(s.nbytes for s in start)
         at_once = max(1, MAX_STACKED_BYTES // per_client)
-        start_tensors = [tf.convert_to_tensor(s) for s in start]
         for members in self._groups(batches):
             for first in range(0, len(members), at_once):
                 chosen = members[first:first + at_once]
                 part, part_losses = self._train_group(
-                    [batches[i] for i in chosen], start_tensors, round_number,
+                    [batches[i] for i in chosen], start, round_number,
                     None if stacked else weights[chosen],
                     slots=max(len(chosen), min(bucket(len(chosen)), at_once)))
                 losses[chosen] = part_losses
@@ -111,7 +93,7 @@ class ClientsTogether:
     def _width(self, batch: Batch) -> int:
         return self.task.local.batch_size or len(batch.y)
 
-    def _train_group(self, group: Sequence[Batch], start: Sequence[tf.Tensor],
+    def _train_group(self, group: Sequence[Batch], start: Sequence[np.ndarray],
                      round_number: int, weights: np.ndarray | None, slots: int):
         """Pads the group to one shape (steps and width exactly its own when its clients are
         alike, else the bucket's; `slots` clients, the ones past the group's never stepping),
@@ -143,79 +125,25 @@ class ClientsTogether:
         if shape not in self.shapes:
             log.info("compiling local training for %d clients x %d steps of %d", *shape)
             self.shapes.add(shape)
-        update, total = self._compiled(group[0], start)(
-            list(start), tf.convert_to_tensor(client_weights), tf.convert_to_tensor(x),
-            tf.convert_to_tensor(y), tf.convert_to_tensor(order.reshape(shape)),
-            tf.convert_to_tensor(mask.reshape(shape)))
-        return ([u.numpy() for u in update],
-                total.numpy()[:clients] / (local.epochs * np.array(steps)))
-
-    def _compiled(self, example: Batch, start: Sequence[tf.Tensor]):
-        """One trace per task; XLA compiles once per padded shape."""
-        if self._program is None:
-            def spec(a):
-                return tf.TensorSpec([None, None, *a.shape[1:]], tf.as_dtype(a.dtype))
-            rows = [None, None, None]  # clients, steps, minibatch slots
-            self._program = tf.function(self._steps, jit_compile=True, input_signature=[
-                [tf.TensorSpec(s.shape, s.dtype) for s in start], tf.TensorSpec([None]),
-                spec(example.x), spec(example.y), tf.TensorSpec(rows, tf.int64),
-                tf.TensorSpec(rows, tf.float32)])
-        return self._program
-
-    def _steps(self, start, client_weights, x, y, order, mask):
-        """One SGD step per order[:, i], for all clients at once (as Keras' SGD computes it:
-        w -= lr g, or v = momentum v - lr g, w += v), a client whose mask[:, i] is empty
-        standing still. Returns the deltas (start - end) stacked, or summed with
-        `client_weights` for a task that does not want them per client, and each client's sum
-        of step losses."""
-        local = self.task.local
-        clients = tf.shape(order)[0]
-        weights = [tf.repeat(s[None], clients, axis=0) for s in start]
-        velocity = [tf.zeros_like(w) for w in weights]
-        total = tf.zeros([clients])
-        for i in tf.range(tf.shape(order)[1]):
-            xb = tf.gather(x, order[:, i], batch_dims=1)
-            yb = tf.gather(y, order[:, i], batch_dims=1)
-            grads, losses = tf.vectorized_map(
-                lambda args: self._client_gradient(args, start),
-                (tuple(weights), xb, yb, mask[:, i]), fallback_to_while_loop=False)
-            active = tf.reduce_any(mask[:, i] > 0, axis=1)
-            weights, velocity = _sgd_step(weights, velocity, grads, active, local.lr,
-                                          local.momentum)
-            total += losses
-        deltas = [s[None] - w for s, w in zip(start, weights)]
-        if self.task.per_client:
-            return deltas, total
-        return [tf.tensordot(client_weights, d, axes=1) for d in deltas], total
-
-    def _client_gradient(self, args, anchor):
-        weights, x, y, mask = args
-        weights = list(weights)
-        with tf.GradientTape() as tape:
-            tape.watch(weights)
-            outputs, _ = self.model.stateless_call(
-                weights, [tf.convert_to_tensor(v) for v in self.model.non_trainable_variables],
-                preprocess(x, self.task.input_divisor), training=False)
-            per_example = per_example_loss(self.task.loss, y, outputs, self.task.num_classes)
-            loss = tf.reduce_sum(per_example * mask) / tf.maximum(tf.reduce_sum(mask), 1.0)
-            total = loss
-            if self.task.local.prox_mu > 0:  # FedProx: stay near the round's weights
-                total += 0.5 * self.task.local.prox_mu * tf.add_n(
-                    [tf.reduce_sum(tf.square(w - a)) for w, a in zip(weights, anchor)])
-        return tuple(tape.gradient(total, weights)), loss
+        seeds = np.zeros((slots, 2), np.int64)  # what a client's dropout draws from
+        seeds[:clients] = [(round_number, b.client_id) for b in group]
+        update, total = self._program(list(start), client_weights, x, y, order.reshape(shape),
+                                      mask.reshape(shape), seeds)
+        return update, total[:clients] / (local.epochs * np.array(steps))
 
 
-def _sgd_step(weights, velocity, grads, active, lr: float, momentum: float):
+def sgd_step(weights, velocity, grads, active, lr: float, momentum: float):
     """Keras' SGD for the clients whose step is real (w -= lr g, or v = momentum v - lr g,
-    w += v); the others, on a padded step, keep their weights and momentum. XLA fuses the
-    selection into the update (a `tf.cond` skipping it when every step is real measured
-    slower: 69-82 against 60-62 ms a W2 round)."""
+    w += v); the others, on a padded step, keep their weights and momentum. `active` is one
+    flag per client ([clients] on a client axis, a scalar inside a map over clients). XLA
+    fuses the selection into the update (a `tf.cond` skipping it when every step is real
+    measured slower: 69-82 against 60-62 ms a W2 round)."""
     if momentum:
         velocity = [_moved(active, -g * lr + v * momentum, v) for g, v in zip(grads, velocity)]
         return [_moved(active, w + v, w) for w, v in zip(weights, velocity)], velocity
     return [_moved(active, w - g * lr, w) for w, g in zip(weights, grads)], velocity
 
 
-def _moved(active: tf.Tensor, new: tf.Tensor, old: tf.Tensor) -> tf.Tensor:
+def _moved(active, new, old):
     """`new` for the clients that took a step, `old` for those whose step was padding."""
-    return tf.where(tf.reshape(active, [-1] + [1] * (len(old.shape) - 1)), new, old)
+    return ops.where(ops.reshape(active, [-1] + [1] * (len(old.shape) - 1)), new, old)

@@ -9,6 +9,7 @@ import socket
 from dataclasses import dataclass
 
 from fedstream.common.auth import auth_token_option
+from fedstream.common.backend import backend_option, threads_option
 from fedstream.common.options import add_options, from_args, option, section
 from fedstream.common.tls import TlsConfig
 from fedstream.datapool.server import DataConfig
@@ -31,7 +32,8 @@ class WorkerConfig:
     data: DataConfig = section(DataConfig, "embedded data (with --embed-data)")
     device: str | None = option(None, "/CPU:0 or /GPU:<n> (default: the first GPU, else the CPU)")
     gpu_memory_mb: int = option(0, "hard cap on GPU memory (0: grow on demand)")
-    threads: int = option(0, "TensorFlow threads (0: TensorFlow's default)")
+    backend: str | None = backend_option()
+    threads: int = threads_option()
     name: str = option(f"{socket.gethostname()}-{os.getpid()}",
                        "shown in the coordinator's logs and status")
     tls: TlsConfig = section(TlsConfig, "TLS (default: plaintext)")  # dials both services

@@ -1,5 +1,6 @@
 """The worker process:
-`fedstream worker --coordinator HOST:50051 --datapool HOST:50052 [--site NAME] [--device /GPU:0]`,
+`fedstream worker --coordinator HOST:50051 --datapool HOST:50052 [--site NAME] [--device /GPU:0]
+[--backend jax]`,
 or with `--embed-data` the site's data in-process instead of a data pool."""
 
 from __future__ import annotations
@@ -8,12 +9,10 @@ import contextlib
 import logging
 import signal
 
+from fedstream.common.backend import use_backend
 from fedstream.common.clients import CoordinatorClient, DataPoolClient
-from fedstream.common.learning import configure_threads
 from fedstream.common.logs import log_config
 from fedstream.worker.config import WorkerConfig
-from fedstream.worker.device import select_device
-from fedstream.worker.loop import WorkerLoop
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +23,11 @@ class Shutdown(BaseException):
 
 def run(config: WorkerConfig) -> None:
     log_config(log, "worker", config)
-    configure_threads(config.threads)
+    backend = use_backend(config.backend, config.threads)
+    from fedstream.worker.device import select_device
+    from fedstream.worker.loop import WorkerLoop
     device = select_device(config.device, config.gpu_memory_mb)
-    log.info("worker %s computes on %s", config.name, device)
+    log.info("worker %s computes on %s with Keras' %s backend", config.name, device, backend)
 
     def shutdown(signum, _frame):
         raise Shutdown(signal.Signals(signum).name)

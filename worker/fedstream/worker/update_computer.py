@@ -1,19 +1,23 @@
 """What every update computer shares: the task's model on one device, the weights it is set
 to, and the one method a worker loop calls. Implementations: the fused FedSGD gradient
 (`compute.GradientComputer`) and local training (`local_training.LocalTrainer`);
-`computers.make_computer` picks one for a task."""
+`computers.make_computer` picks one for a task. They lay the data out on the host; the
+compiled programs they call are the backend's (`backend_steps`)."""
 
 from __future__ import annotations
 
 import abc
+import importlib
 from dataclasses import dataclass
+from types import ModuleType
 from typing import Sequence
 
+import keras
 import numpy as np
-import tensorflow as tf
 
 from fedstream.common.learning import model_from_json
 from fedstream.common.protocol import Batch, Task, Weighting
+from fedstream.worker.device import keras_device
 
 
 @dataclass(frozen=True)
@@ -31,11 +35,18 @@ def client_weights(task: Task, batches: Sequence[Batch]) -> np.ndarray:
     return np.ones(len(batches), np.float32)
 
 
+def backend_steps() -> ModuleType:
+    """The compiled programs of Keras' backend: `tf_steps` on TensorFlow, `functional_steps`
+    (`jax.jit`, `vmap`; `torch.func`) on JAX and PyTorch."""
+    name = "tf_steps" if keras.backend.backend() == "tensorflow" else "functional_steps"
+    return importlib.import_module(f"fedstream.worker.{name}")
+
+
 class UpdateComputer(abc.ABC):
     def __init__(self, task: Task, device: str):
         self.task = task
         self.device = device
-        with tf.device(device):
+        with self.on_device():
             self.model = model_from_json(task.model_json)
         shapes = [tuple(v.shape) for v in self.model.trainable_variables]
         expected = [s.shape for s in task.update_specs]
@@ -43,6 +54,10 @@ class UpdateComputer(abc.ABC):
             raise ValueError(f"the task's model has trainable shapes {shapes}, but its update "
                              f"spec lists {expected}")
         self._trainable = self.model.trainable_variables
+
+    def on_device(self):
+        """A scope placing what is made in it on the computer's device."""
+        return keras.device(keras_device(self.device))
 
     def set_weights(self, arrays: Sequence[np.ndarray]) -> None:
         for variable, array in zip(self.model.weights, arrays, strict=True):
