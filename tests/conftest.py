@@ -89,11 +89,12 @@ def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.
     return proc, port_file.read_text().strip()
 
 
-def start_worker(tmp_path: Path, coordinator: str, datapool: str, name: str) -> subprocess.Popen:
+def start_worker(tmp_path: Path, coordinator: str, datapool: str, name: str,
+                 *args: str) -> subprocess.Popen:
     log = open(tmp_path / f"{name}.log", "w")
     return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", "--coordinator",
                              coordinator, "--datapool", datapool, "--threads", "1", "--name",
-                             name], stdout=log, stderr=subprocess.STDOUT)
+                             name, *args], stdout=log, stderr=subprocess.STDOUT)
 
 
 def rows(path: Path) -> list[dict]:

@@ -27,17 +27,33 @@ def preprocess(x, divisor: float):
     return x if divisor == 1 else x / divisor
 
 
-def per_example_loss(loss: str, labels, outputs, num_classes: int):
+def per_example_loss(loss: str, labels, outputs, num_classes: int, from_logits: bool = False):
     """Categorical cross-entropy per example. On a softmax output TensorFlow's Keras computes
     it from the logits, so saturated examples keep their gradient p - y (a clip-then-log form
-    loses it); JAX's and PyTorch's Keras clip. The one-hot labels are a comparison, not a
-    one-hot op, so the loss vectorises over clients on every backend."""
+    loses it); JAX's and PyTorch's Keras would clip, so their programs pass the logits
+    themselves (`logits_model`). The one-hot labels are a comparison, not a one-hot op, so
+    the loss vectorises over clients on every backend."""
     if loss not in SUPPORTED_LOSSES:
         raise ValueError(f"unsupported loss {loss!r}; supported: {', '.join(SUPPORTED_LOSSES)}")
     classes = ops.arange(num_classes, dtype="int32")
     onehot = ops.cast(ops.equal(ops.expand_dims(ops.cast(labels, "int32"), -1), classes),
                       "float32")
-    return keras.losses.categorical_crossentropy(onehot, outputs)
+    return keras.losses.categorical_crossentropy(onehot, outputs, from_logits=from_logits)
+
+
+def logits_model(model: keras.Model) -> keras.Model | None:
+    """The model with its final softmax left out (same variables, in the same order, for
+    `stateless_call`), or None when its last layer is not a softmax."""
+    last = model.layers[-1]
+    if last.get_config().get("activation") != "softmax":
+        return None
+
+    def clone(layer):
+        config = layer.get_config()
+        if layer is last:
+            config["activation"] = "linear"
+        return layer.__class__.from_config(config)
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: str, num_classes: int,

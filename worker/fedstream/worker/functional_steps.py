@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from fedstream.common.learning import per_example_loss, preprocess
+from fedstream.common.learning import logits_model, per_example_loss, preprocess
 from fedstream.common.protocol import Task
 from fedstream.worker.clients_together import VECTORISED_LAYERS, ClientsTogether, bucket, sgd_step
 
@@ -95,6 +95,22 @@ def _transforms():
     return _Jax() if keras.backend.backend() == "jax" else _Torch()
 
 
+class _Loss:
+    """The task's loss at given weights, through `stateless_call`: from the logits when the
+    model ends in a softmax, as TensorFlow's Keras computes it, so every backend trains alike."""
+
+    def __init__(self, task: Task, model: keras.Model):
+        self.task = task
+        logits = logits_model(model)
+        self._net, self._from_logits = (model, False) if logits is None else (logits, True)
+
+    def per_example(self, weights, state, x, y, training: bool):
+        outputs, state = self._net.stateless_call(
+            weights, state, preprocess(x, self.task.input_divisor), training=training)
+        return per_example_loss(self.task.loss, y, outputs, self.task.num_classes,
+                                from_logits=self._from_logits), state
+
+
 def _values(variables) -> list:
     """The variables' current values, as constants of the program."""
     return [ops.stop_gradient(ops.convert_to_tensor(v)) for v in variables]
@@ -114,6 +130,7 @@ class GradientSteps:
     def __init__(self, task: Task, model: keras.Model):
         self.task, self.model = task, model
         self._do = _transforms()
+        self._loss = _Loss(task, model)
         # padding is invisible only in inference mode (no batch statistics, no dropout)
         self._pads = self._do.pads and not task.dropout
         self._weighted = self._do.jit(self._do.value_and_grad(self._weighted_loss))
@@ -144,15 +161,12 @@ class GradientSteps:
         return [g[:clients] for g in _numpy(grads)], _numpy([losses])[0][:clients]
 
     def _weighted_loss(self, weights, state, x, y, example_weights):
-        outputs, state = self.model.stateless_call(
-            weights, state, preprocess(x, self.task.input_divisor), training=self.task.dropout)
-        losses = per_example_loss(self.task.loss, y, outputs, self.task.num_classes)
+        losses, state = self._loss.per_example(weights, state, x, y, self.task.dropout)
         return ops.sum(losses * example_weights), state
 
     def _mean_loss(self, weights, state, x, y):
-        outputs, _ = self.model.stateless_call(
-            weights, state, preprocess(x, self.task.input_divisor), training=self.task.dropout)
-        return ops.mean(per_example_loss(self.task.loss, y, outputs, self.task.num_classes)), ()
+        losses, _ = self._loss.per_example(weights, state, x, y, self.task.dropout)
+        return ops.mean(losses), ()
 
 
 def _padded(size: int, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -173,6 +187,7 @@ class TogetherProgram:
     def __init__(self, task: Task, model: keras.Model):
         self.task, self.model = task, model
         self._do = _transforms()
+        self._loss = _Loss(task, model)
         self._seed_slots = [i for i, v in enumerate(model.non_trainable_variables)
                             if "seed_generator_state" in v.path]
         self._each = self._do.vmap(self._client, (None, None, 0, 0, 0, 0, 0),
@@ -213,9 +228,7 @@ class TogetherProgram:
         return [s - w for s, w in zip(start, weights)], total
 
     def _masked_loss(self, weights, state, x, y, mask, anchor):
-        outputs, state = self.model.stateless_call(
-            weights, state, preprocess(x, self.task.input_divisor), training=self.task.dropout)
-        per_example = per_example_loss(self.task.loss, y, outputs, self.task.num_classes)
+        per_example, state = self._loss.per_example(weights, state, x, y, self.task.dropout)
         loss = ops.sum(per_example * mask) / ops.maximum(ops.sum(mask), 1.0)
         total = loss
         if self.task.local.prox_mu > 0:  # FedProx: stay near the round's weights

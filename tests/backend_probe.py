@@ -1,0 +1,41 @@
+"""Run as `python backend_probe.py FOLDER` with KERAS_BACKEND set: computes, on that backend,
+the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
+unit's batches) with the worker's own `make_computer`, and writes FOLDER/<backend>-<case>.npz.
+`test_backends.py` compares them with TensorFlow's. Prints which heavy modules it loaded."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from fedstream.common.backend import use_backend
+
+
+def main(folder: Path) -> None:
+    backend = use_backend()
+    from fedstream.common import serde
+    from fedstream.common.protocol import Batch
+    from fedstream.v1 import coordinator_pb2
+    from fedstream.worker.computers import make_computer
+
+    for case in json.loads((folder / "cases.json").read_text()):
+        name = case["name"]
+        task = serde.task_from_proto(coordinator_pb2.Task.FromString(
+            (folder / f"{name}.task").read_bytes()))
+        weights = np.load(folder / f"{name}.weights.npz")
+        data = np.load(folder / f"{name}.batches.npz")
+        batches = [Batch(int(c), 0, data[f"x{i}"], data[f"y{i}"])
+                   for i, c in enumerate(data["clients"])]
+        computer = make_computer(task, "/CPU:0")
+        computer.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
+        update = computer.compute(batches, round_number=case["round"])
+        np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
+                 **{f"u{i}": a for i, a in enumerate(update.arrays)})
+    print(json.dumps({"backend": backend, "tensorflow": "tensorflow" in sys.modules}))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))

@@ -1,0 +1,227 @@
+"""Keras backends: JAX and PyTorch workers compute the updates TensorFlow's do, a process on
+another backend never loads TensorFlow, and the backend is chosen before Keras loads.
+
+Each backend runs in its own process (Keras reads its backend once): `backend_probe.py`
+computes every case on JAX and on PyTorch, and the updates are compared with TensorFlow's
+here. Tolerances are float32's (measured on this CPU: at most 2e-6 of the largest entry);
+JAX on an NVIDIA GPU multiplies in TF32 by default, which these CPU checks do not see."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from fedstream.common import serde
+from fedstream.common.backend import BackendError, use_backend
+from fedstream.common.protocol import Batch
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.federation import Federation
+from fedstream.worker.computers import make_computer
+from fedstream.worker.device import keras_device
+
+from conftest import rows, start_service, start_worker, stop, tiny_model, wait_for_round
+
+PROBE = Path(__file__).with_name("backend_probe.py")
+TOLERANCE = 1e-5  # of the largest entry of each tensor
+OTHER_BACKENDS = [pytest.param(b, marks=pytest.mark.skipif(
+    importlib.util.find_spec(b) is None, reason=f"{b} is not installed (pip install "
+                                                 f"'fedstream[{b}]')")) for b in ("jax", "torch")]
+
+
+def tiny_cnn(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Reshape((28, 28, 1)),
+                             keras.layers.Conv2D(3, 5, strides=2, activation="relu"),
+                             keras.layers.MaxPooling2D(2), keras.layers.Flatten(),
+                             keras.layers.Dense(10, activation="softmax")], name="tiny_cnn")
+
+
+def with_dropout(seed: int = 0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((28, 28)), keras.layers.Flatten(),
+                             keras.layers.Dense(8, activation="relu"), keras.layers.Dropout(0.2),
+                             keras.layers.Dense(10, activation="softmax")], name="dropout")
+
+
+def task_for(model, *, update="gradient", per_client=False, **options):
+    task = Federation(FederationConfig(update=update, units=1, **options), model, [16] * 4).task
+    return dataclasses.replace(task, per_client=per_client)
+
+
+def unit(sizes, seed):
+    rng = np.random.default_rng(seed)
+    return [Batch(10 + c, 0, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                  rng.integers(0, 10, n).astype(np.uint8)) for c, n in enumerate(sizes)]
+
+
+local = dict(update="delta", local_epochs=2, local_batch_size=4, client_lr=0.05)
+CASES = {  # name: (model, task options, client sizes)
+    "fedsgd": (tiny_model, dict(weighting="examples", normalize=True), [5, 9, 16]),
+    "fedsgd_per_client": (tiny_model, dict(per_client=True), [8, 8, 3]),
+    "fedsgd_cnn": (tiny_cnn, dict(normalize=True), [6, 10]),
+    "fedavg": (tiny_model, dict(local, weighting="examples", normalize=True), [5, 12, 17, 9]),
+    "fedavg_momentum_prox": (tiny_model, dict(local, client_momentum=0.9, prox_mu=0.1,
+                                              normalize=True), [12, 12, 7]),
+    "fedavg_whole_client": (tiny_model, dict(local, local_batch_size=0, normalize=True),
+                            [5, 12, 7]),
+    "fedavg_per_client": (tiny_model, dict(local, per_client=True, normalize=True), [9, 4]),
+    "fedavg_cnn": (tiny_cnn, dict(local, normalize=True), [9, 6]),
+    "fedavg_dropout_layer": (with_dropout, dict(local, normalize=True), [8, 5]),
+}
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory) -> tuple[Path, dict]:
+    """Every case written for the probe, and TensorFlow's update for it."""
+    folder = tmp_path_factory.mktemp("backends")
+    expected = {}
+    for i, (name, (make_model, options, sizes)) in enumerate(CASES.items()):
+        model = make_model(seed=i)
+        task = task_for(model, **options)
+        batches = unit(sizes, seed=i)
+        weights = [v.numpy() for v in model.weights]
+        (folder / f"{name}.task").write_bytes(serde.task_to_proto(task).SerializeToString())
+        np.savez(folder / f"{name}.weights.npz", **{f"w{k}": w for k, w in enumerate(weights)})
+        np.savez(folder / f"{name}.batches.npz", clients=[b.client_id for b in batches],
+                 **{f"x{k}": b.x for k, b in enumerate(batches)},
+                 **{f"y{k}": b.y for k, b in enumerate(batches)})
+        computer = make_computer(task, "/CPU:0")
+        computer.set_weights(weights)
+        expected[name] = computer.compute(batches, round_number=3)
+    (folder / "cases.json").write_text(json.dumps([{"name": n, "round": 3} for n in CASES]))
+    return folder, expected
+
+
+def run_probe(folder: Path, backend: str) -> dict:
+    proc = subprocess.run([sys.executable, str(PROBE), str(folder)], capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": backend})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_other_backends_compute_tensorflows_updates_without_loading_it(cases, backend):
+    folder, expected = cases
+    report = run_probe(folder, backend)
+    assert report == {"backend": backend, "tensorflow": False}
+    for name, want in expected.items():
+        got = np.load(folder / f"{backend}-{name}.npz")
+        assert float(got["weight"]) == want.weight, name
+        assert float(got["loss"]) == pytest.approx(want.loss, rel=TOLERANCE), name
+        for k, w in enumerate(want.arrays):
+            g = got[f"u{k}"]
+            assert g.shape == w.shape, name
+            np.testing.assert_allclose(g, w, rtol=0, atol=TOLERANCE * np.abs(w).max(),
+                                       err_msg=f"{name}, tensor {k}")
+
+
+def test_a_dropout_task_trains_on_jax_and_draws_per_client_and_round(tmp_path):
+    """Dropout on: JAX trains clients together, each drawing from (round, client); the
+    same round twice gives the same deltas, another round other ones. Whole-client steps,
+    so two clients of the same data differ by their draws alone."""
+    pytest.importorskip("jax")
+    model = with_dropout(seed=1)
+    task = task_for(model, dropout=True, **dict(local, local_batch_size=0, per_client=True,
+                                                normalize=True))
+    batches = unit([8, 8], seed=5)
+    batches[1] = dataclasses.replace(batches[1], x=batches[0].x, y=batches[0].y)  # same data
+    for i, name in enumerate(("r3", "r3_again", "r4")):
+        (tmp_path / f"{name}.task").write_bytes(serde.task_to_proto(task).SerializeToString())
+        np.savez(tmp_path / f"{name}.weights.npz",
+                 **{f"w{k}": v.numpy() for k, v in enumerate(model.weights)})
+        np.savez(tmp_path / f"{name}.batches.npz", clients=[b.client_id for b in batches],
+                 **{f"x{k}": b.x for k, b in enumerate(batches)},
+                 **{f"y{k}": b.y for k, b in enumerate(batches)})
+    (tmp_path / "cases.json").write_text(json.dumps(
+        [{"name": "r3", "round": 3}, {"name": "r3_again", "round": 3}, {"name": "r4", "round": 4}]))
+    run_probe(tmp_path, "jax")
+    r3, again, r4 = (np.load(tmp_path / f"jax-{n}.npz")["u0"] for n in ("r3", "r3_again", "r4"))
+    np.testing.assert_array_equal(r3, again)
+    assert np.abs(r3[0] - r3[1]).max() > 0.01 * np.abs(r3).max()  # their own draws
+    assert np.abs(r3 - r4).max() > 0.01 * np.abs(r3).max()
+
+
+def test_the_backend_must_be_chosen_before_keras_loads():
+    assert keras.backend.backend() == "tensorflow"  # this test process's
+    assert use_backend("tensorflow") == "tensorflow"
+    with pytest.raises(BackendError, match="imported with the tensorflow backend"):
+        use_backend("jax")
+    with pytest.raises(BackendError, match="unknown backend 'mxnet'"):
+        use_backend("mxnet")
+
+
+def test_a_missing_backend_says_how_to_install_it(tmp_path):
+    """In a fresh process with the package hidden: the error names the extra to install."""
+    hide = ("import sys, importlib.util as u; real = u.find_spec; "
+            "u.find_spec = lambda n, *a: None if n == 'torch' else real(n, *a); "
+            "from fedstream.common.backend import use_backend; use_backend('torch')")
+    proc = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode != 0
+    assert 'pip install "fedstream[torch]"' in proc.stderr
+
+
+def test_device_names_every_backend_accepts():
+    assert keras_device("/CPU:0") == "cpu"
+    assert keras_device("/GPU:1") == "gpu:1"
+
+
+def test_tensorboard_refuses_a_process_on_another_backend(monkeypatch, tmp_path):
+    from fedstream.coordinator.metrics import TensorBoardScalars
+    monkeypatch.setenv("KERAS_BACKEND", "jax")
+    with pytest.raises(ValueError, match="leave it off"):
+        TensorBoardScalars(str(tmp_path))
+
+
+def loads_tensorflow(pid: int) -> bool:
+    """Whether a live process has TensorFlow's library mapped: what it loaded, not what it
+    says."""
+    return "libtensorflow" in Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.e2e
+def test_workers_of_three_backends_train_one_federation_with_a_jax_coordinator(tmp_path):
+    """A data pool, a coordinator on JAX and one worker per backend (PyTorch's when it is
+    installed), as separate processes on loopback: FedAvg 2NN on real MNIST. Every worker
+    contributes, the model learns, and no process but the TensorFlow worker loads
+    TensorFlow."""
+    pytest.importorskip("jax")
+    backends = ["tensorflow", "jax"] + (["torch"] if importlib.util.find_spec("torch") else [])
+    metrics = tmp_path / "metrics.jsonl"
+    datapool, pool = start_service(tmp_path, "datapool", "--partitioner", "iid")
+    coordinator, address = start_service(
+        tmp_path, "coordinator", "--datapool", pool, "--backend", "jax", "--threads", "1",
+        "--min-workers", str(len(backends)), "--units", str(len(backends)), "--model", "2nn",
+        "--update", "delta", "--local-epochs", "1", "--local-batch-size", "10",
+        "--client-fraction", "0.1", "--client-lr", "0.1", "--server-optimizer", "sgd",
+        "--server-lr", "1", "--normalize", "--rounds", "4", "--metrics", str(metrics))
+    workers = {b: start_worker(tmp_path, address, pool, f"worker-{b}", "--backend", b)
+               for b in backends}
+    try:
+        wait_for_round(metrics, 1, [datapool, coordinator, *workers.values()], timeout_s=240)
+        assert not loads_tensorflow(coordinator.pid)
+        assert [loads_tensorflow(w.pid) for w in workers.values()] == [
+            b == "tensorflow" for b in backends]
+        assert coordinator.wait(timeout=240) == 0
+        for w in workers.values():
+            assert w.wait(timeout=60) == 0
+    finally:
+        stop(*workers.values(), coordinator, datapool)
+    for b in backends:
+        log = (tmp_path / f"worker-{b}.log").read_text()
+        assert f"with Keras' {b} backend" in log
+        units = int(re.search(r"stopped after (\d+) units", log).group(1))
+        assert units >= 1, b
+    last = rows(metrics)[-1]
+    assert last["round"] == 4 and last["updates_rejected"] == 0
+    assert last["test_acc"] > 0.85
