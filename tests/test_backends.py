@@ -135,7 +135,7 @@ def test_a_dropout_task_trains_on_jax_and_draws_per_client_and_round(tmp_path):
                                                 normalize=True))
     batches = unit([8, 8], seed=5)
     batches[1] = dataclasses.replace(batches[1], x=batches[0].x, y=batches[0].y)  # same data
-    for i, name in enumerate(("r3", "r3_again", "r4")):
+    for name in ("r3", "r3_again", "r4"):
         (tmp_path / f"{name}.task").write_bytes(serde.task_to_proto(task).SerializeToString())
         np.savez(tmp_path / f"{name}.weights.npz",
                  **{f"w{k}": v.numpy() for k, v in enumerate(model.weights)})

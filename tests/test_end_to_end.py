@@ -297,3 +297,15 @@ def test_fedbuff_over_the_network_with_a_slow_worker(tmp_path):
     assert all(r["updates_accepted"] == 2 for r in rows)
     assert "test_acc" in rows[-1]
     assert_nothing_left(out)
+
+
+def test_a_jax_run_equals_a_jax_simulate_without_loading_tensorflow(tmp_path):
+    """`run --backend jax` (coordinator and workers on JAX) and `simulate --backend jax`:
+    byte-equal weights, as on TensorFlow; the run writes no TensorBoard files, which need
+    TensorFlow."""
+    pytest.importorskip("jax")
+    out = run_equals_simulate(tmp_path, ["--backend", "jax", "--rounds", "6", "--model", "2nn",
+                                         "--update", "delta", "--local-batch-size", "10",
+                                         "--client-fraction", "0.05", "--normalize"], workers=2)
+    assert not (out / "tensorboard").exists()
+    assert_nothing_left(out)
