@@ -1,6 +1,7 @@
 """Run as `python backend_probe.py FOLDER` with KERAS_BACKEND set: computes, on that backend,
 the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
-unit's batches) with the worker's own `make_computer`, and writes FOLDER/<backend>-<case>.npz.
+unit's batches) with the worker's own `make_computer`, and the model's evaluation on those
+examples, and writes FOLDER/<backend>-<case>.npz.
 `test_backends.py` compares them with TensorFlow's. Prints which heavy modules it loaded."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from fedstream.common.backend import use_backend
 def main(folder: Path) -> None:
     backend = use_backend()
     from fedstream.common import serde
+    from fedstream.common.learning import evaluate
     from fedstream.common.protocol import Batch
     from fedstream.v1 import coordinator_pb2
     from fedstream.worker.computers import make_computer
@@ -32,7 +34,11 @@ def main(folder: Path) -> None:
         computer = make_computer(task, "/CPU:0")
         computer.set_weights([weights[f"w{i}"] for i in range(len(weights.files))])
         update = computer.compute(batches, round_number=case["round"])
+        held_out = evaluate(computer.model, np.concatenate([b.x for b in batches]),
+                            np.concatenate([b.y for b in batches]), loss=task.loss,
+                            num_classes=task.num_classes, input_divisor=task.input_divisor)
         np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
+                 eval_loss=held_out["test_loss"], eval_acc=held_out["test_acc"],
                  **{f"u{i}": a for i, a in enumerate(update.arrays)})
     print(json.dumps({"backend": backend, "tensorflow": "tensorflow" in sys.modules}))
 

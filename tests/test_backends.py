@@ -23,6 +23,7 @@ import pytest
 
 from fedstream.common import serde
 from fedstream.common.backend import BackendError, use_backend
+from fedstream.common.learning import evaluate
 from fedstream.common.protocol import Batch
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
@@ -97,7 +98,10 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
                  **{f"y{k}": b.y for k, b in enumerate(batches)})
         computer = make_computer(task, "/CPU:0")
         computer.set_weights(weights)
-        expected[name] = computer.compute(batches, round_number=3)
+        expected[name] = (computer.compute(batches, round_number=3), evaluate(
+            computer.model, np.concatenate([b.x for b in batches]),
+            np.concatenate([b.y for b in batches]), loss=task.loss,
+            num_classes=task.num_classes, input_divisor=task.input_divisor))
     (folder / "cases.json").write_text(json.dumps([{"name": n, "round": 3} for n in CASES]))
     return folder, expected
 
@@ -110,12 +114,15 @@ def run_probe(folder: Path, backend: str) -> dict:
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
-def test_other_backends_compute_tensorflows_updates_without_loading_it(cases, backend):
+def test_other_backends_compute_tensorflows_updates_and_losses_without_loading_it(cases,
+                                                                                backend):
     folder, expected = cases
     report = run_probe(folder, backend)
     assert report == {"backend": backend, "tensorflow": False}
-    for name, want in expected.items():
+    for name, (want, held_out) in expected.items():
         got = np.load(folder / f"{backend}-{name}.npz")
+        assert float(got["eval_loss"]) == pytest.approx(held_out["test_loss"], rel=TOLERANCE)
+        assert float(got["eval_acc"]) == held_out["test_acc"], name
         assert float(got["weight"]) == want.weight, name
         assert float(got["loss"]) == pytest.approx(want.loss, rel=TOLERANCE), name
         for k, w in enumerate(want.arrays):

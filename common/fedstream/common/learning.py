@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import weakref
 
 import keras
 import numpy as np
@@ -56,15 +57,34 @@ def logits_model(model: keras.Model) -> keras.Model | None:
     return keras.models.clone_model(model, clone_function=clone)
 
 
+def values(variables) -> list:
+    """The variables' current values, as constants (no gradient flows back into them)."""
+    return [ops.stop_gradient(ops.convert_to_tensor(v)) for v in variables]
+
+
+_LOGITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: str, num_classes: int,
              input_divisor: float, batch_size: int = 2000) -> dict[str, float]:
     """Mean loss and accuracy over the whole set, in inference mode: the coordinator's
-    central evaluation and a site's federated one."""
+    central evaluation and a site's federated one. The loss comes from the logits on every
+    backend, as TensorFlow's Keras computes it."""
+    logits = None
+    if keras.backend.backend() != "tensorflow":
+        if model not in _LOGITS:
+            _LOGITS[model] = logits_model(model)
+        logits = _LOGITS[model]
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        out = model(preprocess(xb, input_divisor), training=False)
-        total_loss += float(ops.convert_to_numpy(ops.sum(per_example_loss(loss, yb, out,
-                                                                             num_classes))))
+        inputs = preprocess(xb, input_divisor)
+        if logits is None:
+            out = model(inputs, training=False)
+        else:
+            out, _ = logits.stateless_call(values(model.trainable_variables),
+                                           values(model.non_trainable_variables), inputs)
+        losses = per_example_loss(loss, yb, out, num_classes, from_logits=logits is not None)
+        total_loss += float(ops.convert_to_numpy(ops.sum(losses)))
         correct += int(np.sum(np.argmax(ops.convert_to_numpy(out), axis=1) == yb))
     return {"test_loss": total_loss / len(x), "test_acc": correct / len(x)}

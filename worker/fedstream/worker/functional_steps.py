@@ -24,7 +24,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from fedstream.common.learning import logits_model, per_example_loss, preprocess
+from fedstream.common.learning import logits_model, per_example_loss, preprocess, values
 from fedstream.common.protocol import Task
 from fedstream.worker.clients_together import VECTORISED_LAYERS, ClientsTogether, bucket, sgd_step
 
@@ -111,11 +111,6 @@ class _Loss:
                                 from_logits=self._from_logits), state
 
 
-def _values(variables) -> list:
-    """The variables' current values, as constants of the program."""
-    return [ops.stop_gradient(ops.convert_to_tensor(v)) for v in variables]
-
-
 def _tensors(*arrays):
     return [ops.convert_to_tensor(a) for a in arrays]
 
@@ -144,7 +139,7 @@ class GradientSteps:
         if self._pads:
             x, y, example_weights = _padded(bucket(len(y)), x, y, example_weights)
         (loss, state), grads = self._weighted(
-            _values(self.model.trainable_variables), _values(self.model.non_trainable_variables),
+            values(self.model.trainable_variables), values(self.model.non_trainable_variables),
             *_tensors(x, y, example_weights))
         for variable, value in zip(self.model.non_trainable_variables, state):
             variable.assign(value)
@@ -156,7 +151,7 @@ class GradientSteps:
         if self._pads:
             x, y = _padded(bucket(clients), x, y)
         (losses, _), grads = self._clients(
-            _values(self.model.trainable_variables), _values(self.model.non_trainable_variables),
+            values(self.model.trainable_variables), values(self.model.non_trainable_variables),
             *_tensors(x, y))
         return [g[:clients] for g in _numpy(grads)], _numpy([losses])[0][:clients]
 
@@ -196,7 +191,7 @@ class TogetherProgram:
 
     def __call__(self, start, client_weights, x, y, order, mask, seeds):
         update, total = self._program(
-            _tensors(*start), _values(self.model.non_trainable_variables),
+            _tensors(*start), values(self.model.non_trainable_variables),
             *_tensors(client_weights, x, y, order, mask, seeds))
         return _numpy(update), _numpy([total])[0]
 
