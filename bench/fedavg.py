@@ -9,8 +9,8 @@ a plain TensorFlow loop as a TensorFlow user writes it by hand (one `tf.function
 clients one after another: `--plain`), a JAX loop that vectorises the clients
 (bench/jax_fedavg.py, run by `--jax-python`, an interpreter with JAX: a venv of its own, or
 this one after `pip install -e ".[bench]"`; skipped with the reason when JAX does not
-import), and the compute floor: the workload's FLOPs per round divided by the fp32 matmul rate measured on this machine. Rounds per second
-are medians over the rounds after warm-up.
+import), and the compute floor: the workload's FLOPs per round divided by the fp32 matmul
+rate measured on this machine. Rounds per second are medians over the rounds after warm-up.
 
 W3 also gets a profile (`--profile`): one unit's local training (5 clients, as in
 `simulate --units 2`) under TensorFlow's profiler, its CPU time summed by kind of operation,
