@@ -13,7 +13,7 @@ import argparse
 import json
 import time
 
-from fedstream.common.learning import configure_threads
+from fedstream.common.backend import use_backend
 
 
 def main() -> None:
@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--json", required=True)
     args = p.parse_args()
-    configure_threads(args.threads)
+    use_backend("tensorflow", args.threads)
 
     import keras
     import tensorflow as tf

@@ -47,8 +47,8 @@ def _echo_handler() -> grpc.GenericRpcHandler:
 
 
 def serve(port_file: str) -> None:
-    from fedstream.common.learning import configure_threads
-    configure_threads(1)
+    from fedstream.common.backend import use_backend
+    use_backend("tensorflow", 1)
     from fedstream.coordinator.config import FederationConfig
     from fedstream.coordinator.federation import Federation
     from fedstream.coordinator.models import build_model
