@@ -1,7 +1,7 @@
 """Run as `python backend_probe.py FOLDER` with KERAS_BACKEND set: computes, on that backend,
 the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
 unit's batches) with the worker's own `make_computer`, and the model's evaluation on those
-examples, and writes FOLDER/<backend>-<case>.npz.
+examples, and writes FOLDER/<backend>-<case>.npz; then the device it picks on this host.
 `test_backends.py` compares them with TensorFlow's. Prints which heavy modules it loaded."""
 
 from __future__ import annotations
@@ -40,7 +40,14 @@ def main(folder: Path) -> None:
         np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
                  eval_loss=held_out["test_loss"], eval_acc=held_out["test_acc"],
                  **{f"u{i}": a for i, a in enumerate(update.arrays)})
-    print(json.dumps({"backend": backend, "tensorflow": "tensorflow" in sys.modules}))
+    from fedstream.worker.device import select_device
+    try:
+        select_device("/GPU:0")
+        refused = ""
+    except ValueError as e:
+        refused = str(e)
+    print(json.dumps({"backend": backend, "tensorflow": "tensorflow" in sys.modules,
+                      "device": select_device(None), "gpu_refused": refused}))
 
 
 if __name__ == "__main__":
