@@ -1,7 +1,8 @@
 """Run as `python backend_probe.py FOLDER` with KERAS_BACKEND set: computes, on that backend,
 the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
 unit's batches) with the worker's own `make_computer`, and the model's evaluation on those
-examples, and writes FOLDER/<backend>-<case>.npz; then the device it picks on this host.
+examples, and writes FOLDER/<backend>-<case>.npz; the coordinator's server optimizer steps of
+FOLDER/server.json; then the device it picks on this host.
 `test_backends.py` compares them with TensorFlow's. Prints which heavy modules it loaded."""
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def main(folder: Path) -> None:
         np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
                  eval_loss=held_out["test_loss"], eval_acc=held_out["test_acc"],
                  **{f"u{i}": a for i, a in enumerate(update.arrays)})
+    server_steps(folder, backend)
     from fedstream.worker.device import select_device
     try:
         select_device("/GPU:0")
@@ -48,6 +50,25 @@ def main(folder: Path) -> None:
         refused = str(e)
     print(json.dumps({"backend": backend, "tensorflow": "tensorflow" in sys.modules,
                       "device": select_device(None), "gpu_refused": refused}))
+
+
+def server_steps(folder: Path, backend: str) -> None:
+    """The coordinator's server optimizer, three steps of each kind in FOLDER/server.json."""
+    from fedstream.common.learning import model_from_json
+    from fedstream.coordinator.config import FederationConfig
+    from fedstream.coordinator.server_model import ServerModel
+
+    spec = json.loads((folder / "server.json").read_text())
+    start = np.load(folder / "server.weights.npz")
+    steps = np.load(folder / "server.steps.npz")
+    for name, options in spec["optimizers"].items():
+        model = model_from_json(spec["model_json"])
+        model.set_weights([start[f"w{i}"] for i in range(len(start.files))])
+        server = ServerModel(model, FederationConfig(**options))
+        for k in range(spec["steps"]):
+            server.apply([steps[f"s{k}_{i}"] for i in range(len(server.trainable))])
+        np.savez(folder / f"{backend}-server-{name}.npz",
+                 **{f"w{i}": a for i, a in enumerate(server.trainable_arrays())})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""Keras backends: JAX and PyTorch workers compute the updates TensorFlow's do, a process on
-another backend never loads TensorFlow, and the backend is chosen before Keras loads.
+"""Keras backends: JAX and PyTorch workers compute the updates TensorFlow's do (and their
+coordinators its server-optimizer steps), a process on another backend never loads
+TensorFlow, and the backend is chosen before Keras loads.
 
 Each backend runs in its own process (Keras reads its backend once): `backend_probe.py`
 computes every case on JAX and on PyTorch, and the updates are compared with TensorFlow's
@@ -27,6 +28,7 @@ from fedstream.common.learning import evaluate
 from fedstream.common.protocol import Batch
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
+from fedstream.coordinator.server_model import ServerModel
 from fedstream.worker.computers import make_computer
 from fedstream.worker.device import keras_device
 
@@ -82,8 +84,9 @@ CASES = {  # name: (model, task options, client sizes)
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory) -> tuple[Path, dict]:
-    """Every case written for the probe, and TensorFlow's update for it."""
+def cases(tmp_path_factory) -> tuple[Path, dict, dict]:
+    """Every case written for the probe, TensorFlow's update and evaluation for it, and
+    TensorFlow's weights after the server-optimizer steps."""
     folder = tmp_path_factory.mktemp("backends")
     expected = {}
     for i, (name, (make_model, options, sizes)) in enumerate(CASES.items()):
@@ -103,7 +106,35 @@ def cases(tmp_path_factory) -> tuple[Path, dict]:
             np.concatenate([b.y for b in batches]), loss=task.loss,
             num_classes=task.num_classes, input_divisor=task.input_divisor))
     (folder / "cases.json").write_text(json.dumps([{"name": n, "round": 3} for n in CASES]))
-    return folder, expected
+    return folder, expected, server_steps(folder)
+
+
+SERVER_OPTIMIZERS = {"adam": dict(server_optimizer="adam", server_lr=0.01),
+                     "yogi": dict(server_optimizer="yogi", server_lr=0.01),
+                     "sgd_momentum": dict(server_optimizer="sgd", server_lr=0.5,
+                                          server_momentum=0.9)}
+
+
+def server_steps(folder: Path, steps: int = 3) -> dict[str, list[np.ndarray]]:
+    """Three server-optimizer steps of each kind, for the probe; TensorFlow's weights after."""
+    model = tiny_model(seed=30)
+    rng = np.random.default_rng(30)
+    arrays = [[rng.standard_normal(v.shape).astype(np.float32) for v in model.trainable_variables]
+              for _ in range(steps)]
+    start = [v.numpy() for v in model.weights]
+    np.savez(folder / "server.weights.npz", **{f"w{i}": w for i, w in enumerate(start)})
+    np.savez(folder / "server.steps.npz", **{f"s{k}_{i}": a for k, step in enumerate(arrays)
+                                             for i, a in enumerate(step)})
+    (folder / "server.json").write_text(json.dumps(
+        {"model_json": model.to_json(), "optimizers": SERVER_OPTIMIZERS, "steps": steps}))
+    after = {}
+    for name, options in SERVER_OPTIMIZERS.items():
+        model.set_weights(start)
+        server = ServerModel(model, FederationConfig(**options))
+        for step in arrays:
+            server.apply(step)
+        after[name] = server.trainable_arrays()
+    return after
 
 
 def run_probe(folder: Path, backend: str) -> dict:
@@ -116,13 +147,18 @@ def run_probe(folder: Path, backend: str) -> dict:
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_other_backends_compute_tensorflows_updates_and_losses_without_loading_it(cases,
                                                                                 backend):
-    folder, expected = cases
+    folder, expected, server = cases
     report = run_probe(folder, backend)
     assert (report["backend"], report["tensorflow"]) == (backend, False)
     if report["device"] == "/CPU:0":  # a host without a GPU: asking for one says why not
         assert report["gpu_refused"] == f"--device /GPU:0: the {backend} backend sees 0 GPU(s)"
     else:
         assert (report["device"], report["gpu_refused"]) == ("/GPU:0", "")
+    for name, want in server.items():
+        got = np.load(folder / f"{backend}-server-{name}.npz")
+        for k, w in enumerate(want):
+            np.testing.assert_allclose(got[f"w{k}"], w, rtol=0, atol=TOLERANCE * np.abs(w).max(),
+                                       err_msg=f"server optimizer {name}, tensor {k}")
     for name, (want, held_out) in expected.items():
         got = np.load(folder / f"{backend}-{name}.npz")
         assert float(got["eval_loss"]) == pytest.approx(held_out["test_loss"], rel=TOLERANCE)
