@@ -1,4 +1,4 @@
-"""Run as `python backend_probe.py FOLDER` with KERAS_BACKEND set: computes, on that backend,
+"""Run as `python backend_probe.py FOLDER [CASE]` with KERAS_BACKEND set: computes, on that backend,
 the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
 unit's batches) with the worker's own `make_computer`, and the model's evaluation on those
 examples, and writes FOLDER/<backend>-<case>.npz; the coordinator's server optimizer steps of
@@ -16,7 +16,7 @@ import numpy as np
 from fedstream.common.backend import use_backend
 
 
-def main(folder: Path) -> None:
+def main(folder: Path, only: str | None = None) -> None:
     backend = use_backend()
     from fedstream.common import serde
     from fedstream.common.learning import evaluate
@@ -26,6 +26,8 @@ def main(folder: Path) -> None:
 
     for case in json.loads((folder / "cases.json").read_text()):
         name = case["name"]
+        if only and name != only:
+            continue
         task = serde.task_from_proto(coordinator_pb2.Task.FromString(
             (folder / f"{name}.task").read_bytes()))
         weights = np.load(folder / f"{name}.weights.npz")
@@ -41,7 +43,8 @@ def main(folder: Path) -> None:
         np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
                  eval_loss=held_out["test_loss"], eval_acc=held_out["test_acc"],
                  **{f"u{i}": a for i, a in enumerate(update.arrays)})
-    server_steps(folder, backend)
+    if (folder / "server.json").exists() and not only:
+        server_steps(folder, backend)
     from fedstream.worker.device import select_device
     try:
         select_device("/GPU:0")
@@ -72,4 +75,4 @@ def server_steps(folder: Path, backend: str) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:])

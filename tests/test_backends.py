@@ -137,11 +137,12 @@ def server_steps(folder: Path, steps: int = 3) -> dict[str, list[np.ndarray]]:
     return after
 
 
-def run_probe(folder: Path, backend: str) -> dict:
-    proc = subprocess.run([sys.executable, str(PROBE), str(folder)], capture_output=True,
-                          text=True, timeout=300, env={**os.environ, "KERAS_BACKEND": backend})
+def run_probe(folder: Path, backend: str, *case: str, **env: str) -> dict:
+    proc = subprocess.run([sys.executable, str(PROBE), str(folder), *case], capture_output=True,
+                          text=True, timeout=300,
+                          env={**os.environ, "KERAS_BACKEND": backend, **env})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
@@ -150,6 +151,7 @@ def test_other_backends_compute_tensorflows_updates_and_losses_without_loading_i
     folder, expected, server = cases
     report = run_probe(folder, backend)
     assert (report["backend"], report["tensorflow"]) == (backend, False)
+    assert "run eagerly" not in report["stderr"]  # torch.compile compiled
     if report["device"] == "/CPU:0":  # a host without a GPU: asking for one says why not
         assert report["gpu_refused"] == f"--device /GPU:0: the {backend} backend sees 0 GPU(s)"
     else:
@@ -170,6 +172,19 @@ def test_other_backends_compute_tensorflows_updates_and_losses_without_loading_i
             assert g.shape == w.shape, name
             np.testing.assert_allclose(g, w, rtol=0, atol=TOLERANCE * np.abs(w).max(),
                                        err_msg=f"{name}, tensor {k}")
+
+
+def test_pytorch_trains_eagerly_where_torch_compile_cannot_compile(cases):
+    """No C++ compiler for torch.compile's CPU code: a warning, and the same update."""
+    pytest.importorskip("torch")
+    folder, expected, _ = cases
+    report = run_probe(folder, "torch", "fedavg", CXX="/nonexistent/c++")
+    assert "torch.compile failed (InvalidCxxCompiler" in report["stderr"]
+    assert "local training steps run eagerly" in report["stderr"]
+    want, _ = expected["fedavg"]
+    got = np.load(folder / "torch-fedavg.npz")
+    for k, w in enumerate(want.arrays):
+        np.testing.assert_allclose(got[f"u{k}"], w, rtol=0, atol=TOLERANCE * np.abs(w).max())
 
 
 def test_a_dropout_task_trains_on_jax_and_draws_per_client_and_round(tmp_path):

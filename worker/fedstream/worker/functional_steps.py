@@ -18,6 +18,7 @@ reuse a handful of programs, as local training's groups do.
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 import keras
@@ -27,6 +28,8 @@ from keras import ops
 from fedstream.common.learning import logits_model, per_example_loss, preprocess, values
 from fedstream.common.protocol import Task
 from fedstream.worker.clients_together import VECTORISED_LAYERS, ClientsTogether, bucket, sgd_step
+
+log = logging.getLogger(__name__)
 
 
 class _Jax:
@@ -42,6 +45,9 @@ class _Jax:
     def jit(self, f):
         return self._jax.jit(f)
 
+    def compile_step(self, f):
+        return f  # inside the program `jit` compiles
+
     def value_and_grad(self, f):
         """f(params, ...) -> (value, aux) becomes a function returning ((value, aux), grads)."""
         return self._jax.value_and_grad(f, has_aux=True)
@@ -54,18 +60,37 @@ class _Jax:
 
 
 class _Torch:
-    """PyTorch's function transforms, run eagerly: each step is a handful of large kernels,
-    so `torch.compile`'s start-up cost (seconds per shape, a C++ compiler on the CPU) is left
-    to the user who wants it."""
+    """PyTorch's function transforms. Local training's step, mapped over the clients, is
+    `torch.compile`d once per shape: FedAvg 2NN, 5 clients of 600, E=1, B=10, on this CPU,
+    38 ms a unit against 200 ms eager, after 6.7 s of compiling; compiling the unit's whole
+    unrolled loop instead took 217 s. Gradients and the in-turn paths run eagerly."""
 
     pads = False
 
     def __init__(self):
         import torch
+        self._torch = torch
         self._func = torch.func
 
     def jit(self, f):
         return f
+
+    def compile_step(self, f):
+        """`f` compiled, or `f` itself from the first call whose compiling fails (a host
+        without a C++ compiler, say), with a warning saying why."""
+        from torch._dynamo.exc import BackendCompilerFailed
+        compiled = self._torch.compile(f, dynamic=False)
+        chosen = [compiled]
+
+        def step(*args):
+            try:
+                return chosen[0](*args)
+            except BackendCompilerFailed as e:
+                log.warning("torch.compile failed (%s): local training steps run eagerly",
+                            str(e).splitlines()[0])
+                chosen[0] = f
+                return f(*args)
+        return step
 
     def value_and_grad(self, f):
         grad_and_value = self._func.grad_and_value(f, has_aux=True)
@@ -84,11 +109,16 @@ class _Torch:
             return self._func.vmap(f, in_dims=in_axes)
 
         def one_by_one(*args):
-            n = next(a.shape[0] for a, axis in zip(args, in_axes) if axis == 0)
-            outs = [f(*(a[i] if axis == 0 else a for a, axis in zip(args, in_axes)))
+            n = next(keras.tree.flatten(a)[0].shape[0] for a, axis in zip(args, in_axes)
+                     if axis == 0)
+            outs = [f(*(_row(a, i) if axis == 0 else a for a, axis in zip(args, in_axes)))
                     for i in range(n)]
             return keras.tree.map_structure(lambda *xs: ops.stack(xs), *outs)
         return one_by_one
+
+
+def _row(tree, i: int):
+    return keras.tree.map_structure(lambda t: t[i], tree)
 
 
 def _transforms():
@@ -176,8 +206,10 @@ def local_training(task: Task, model: keras.Model):
 
 
 class TogetherProgram:
-    """All steps of all epochs of a group of clients: one client's training, mapped over
-    the clients and compiled, the weighted sum of their deltas inside. `ClientsTogether`'s."""
+    """All steps of all epochs of a group of clients: each step one function mapped over the
+    clients, the steps one loop, the weighted sum of the deltas at the end. On JAX the whole
+    is one `jax.jit` program; on PyTorch the mapped step is `torch.compile`d and the loop
+    runs in Python. `ClientsTogether`'s program."""
 
     def __init__(self, task: Task, model: keras.Model):
         self.task, self.model = task, model
@@ -185,8 +217,10 @@ class TogetherProgram:
         self._loss = _Loss(task, model)
         self._seed_slots = [i for i, v in enumerate(model.non_trainable_variables)
                             if "seed_generator_state" in v.path]
-        self._each = self._do.vmap(self._client, (None, None, 0, 0, 0, 0, 0),
-                                   self._do.one_by_one(task, model))
+        self._gradient = self._do.value_and_grad(self._masked_loss)
+        one_by_one = self._do.one_by_one(task, model)
+        each = self._do.vmap(self._step, (0, 0, 0, 0, 0, 0, 0, None), one_by_one)
+        self._each_step = each if one_by_one else self._do.compile_step(each)
         self._program = self._do.jit(self._clients)
 
     def __call__(self, start, client_weights, x, y, order, mask, seeds):
@@ -196,31 +230,36 @@ class TogetherProgram:
         return _numpy(update), _numpy([total])[0]
 
     def _clients(self, start, state, client_weights, x, y, order, mask, seeds):
-        deltas, total = self._each(start, state, x, y, order, mask, seeds)
+        """A step per column of `order` for every client, each with its own weights,
+        momentum and state (its dropout seeded by `seeds`)."""
+        clients = order.shape[0]
+        state = [ops.repeat(ops.expand_dims(v, 0), clients, axis=0) for v in state]
+        for i in self._seed_slots:
+            state[i] = ops.cast(seeds, state[i].dtype)
+        weights = [ops.repeat(ops.expand_dims(s, 0), clients, axis=0) for s in start]
+
+        def step(i, carry):
+            weights, velocity, state, total = carry
+            weights, velocity, state, loss = self._each_step(
+                weights, velocity, state, x, y, order[:, i], mask[:, i], start)
+            return weights, velocity, state, total + loss
+
+        weights, _, _, total = ops.fori_loop(
+            0, order.shape[1], step,
+            (weights, [ops.zeros_like(w) for w in weights], state, ops.zeros((clients,))))
+        deltas = [ops.expand_dims(s, 0) - w for s, w in zip(start, weights)]
         if self.task.per_client:
             return deltas, total
         return [ops.tensordot(client_weights, d, axes=1) for d in deltas], total
 
-    def _client(self, start, state, x, y, order, mask, seed):
-        """One client: a step per row of `order`, standing still where its mask is empty."""
-        local = self.task.local
-        state = list(state)
-        for i in self._seed_slots:
-            state[i] = ops.cast(seed, state[i].dtype)
-        gradient = self._do.value_and_grad(self._masked_loss)
-
-        def step(i, carry):
-            weights, velocity, state, total = carry
-            (_, (loss, state)), grads = gradient(weights, state, ops.take(x, order[i], axis=0),
-                                                 ops.take(y, order[i], axis=0), mask[i], start)
-            weights, velocity = sgd_step(weights, velocity, grads, ops.any(mask[i] > 0),
-                                         local.lr, local.momentum)
-            return weights, velocity, state, total + loss
-
-        weights, _, _, total = ops.fori_loop(
-            0, order.shape[0], step,
-            (list(start), [ops.zeros_like(s) for s in start], state, ops.zeros((), "float32")))
-        return [s - w for s, w in zip(start, weights)], total
+    def _step(self, weights, velocity, state, x, y, rows, mask, anchor):
+        """One client's step on the examples `rows` of its data, standing still when its
+        mask is empty."""
+        (_, (loss, state)), grads = self._gradient(weights, state, ops.take(x, rows, axis=0),
+                                                   ops.take(y, rows, axis=0), mask, anchor)
+        weights, velocity = sgd_step(weights, velocity, grads, ops.any(mask > 0),
+                                     self.task.local.lr, self.task.local.momentum)
+        return weights, velocity, state, loss
 
     def _masked_loss(self, weights, state, x, y, mask, anchor):
         per_example, state = self._loss.per_example(weights, state, x, y, self.task.dropout)
