@@ -1,7 +1,8 @@
 """The update computers' programs on JAX and PyTorch: pure functions of the weights over
 Keras' `stateless_call`, written once in `keras.ops`, differentiated, mapped over clients and
 compiled by the backend's own transforms (`jax.value_and_grad`, `jax.vmap`, `jax.jit`;
-`torch.func.grad_and_value`, `torch.func.vmap`, run eagerly). `tf_steps` holds TensorFlow's.
+`torch.func.grad_and_value`, `torch.func.vmap`, `torch.compile` for local training's step).
+`tf_steps` holds TensorFlow's.
 
 Every model trains its clients together here, convolutional and stateful ones included: a
 client's non-trainable state (batch statistics, a dropout layer's seed) is its own, mapped
@@ -63,7 +64,7 @@ class _Torch:
     """PyTorch's function transforms. Local training's step, mapped over the clients, is
     `torch.compile`d once per shape: FedAvg 2NN, 5 clients of 600, E=1, B=10, on this CPU,
     38 ms a unit against 200 ms eager, after 6.7 s of compiling; compiling the unit's whole
-    unrolled loop instead took 217 s. Gradients and the in-turn paths run eagerly."""
+    unrolled loop instead took 217 s. Gradients, and clients mapped one by one, run eagerly."""
 
     pads = False
 
