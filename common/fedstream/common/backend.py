@@ -57,8 +57,8 @@ def use_backend(name: str | None = None, threads: int = 0) -> str:
         raise BackendError(f"the {name} backend needs {name} installed: {_INSTALL[name]}")
     os.environ["KERAS_BACKEND"] = name
     if name == "tensorflow" and "tensorflow" not in sys.modules and "jax" not in sys.modules:
-        # TensorFlow's Lite converter imports JAX when it is installed: 120 MB more in every
-        # TensorFlow process (a worker's imports: 578 MB without, 697 MB with), unused
+        # TensorFlow's Lite converter imports JAX when it is installed: 112 MB more in every
+        # TensorFlow process (a worker's imports: 578 MB without, 690 MB with), unused
         sys.modules["jax"] = None
     if name == "jax" and threads == 1 and "jax" not in sys.modules:
         # XLA's CPU client reads its thread pool from the flags once; it knows no other count
@@ -79,7 +79,7 @@ def use_backend(name: str | None = None, threads: int = 0) -> str:
 def _keep_tensorflow_out() -> None:
     """Keras seeds and serialises through TensorFlow whenever it is installed (its lazy
     `tensorflow` module asks whether it imports); telling Keras it does not keeps the 1 GB
-    import out of a process on another backend. Keras' own figures change in nothing else."""
+    import out of a process on another backend. Nothing Keras computes changes."""
     from keras.src.utils import module_utils
     module_utils.tensorflow._available = False
 
