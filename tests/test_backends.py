@@ -287,3 +287,38 @@ def test_workers_of_three_backends_train_one_federation_with_a_jax_coordinator(t
     last = rows(metrics)[-1]
     assert last["round"] == 4 and last["updates_rejected"] == 0
     assert last["test_acc"] > 0.85
+
+
+def test_a_jax_coordinator_resumes_a_tensorflow_checkpoint(tmp_path):
+    """Checkpoints hold plain arrays: a federation checkpointed on TensorFlow at round 3
+    goes on to round 5 on JAX (in its own process) and ends where the uninterrupted
+    TensorFlow one does, within float32's tolerance."""
+    pytest.importorskip("jax")
+    from test_checkpoint import CONFIG, train
+    straight = Federation(CONFIG, tiny_model(), [10] * 6)
+    train(straight, 5)
+    first = Federation(CONFIG, tiny_model(), [10] * 6, checkpoint_dir=str(tmp_path))
+    train(first, 3)
+    resume = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from fedstream.common.backend import use_backend\n"
+        "use_backend('jax')\n"
+        "import numpy as np\n"
+        "from conftest import tiny_model\n"
+        "from fedstream.coordinator.federation import Federation\n"
+        "from test_checkpoint import CONFIG, train\n"
+        f"fed = Federation(CONFIG, tiny_model(seed=99), [10] * 6, checkpoint_dir={str(tmp_path)!r})\n"
+        "assert (fed.round, fed.version) == (3, 4), (fed.round, fed.version)\n"
+        "train(fed, 5)\n"
+        "assert fed.phase == 'done' and fed.version == 6\n"
+        f"np.savez({str(tmp_path / 'resumed.npz')!r}, *[v.numpy() for v in fed.model.weights])\n"
+        "print('tensorflow' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", resume], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().splitlines()[-1] == "False"
+    resumed = np.load(tmp_path / "resumed.npz")
+    for k, v in enumerate(straight.model.weights):
+        want = v.numpy()
+        np.testing.assert_allclose(resumed[f"arr_{k}"], want, rtol=0,
+                                   atol=TOLERANCE * np.abs(want).max())
