@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fedstream.common.backend import backend_option
+from fedstream.common.backend import backend_named, backend_option
 from fedstream.common.options import add_options, from_args, option, section, to_argv
 from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, MetricsConfig
@@ -265,7 +265,7 @@ def run(config: LocalRunConfig) -> int:
         pools, num_classes = start_pools(config, procs, server_tls)
         for site, address in pools.items():
             say(f"datapool     {address}" + (f"  (site {site})" if site else ""))
-        backend = config.backend or os.environ.get("KERAS_BACKEND") or "tensorflow"
+        backend = backend_named(config.backend)
         sinks = MetricsConfig(metrics=metrics_path,  # TensorBoard's files need TensorFlow
                               tensorboard=os.path.join(config.out, "tensorboard")
                               if backend == "tensorflow" else None,

@@ -33,6 +33,11 @@ def threads_option():
     return option(0, "compute threads of the backend (0: its default)")
 
 
+def backend_named(name: str | None = None) -> str:
+    """The backend `name` means: itself, else $KERAS_BACKEND, else TensorFlow."""
+    return name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+
+
 class BackendError(RuntimeError):
     """The backend asked for cannot be used in this process."""
 
@@ -44,7 +49,7 @@ def use_backend(name: str | None = None, threads: int = 0) -> str:
     Several processes of a local federation share few cores; each taking all of them
     oversubscribes the machine.
     """
-    name = name or os.environ.get("KERAS_BACKEND") or "tensorflow"
+    name = backend_named(name)
     if name not in BACKENDS:
         raise BackendError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if "keras" in sys.modules:

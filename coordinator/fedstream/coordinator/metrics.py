@@ -8,6 +8,7 @@ import logging
 import os
 from typing import Mapping
 
+from fedstream.common.backend import backend_named
 from fedstream.coordinator.config import MetricsConfig
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ class TensorBoardScalars:
     dashboard, so writing them needs no `tensorboard` package (viewing does)."""
 
     def __init__(self, logdir: str):
-        backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+        backend = backend_named()  # the process's, once chosen
         if backend != "tensorflow":
             raise ValueError(f"--tensorboard writes through TensorFlow, which a process on the "
                              f"{backend} backend does not load: leave it off (--metrics "
