@@ -120,16 +120,19 @@ def test_compressed_runs_equal_simulate_and_count_their_bytes(tmp_path, encoding
 
 
 def test_a_private_run_equals_simulate(tmp_path):
-    """Client-level DP: per-client clipping to an adaptive clip, Poisson sampling and seeded
-    Gaussian noise give the same model in both run modes; epsilon is reported every round."""
+    """Client-level DP: per-client clipping to an adaptive clip, Poisson sampling and
+    Gaussian noise, seeded for research, give the same model in both run modes; epsilon is
+    reported every round, marked as not private."""
     out = run_equals_simulate(tmp_path, [
         "--rounds", "4", "--update", "delta", "--model", "2nn", "--normalize",
         "--client-fraction", "0.2", "--sampling", "poisson", "--dp-clip", "0.5",
         "--dp-noise-multiplier", "0.8", "--dp-target-quantile", "0.5", "--server-optimizer",
-        "sgd", "--server-lr", "1"], workers=2)
+        "sgd", "--server-lr", "1", "--privacy-research-seed", "3", "--dp-release-metrics"],
+        workers=2)
     rows = metrics(out)
     epsilons = [r["dp_epsilon"] for r in rows]
     assert epsilons == sorted(epsilons) and epsilons[0] > 0
+    assert all(r["dp_guarantee"] == "not private: seeded" for r in rows)
     assert len({r["clients"] for r in rows}) > 1  # Poisson: the sample size varies
     assert len({r["dp_clip"] for r in rows}) == 4  # the clip moves every round
     assert_nothing_left(out)

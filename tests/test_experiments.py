@@ -63,3 +63,34 @@ def test_resolved_configs_of_committed_runs_repeat_them(name, file):
         command = "coordinator"
     args = parse([command, "--config", str(EXPERIMENTS / "results" / name / file)])
     assert args.rounds == SUMMARY[name]["rounds_run"]
+
+
+PRIVATE = sorted(name for name in SUMMARY
+                 if "dp_epsilon" in read_rows(str(EXPERIMENTS / "results" / name /
+                                                  "metrics.jsonl"))[-1])
+
+
+def test_there_are_private_experiments():
+    assert len(PRIVATE) >= 3
+
+
+@pytest.mark.parametrize("name", PRIVATE)
+def test_the_epsilons_of_committed_private_runs_are_dp_accountings(name):
+    """Every committed private run's epsilon, round by round, recomputed here from its
+    resolved config with dp-accounting directly, and its randomness not seeded."""
+    import dp_accounting
+    import tomllib
+    resolved = tomllib.loads((EXPERIMENTS / "results" / name / "metrics.config.toml").read_text())
+    federation = {k: v for section in resolved.values() if isinstance(section, dict)
+                  for k, v in section.items()} | resolved
+    assert federation["sampling"] == "poisson" and "privacy-research-seed" not in federation
+    event = dp_accounting.PoissonSampledDpEvent(
+        federation["client-fraction"],
+        dp_accounting.GaussianDpEvent(federation["dp-noise-multiplier"]))
+    rows = read_rows(str(EXPERIMENTS / "results" / name / "metrics.jsonl"))
+    for row in rows[::20] + rows[-1:]:
+        accountant = dp_accounting.rdp.RdpAccountant()
+        accountant.compose(event, row["round"])
+        assert row["dp_epsilon"] == pytest.approx(accountant.get_epsilon(federation["dp-delta"]),
+                                                  rel=1e-9)
+        assert "dp_guarantee" not in row and "train_loss" not in row

@@ -14,7 +14,8 @@ from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import Action, UpdateMeta
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
-from fedstream.coordinator.pipeline import GaussianNoise, WeightedMean
+from fedstream.coordinator.pipeline import WeightedMean
+from fedstream.coordinator.privacy import ClientLevelPrivacy
 from fedstream.coordinator.units import Contribution, sample_round
 from fedstream.worker.computers import make_computer
 from fedstream.worker.loop import WorkerLoop
@@ -47,15 +48,23 @@ def test_every_clients_contribution_respects_the_clip():
     assert summed.weight == 8
 
 
+def dp_stage(expected=4.0, **options):
+    config = FederationConfig(**{"dp_clip": 2.0, "dp_noise_multiplier": 1.5, **options})
+    return ClientLevelPrivacy(config, shapes=[(400, 500)], expected_clients=lambda: expected,
+                              population=lambda: int(expected))
+
+
 def test_the_noise_has_the_stated_standard_deviation():
     """sigma * C on the sum, then divided by the expected clients: the sample standard
     deviation of 200,000 values is within 1% of it (its relative error is about 0.16%)."""
-    stage = GaussianNoise(std=lambda: 1.5 * 2.0, seed=7, expected_clients=lambda: 4.0)
     zeros = Contribution([np.zeros((400, 500), F32)], 4.0, 4, base_version=3)
-    (noisy,) = stage([zeros])
+    (noisy,), _ = dp_stage().next([zeros], version=3)
     assert abs(noisy.std() / (1.5 * 2.0 / 4.0) - 1) < 0.01 and abs(noisy.mean()) < 0.003
-    (again,) = stage([zeros])
-    np.testing.assert_array_equal(noisy, again)  # seeded by (seed, version): run = simulate
+    (fresh,), _ = dp_stage().next([zeros], version=3)
+    assert not np.array_equal(noisy, fresh)  # the OS's randomness: never drawn twice
+    seeded = [dp_stage(privacy_research_seed=7).next([zeros], version=3)[0][0]
+              for _ in range(2)]
+    np.testing.assert_array_equal(*seeded)  # a research seed repeats it: run = simulate
 
 
 def test_no_noise_and_every_client_is_the_plain_mean_bit_for_bit():
@@ -63,8 +72,8 @@ def test_no_noise_and_every_client_is_the_plain_mean_bit_for_bit():
     contributions = [Contribution([rng.normal(size=(30, 7)).astype(F32)], 5.0, 5, 2)
                      for _ in range(3)]
     plain = WeightedMean()(contributions)
-    private = GaussianNoise(std=lambda: 0.0, seed=0, expected_clients=lambda: 15.0)(contributions)
-    assert plain[0].tobytes() == private[0].tobytes()
+    (private,), _ = dp_stage(expected=15.0, dp_noise_multiplier=0.0).next(contributions, 2)
+    assert plain[0].tobytes() == private.tobytes()
 
 
 def test_poisson_sampling_draws_each_client_with_probability_q():
@@ -105,12 +114,14 @@ def test_the_reported_epsilon_is_dp_accountings_and_the_run_stops_before_its_tar
 
 
 def test_fixed_size_sampling_is_accounted_as_sampling_without_replacement():
+    """Replace-one neighbours: replacing a client moves the sum of clipped updates by up to
+    2C, so the Gaussian's multiplier is z / 2."""
     fed, rows = run_private(rounds=2, client_fraction=0.2, dp_clip=0.1,
-                            dp_noise_multiplier=1.0, dp_delta=1e-3)
+                            dp_noise_multiplier=1.0, dp_delta=1e-3, dp_release_metrics=True)
     accountant = dp_accounting.rdp.RdpAccountant(
         neighboring_relation=dp_accounting.NeighboringRelation.REPLACE_ONE)
     accountant.compose(dp_accounting.SampledWithoutReplacementDpEvent(
-        20, 4, dp_accounting.GaussianDpEvent(1.0)), 2)
+        20, 4, dp_accounting.GaussianDpEvent(0.5)), 2)
     assert rows[-1]["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-3), rel=1e-9)
     assert [r["clients"] for r in rows] == [4, 4]
 
@@ -133,13 +144,20 @@ def test_an_unclipped_unit_is_refused_and_changes_nothing():
     assert fed.push(meta, ok).accepted
 
 
-def test_an_empty_poisson_round_releases_nothing_and_training_goes_on():
+def test_an_empty_poisson_round_releases_noise_and_training_goes_on():
+    """A step of noise alone, so the released model does not say the sample was empty."""
     fed, rows = run_private(rounds=30, client_fraction=0.02, sampling="poisson", dp_clip=0.1,
-                            dp_noise_multiplier=1.0)
-    empty = [r for r in rows if r["clients"] == 0]
-    assert empty and all(r.get("empty_round") == 1 for r in empty)
+                            dp_noise_multiplier=1.0, dp_release_metrics=True)
+    assert any(r["clients"] == 0 for r in rows)
     assert [r["round"] for r in rows] == list(range(1, 31))
-    assert fed.version == 1 + sum(r["clients"] > 0 for r in rows)
+    assert fed.version == 31 and all(r["dp_epsilon"] > 0 for r in rows)
+
+
+def test_without_noise_an_empty_poisson_round_steps_on_nothing():
+    """No noise, no claim: an empty sample adds nothing (the noise-free clipped mean)."""
+    fed, rows = run_private(rounds=30, client_fraction=0.02, sampling="poisson", dp_clip=0.1,
+                            dp_release_metrics=True)
+    assert any(r["clients"] == 0 for r in rows) and fed.version == 31
 
 
 def test_dp_refuses_settings_it_cannot_account_for():
@@ -165,10 +183,13 @@ def test_the_noise_command_gives_the_smallest_multiplier_for_a_target():
 def test_adaptive_clipping_splits_the_noise_without_changing_the_privacy():
     """The count's mechanism (multiplier 2 sigma_b) and the updates' (z_u) compose to
     exactly the stated z: dp-accounting gives the pair and a single z the same epsilon."""
-    from fedstream.coordinator.privacy import ClipSchedule
+    def schedule_of(config):
+        return ClientLevelPrivacy(config, shapes=[], expected_clients=lambda: 40.0,
+                                  population=lambda: 40)
+
     config = FederationConfig(dp_clip=1.0, dp_noise_multiplier=1.1, dp_target_quantile=0.5,
                               dp_quantile_noise=2.0)
-    schedule = ClipSchedule(config, lambda: 40.0)
+    schedule = schedule_of(config)
     z_u = schedule.update_multiplier()
     assert z_u > 1.1 and schedule.noise_std() == pytest.approx(z_u * 1.0)
 
@@ -181,9 +202,9 @@ def test_adaptive_clipping_splits_the_noise_without_changing_the_privacy():
                                           dp_accounting.GaussianDpEvent(2 * 2.0)])
     assert eps(pair) == pytest.approx(eps(dp_accounting.GaussianDpEvent(1.1)), rel=1e-6)
     with pytest.raises(ValueError, match="raise --dp-quantile-noise"):
-        ClipSchedule(FederationConfig(dp_clip=1.0, dp_noise_multiplier=3.0,
-                                      dp_target_quantile=0.5, dp_quantile_noise=1.0),
-                     lambda: 40.0).update_multiplier()
+        schedule_of(FederationConfig(dp_clip=1.0, dp_noise_multiplier=3.0,
+                                     dp_target_quantile=0.5, dp_quantile_noise=1.0)
+                    ).update_multiplier()
 
 
 @pytest.mark.parametrize("start", [0.01, 5.0])

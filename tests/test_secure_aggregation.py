@@ -61,14 +61,14 @@ def test_both_sides_of_a_pair_derive_one_mask_seed_per_round():
 
 # -- the protocol, driven directly ------------------------------------------------------------
 def run_protocol(inputs, weights, *, threshold=0.6, drop_before_mask=(), drop_before_reveal=(),
-                 value_range=4.0, noise_std=0.0, bits=0):
+                 value_range=4.0, noise_std=0.0, bits=0, colluders=0):
     """Parties 1..n with `inputs` through a SecureSum; the dropped stay silent from the
     phase named. Returns (the closed SecureSum, the parties, their masked inputs)."""
     n = len(inputs)
     now = [0.0]
     secure = SecureSum(9, {p + 1: w for p, w in enumerate(weights)}, inputs[0].size + 1,
                        threshold, value_range, noise_std, timeout_s=5.0, opened_at=0.0,
-                       bits=bits)
+                       bits=bits, colluders=colluders)
     parties = {p + 1: SecureParty(9, p, [inputs[p]], weights[p], loss=0.5)
                for p in range(n)}
     masked = {}

@@ -162,15 +162,13 @@ def _split(args) -> int:
 
 def _dp_noise(args) -> int:
     """The noise multiplier for a privacy target, from the accountant the runs use."""
-    import dataclasses
-
     from fedstream.common.options import from_args
+    from fedstream.coordinator.accounting import RoundRelease, epsilon, noise_for
     from fedstream.coordinator.config import FederationConfig
-    from fedstream.coordinator.privacy import epsilon, noise_for
     config = from_args(FederationConfig, args, dp_clip=1.0)  # epsilon does not depend on C
     multiplier = noise_for(args.target_epsilon, config, args.clients, config.rounds)
-    reached = epsilon(dataclasses.replace(config, dp_noise_multiplier=multiplier), args.clients,
-                      config.rounds)
+    release = RoundRelease.of(config, args.clients, multiplier, seeded=False)
+    reached = epsilon([release] * config.rounds, config.dp_delta, config.dp_accountant)
     print(json.dumps({"noise_multiplier": multiplier, "epsilon": reached,
                       "delta": config.dp_delta, "rounds": config.rounds,
                       "clients": args.clients, "client_fraction": config.client_fraction,

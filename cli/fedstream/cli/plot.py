@@ -29,9 +29,12 @@ def read_rows(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def label_of(path: str) -> str:
+def label_of(path: str, rows: list[dict] = ()) -> str:
+    """The run's name; a run whose privacy randomness was seeded says it is not private."""
     p = Path(path)
-    return p.parent.name if p.name == "metrics.jsonl" else p.stem
+    name = p.parent.name if p.name == "metrics.jsonl" else p.stem
+    guarantee = next((r["dp_guarantee"] for r in rows if "dp_guarantee" in r), None)
+    return name if guarantee is None else f"{name} ({guarantee})"
 
 
 def plot(paths: list[str], output: str, *, log_x: bool = False,
@@ -50,7 +53,8 @@ def plot(paths: list[str], output: str, *, log_x: bool = False,
             points = [(r[x], r[y]) for r in rows if y in r and x in r]
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="." if len(points) < 30 else None, label=label_of(path))
+                ax.plot(xs, ys, marker="." if len(points) < 30 else None,
+                        label=label_of(path, rows))
             ax.set_xlabel("wall time (s)" if x == "elapsed_s" else "round")
             ax.set_ylabel(ylabel)
             if log_x:

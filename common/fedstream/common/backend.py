@@ -8,6 +8,7 @@ one federation.
 
 from __future__ import annotations
 
+import importlib.abc
 import importlib.util
 import logging
 import os
@@ -63,8 +64,11 @@ def use_backend(name: str | None = None, threads: int = 0) -> str:
     os.environ["KERAS_BACKEND"] = name
     if name == "tensorflow" and "tensorflow" not in sys.modules and "jax" not in sys.modules:
         # TensorFlow's Lite converter imports JAX when it is installed: 112 MB more in every
-        # TensorFlow process (a worker's imports: 578 MB without, 690 MB with), unused
-        sys.modules["jax"] = None
+        # TensorFlow process (a worker's imports: 578 MB without, 690 MB with), unused. A
+        # finder refuses the import rather than a None in sys.modules, which libraries that
+        # ask sys.modules whether JAX is loaded (SciPy's array API helpers, under
+        # dp-accounting's PLD accountant) take for a loaded JAX
+        sys.meta_path.insert(0, _JaxRefused())
     if name == "jax" and threads == 1 and "jax" not in sys.modules:
         # XLA's CPU client reads its thread pool from the flags once; it knows no other count
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
@@ -79,6 +83,16 @@ def use_backend(name: str | None = None, threads: int = 0) -> str:
     if threads > 0:
         _cap_threads(name, threads)
     return name
+
+
+class _JaxRefused(importlib.abc.MetaPathFinder):
+    """Keeps JAX out of a TensorFlow process: importing it fails as if it were absent."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "jax" or fullname.startswith("jax."):
+            raise ModuleNotFoundError(f"No module named {fullname!r} (kept out of this "
+                                      "TensorFlow process)", name=fullname)
+        return None
 
 
 def _keep_tensorflow_out() -> None:

@@ -78,7 +78,8 @@ class FederationConfig:
     prox_mu: float = option(0.0, "delta: FedProx proximal coefficient (0: FedAvg)")
     client_fraction: float = option(1.0, "share C of the clients sampled each round (seeded)")
     min_clients: int = option(1, "sample at least this many clients per round")
-    sampling_seed: int = option(0, "seeds the client sample of each round or unit")
+    sampling_seed: int = option(0, "seeds the client sample of each round or unit (under "
+                                   "client-level DP the sample is drawn from the OS's CSPRNG)")
     sampling: Sampling = option(Sampling.FIXED, "fixed: max(min_clients, C*N) clients without "
                                 "replacement; poisson: each client with probability C (what "
                                 "the DP accountant's Poisson event assumes)")
@@ -97,8 +98,17 @@ class FederationConfig:
                                            "noise on the count of unclipped clients (0: "
                                            "expected clients per round / 20)")
     dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
-    dp_seed: int = option(0, "DP: seeds the noise (with the version), so run and simulate "
-                             "add the same")
+    dp_release_metrics: bool = option(False, "DP: also publish what is computed from the "
+                                      "clients' data without noise (training loss, sample "
+                                      "sizes, worker reports, per-site tables and "
+                                      "evaluations); these are outside the DP guarantee")
+    dp_resume_without_privacy: bool = option(False, "resume a checkpoint written under DP "
+                                             "without DP: its later rounds are not private")
+    privacy_research_seed: int | None = option(None, "research only, NOT private: seeds the "
+                                               "DP noise, the client sample under DP and the "
+                                               "clip's count noise so runs repeat; every "
+                                               "epsilon then says 'not private: seeded'. "
+                                               "Unset, they come from the OS's CSPRNG")
     secure_aggregation: bool = option(False, "secure aggregation (Bonawitz et al. 2017): "
                                       "each unit is a party whose update travels masked, and "
                                       "the coordinator learns only the sum of a round's "
@@ -106,6 +116,10 @@ class FederationConfig:
     secagg_threshold: float = option(0.6, "secure aggregation: any ceil(this * parties) (at "
                                           "least 2) parties recover a dropped party's masks; "
                                           "a round with fewer survivors is abandoned")
+    secagg_colluders: int = option(0, "secure aggregation: parties that may collude with "
+                                      "the coordinator; the threshold stays above (parties "
+                                      "+ this) / 2, and with DP each party's noise is sized "
+                                      "so that the others' alone reach z * C")
     secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
                                        "client's update per unit of its weight (with DP: "
                                        "the clip); values beyond it saturate")
@@ -235,15 +249,29 @@ class FederationConfig:
                             "--dp-noise-multiplier")
         if self.dp_target_epsilon < 0:
             problems.append("dp_target_epsilon must be >= 0")
+        if self.dp_clip > 0 and self.update_encoding is not Encoding.RAW:
+            problems.append(f"client-level DP needs raw updates: {self.update_encoding.value} "
+                            "rounding or error feedback changes what a client adds after "
+                            "clipping, which the accountant does not cover")
+        if (self.dp_noise_multiplier > 0 and self.dp_accountant is Accountant.PLD
+                and self.client_fraction < 1 and self.sampling is Sampling.FIXED):
+            problems.append("the PLD accountant does not cover fixed-size sampling without "
+                            "replacement: use --sampling poisson or --dp-accountant rdp")
+        if self.privacy_research_seed is not None and not self.private:
+            problems.append("privacy_research_seed seeds DP randomness: it needs --dp-clip")
         if self.secure_aggregation and (
                 self.mode is not Mode.SYNC or self.aggregator is not Aggregator.MEAN
                 or self.update_encoding is not Encoding.RAW or self.dp_target_quantile):
             problems.append("secure aggregation sums the units of synchronous rounds: it needs "
                             "the mean aggregator, raw updates and a fixed --dp-clip")
-        if not 0 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
-                or self.secagg_timeout_s <= 0 or not 0 <= self.secagg_bits <= 30:
-            problems.append("secagg_threshold must be in (0, 1], secagg_range and "
-                            "secagg_timeout_s > 0, secagg_bits in [0, 30]")
+        if not 0.5 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
+                or self.secagg_timeout_s <= 0 or not 0 <= self.secagg_bits <= 30 \
+                or self.secagg_colluders < 0:
+            problems.append("secagg_threshold must be in (0.5, 1] (a coordinator that tells "
+                            "two halves of the parties different survivors must never reach "
+                            "the threshold with both), secagg_range and "
+                            "secagg_timeout_s > 0, secagg_bits in [0, 30], secagg_colluders "
+                            ">= 0")
         if not 0 < self.topk_fraction <= 1:
             problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:

@@ -53,7 +53,7 @@ from fedstream.coordinator.federated_eval import FederatedEvaluation, check_resu
 from fedstream.coordinator.membership import Membership
 from fedstream.coordinator.metrics import flatten
 from fedstream.coordinator.policy import RoundPolicy
-from fedstream.coordinator.privacy import PrivacyLedger
+from fedstream.coordinator.privacy import check_resume
 from fedstream.coordinator.reporting import Evaluator, Report, Reporter, step_metrics
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.secure_rounds import SecureRounds
@@ -62,7 +62,6 @@ from fedstream.coordinator.sites import DataSpec, Sites
 from fedstream.coordinator.task import make_task, rounds_per_pass
 from fedstream.coordinator.units import Contribution, Unit
 from fedstream.coordinator.validation import (
-    check_clipped,
     check_finite,
     check_specs,
     check_weight,
@@ -122,8 +121,6 @@ class Federation:
                                  on_metrics=on_metrics, checkpoint_dir=checkpoint_dir,
                                  background=background_reports or self.sites.federated)
         self._evaluations: list[FederatedEvaluation] = []
-        self._privacy = (PrivacyLedger(config, lambda: len(self.sites.table()[0]))
-                         if config.private else None)
         self._cond = threading.Condition()
         self.phase = "waiting_for_workers"
         self.round = 0
@@ -159,6 +156,7 @@ class Federation:
             log.warning("checkpoint was written with %s units, resuming with %d: the model "
                         "will differ from an uninterrupted run by float rounding",
                         ckpt.config.get("units"), self.config.units)
+        check_resume(self.config, ckpt.state)
         self._server.restore(ckpt, self._checkpoint_dir)
         self.round = ckpt.round
         self.policy.restore(ckpt.state)
@@ -360,10 +358,9 @@ class Federation:
                                      "clear")
         with self._cond, self._counting_rejections():
             check_finite(self.task.update_specs, arrays)
-            if self.config.private:
-                check_clipped(arrays, len(meta.client_ids), self.policy.clip)
             unit = self._admit(meta, [spec_of(s.name, a)
                                       for s, a in zip(self.task.update_specs, arrays)])
+            self.policy.check_update(meta, arrays)
             if unit.update is not None:
                 self._counts["updates_duplicate"] += 1
                 return PushResult(False, True, self.round, self.version)
@@ -372,8 +369,8 @@ class Federation:
             contribution = Contribution([np.asarray(a) for a in arrays], float(meta.weight),
                                         len(meta.client_ids), meta.base_version,
                                         {**meta.metrics, "weight": float(meta.weight),
-                                         "examples": meta.num_examples,
-                                         "unclipped": meta.unclipped_clients})
+                                         "examples": meta.num_examples},
+                                        unclipped=meta.unclipped_clients)
             if (self.policy.receive(unit, contribution)
                     or self.policy.due(self._clock(), self._opened_at)):
                 self._step()
@@ -453,23 +450,16 @@ class Federation:
         """The model moves to a new version; its report is handed off; the next round opens
         (or training ends)."""
         federated = self.sites.federated
+        step = self.policy.step()
         metrics = step_metrics(
-            self.policy.step(), self._counts, round_number=self.round, version=self.version,
+            step, self._counts, round_number=self.round, version=self.version,
             opened_at=self._opened_at, started=self._started, now=self._clock(),
             site_workers=self._site_workers() if federated else None)
         self._counts.clear()
-        final = self.round >= self.config.rounds
-        if self._privacy is not None and self.config.dp_noise_multiplier > 0:
-            metrics["dp_epsilon"] = self._privacy.spent(self.round)
-            metrics["dp_delta"] = self.config.dp_delta
-            if not final and self._privacy.exhausted(self.round):
-                log.warning("training ends after round %d: one more round would take epsilon "
-                            "past --dp-target-epsilon %g (now %.4g)", self.round,
-                            self.config.dp_target_epsilon, metrics["dp_epsilon"])
-                final = True
+        final = self.round >= self.config.rounds or step.final
         due = self.round % self.eval_every == 0 or final
         evaluation = None
-        if federated and due:
+        if federated and due and self.policy.site_evaluations:
             evaluation = FederatedEvaluation(
                 self.round, self.version, [s.name for s in self.sites],
                 lease_s=self.config.lease_s, timeout_s=self.config.eval_timeout_s)

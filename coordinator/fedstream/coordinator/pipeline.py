@@ -2,15 +2,14 @@
 share one interface, the way TensorFlow Federated composes aggregation factories.
 
 A stage is an `Aggregator`; a wrapper stage holds an inner one and transforms what goes in
-(staleness weighting); client-level DP's noise is a stage of its own (clipping happens on
-the workers, per client); secure sums would be further stages of the same shape. The
-arithmetic lives in `aggregate`.
+(staleness weighting). Client-level DP, with state of its own (the clip, the ledger), is
+`privacy.ClientLevelPrivacy`. The arithmetic lives in `aggregate`.
 """
 
 from __future__ import annotations
 
 import abc
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -59,36 +58,9 @@ class StalenessWeighted(Aggregator):
         return self._inner(scaled)
 
 
-class GaussianNoise(Aggregator):
-    """Client-level differential privacy (DP-FedAvg, McMahan et al. 2018): the sum of the
-    clients' clipped updates (workers clip, the coordinator checks each unit's bound) plus
-    Gaussian noise of standard deviation multiplier * clip, divided by the expected number of
-    clients per round, a constant, so the released step hides whether one client took part.
-    The noise is drawn from (seed, version), so both run modes add the same."""
-
-    def __init__(self, std: Callable[[], float], seed: int,
-                 expected_clients: Callable[[], float]):
-        self._std = std  # multiplier * this round's clip
-        self._seed = seed
-        self._expected = expected_clients
-
-    def __call__(self, contributions):
-        total = aggregate.sum_in_order([c.arrays for c in contributions])
-        rng = np.random.default_rng([self._seed, contributions[0].base_version])
-        std = self._std()
-        if std > 0:
-            for t in total:
-                t += rng.normal(0.0, std, t.shape).astype(np.float32)
-        return [t / np.float32(self._expected()) for t in total]
-
-
-def build_aggregator(config: FederationConfig,
-                     expected_clients: Callable[[], float] | None = None,
-                     noise_std: Callable[[], float] | None = None) -> Aggregator:
-    """The pipeline a configuration asks for; DP needs the expected clients per round and
-    the noise's standard deviation."""
-    if config.private:
-        return GaussianNoise(noise_std, config.dp_seed, expected_clients)
+def build_aggregator(config: FederationConfig) -> Aggregator:
+    """The pipeline a configuration asks for (client-level DP is a stage of its own,
+    `privacy.ClientLevelPrivacy`, around the sum)."""
     rule = config.aggregator
     if rule is Rule.MEDIAN:
         inner: Aggregator = PerClient(aggregate.coordinate_median)

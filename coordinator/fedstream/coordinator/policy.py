@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.config import FederationConfig
@@ -20,11 +20,19 @@ from fedstream.coordinator.sites import Sites
 from fedstream.coordinator.units import Contribution, Unit
 
 
+def _everything(row: dict) -> dict:
+    return row
+
+
 @dataclass(frozen=True)
 class Step:
-    """What one server step used: the units it applied and metrics of its own."""
+    """What one server step used: the units it applied and metrics of its own; whether
+    training must end after it (a privacy budget spent), and what of its row may be
+    published."""
     units: Sequence[Unit]
     metrics: dict = field(default_factory=dict)
+    final: bool = False
+    released: Callable[[dict], dict] = _everything
 
 
 class RoundPolicy(abc.ABC):
@@ -51,6 +59,15 @@ class RoundPolicy(abc.ABC):
     def admit(self, meta: UpdateMeta) -> Unit:
         """The unit an update header is for; raises when it does not fit the moment
         (wrong round, too stale, not outstanding) or the unit (other clients, lease)."""
+
+    def check_update(self, meta: UpdateMeta, arrays: Sequence) -> None:  # noqa: B027
+        """Checks of an admitted update's content that the policy's stages need."""
+
+    @property
+    def site_evaluations(self) -> bool:
+        """Whether sites may be asked to evaluate on their own data and the results be
+        published (client-level DP withholds them unless the user releases them)."""
+        return True
 
     @abc.abstractmethod
     def receive(self, unit: Unit, contribution: Contribution) -> bool:

@@ -1,131 +1,93 @@
-"""Client-level privacy accounting with Google's dp-accounting (`pip install
-"fedstream[dp]"`): the epsilon, at --dp-delta, of every round released so far.
+"""Client-level differential privacy as one aggregation stage (DP-FedAvg, McMahan et al.
+2018; adaptive clipping, Andrew et al. 2021): everything the guarantee rests on lives here.
 
-Each round is one Gaussian mechanism (noise multiplier sigma on the sum of updates clipped
-to C) on a sample of the clients. The event matches the sampling the run used:
-- every client every round (C = 1): the Gaussian mechanism itself;
-- Poisson sampling: `PoissonSampledDpEvent(q)`, add-or-remove-one neighbours;
-- fixed-size sampling without replacement: `SampledWithoutReplacementDpEvent(N, k)`,
-  replace-one neighbours (RDP only: dp-accounting's PLD accountant does not support it).
-Not covered: sites or clients joining mid-run (N is taken at each round), and what an
-adversary learns from the number of clients in a round (Poisson) beyond the event.
+Per round, the stage
+- draws the client sample's randomness (`sampling_generator`),
+- checks what a worker pushes: a unit's sum of clipped updates is at most clients * clip
+  long, and the count of clients within the clip it claims is at most its clients,
+- adds Gaussian noise to the sum of clipped updates and divides by the expected number of
+  clients per round (a constant, so the step hides whether one client took part); a round
+  whose sample is empty releases noise alone, so the step does not reveal that either,
+- moves an adaptive clip from a noised, centred count,
+- records the round in the privacy ledger and measures epsilon,
+- says which outputs leave the guarantee (`released`).
+Its randomness comes from the OS's CSPRNG unless a research seed is set (`randomness`).
+
+Workers clip every client's update before summing, so the coordinator cannot check one
+client inside a unit: a worker that skips clipping weakens the guarantee of its own clients
+only (it holds their data anyway). The per-unit norm bound catches a unit over its total.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-from typing import Callable
+import logging
+import math
+from typing import Callable, Sequence
 
 import numpy as np
 
-from fedstream.coordinator.config import Accountant, FederationConfig, Sampling
-from fedstream.coordinator.units import fixed_sample_size
+from fedstream.common.errors import InvalidArgument
+from fedstream.common.protocol import UpdateMeta
+from fedstream.common.randomness import SEEDED, private_generator
+from fedstream.coordinator import aggregate
+from fedstream.coordinator.accounting import PrivacyLedger, RoundRelease
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.units import Contribution
+
+log = logging.getLogger(__name__)
+
+# what a private round publishes: schedule, timing of the round as a whole, the
+# coordinator's own counters and the DP measurements (noised or derived from noised values);
+# everything else in a step's row is computed from the clients' data without noise
+RELEASED = frozenset({
+    "round", "version", "round_s", "rounds_per_s", "elapsed_s", "stragglers", "aggregate_s",
+    "apply_s", "updates_accepted", "updates_duplicate", "updates_rejected", "leases_expired",
+    "secagg_parties", "secagg_threshold", "secagg_abandoned", "secagg_dropped",
+    "secagg_precision"})
+
+_NOISE, _COUNT_NOISE = 0, 1  # streams of a research seed, with the version
 
 
-def _dp_accounting():
-    try:
-        import dp_accounting
-    except ImportError as e:
-        raise RuntimeError("client-level DP accounting needs dp-accounting: "
-                           "pip install \"fedstream[dp]\"") from e
-    return dp_accounting
-
-
-def round_event(config: FederationConfig, n_clients: int):
-    """One round's DP event under the run's sampling."""
-    dp = _dp_accounting()
-    gaussian = dp.GaussianDpEvent(config.dp_noise_multiplier)
-    if config.client_fraction >= 1:
-        return gaussian
-    if config.sampling is Sampling.POISSON:
-        return dp.PoissonSampledDpEvent(config.client_fraction, gaussian)
-    return dp.SampledWithoutReplacementDpEvent(n_clients, fixed_sample_size(config, n_clients),
-                                               gaussian)
-
-
-def epsilon(config: FederationConfig, n_clients: int, rounds: int) -> float:
-    """Epsilon at `config.dp_delta` after `rounds` rounds (inf without noise)."""
-    if config.dp_noise_multiplier == 0:
-        return float("inf")
-    dp = _dp_accounting()
-    event = round_event(config, n_clients)
-    fixed_size = isinstance(event, dp.SampledWithoutReplacementDpEvent)
-    if config.dp_accountant is Accountant.PLD:
-        if fixed_size:
-            raise ValueError("the PLD accountant does not cover fixed-size sampling without "
-                             "replacement: use --sampling poisson or --dp-accountant rdp")
-        accountant = dp.pld.PLDAccountant()
-    else:
-        accountant = dp.rdp.RdpAccountant(
-            neighboring_relation=dp.NeighboringRelation.REPLACE_ONE if fixed_size
-            else dp.NeighboringRelation.ADD_OR_REMOVE_ONE)
-    accountant.compose(event, rounds)
-    return float(accountant.get_epsilon(config.dp_delta))
-
-
-class PrivacyLedger:
-    """What the run has spent, and whether one more round fits --dp-target-epsilon."""
-
-    def __init__(self, config: FederationConfig, n_clients: Callable[[], int]):
+class ClientLevelPrivacy:
+    def __init__(self, config: FederationConfig, *, shapes: Sequence[tuple[int, ...]],
+                 expected_clients: Callable[[], float], population: Callable[[], int],
+                 central_noise: bool = True):
+        """`central_noise` False: the parties add the noise themselves (distributed DP under
+        secure aggregation), and the stage only divides, accounts and reports."""
         self._config = config
-        self._n_clients = n_clients
-        self._epsilon = functools.lru_cache(maxsize=8)(
-            lambda n, rounds: epsilon(config, n, rounds))
-
-    def spent(self, rounds: int) -> float:
-        return self._epsilon(self._n_clients(), rounds)
-
-    def exhausted(self, rounds_done: int) -> bool:
-        """One more round would take epsilon past the target."""
-        target = self._config.dp_target_epsilon
-        return target > 0 and self.spent(rounds_done + 1) > target
-
-
-def noise_for(target_epsilon: float, config: FederationConfig, n_clients: int,
-              rounds: int) -> float:
-    """The smallest noise multiplier (to 0.1%) whose `rounds` rounds stay within
-    `target_epsilon`, by bisection on the accountant's epsilon."""
-    def spent(multiplier: float) -> float:
-        return epsilon(dataclasses.replace(config, dp_noise_multiplier=multiplier), n_clients,
-                       rounds)
-
-    lo, hi = 0.0, 1.0
-    while spent(hi) > target_epsilon:
-        lo, hi = hi, hi * 2
-        if hi > 1e4:
-            raise ValueError(f"no noise multiplier up to 1e4 keeps epsilon below "
-                             f"{target_epsilon}")
-    while hi - lo > 1e-3 * hi:
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if spent(mid) <= target_epsilon else (mid, hi)
-    return hi
-
-
-class ClipSchedule:
-    """The clip of each round and the noise on the updates' sum. Fixed: --dp-clip C and
-    noise z * C. Adaptive (--dp-target-quantile gamma, Andrew et al., NeurIPS 2021): each
-    round the workers count the clients whose update was within the clip; the coordinator
-    adds Gaussian noise of standard deviation sigma_b to that count, and moves the clip
-    geometrically toward the gamma quantile of the update norms:
-    C <- C * exp(-eta * (noisy fraction - gamma)). The count is a second Gaussian mechanism
-    (sensitivity 1/2 after centring), so the updates' noise multiplier is lowered to
-    z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 and the pair together is exactly as private as one
-    mechanism of multiplier z, which is what the accountant counts."""
-
-    def __init__(self, config: FederationConfig, expected_clients: Callable[[], float]):
-        self._config = config
+        self._shapes = list(shapes)
         self._expected = expected_clients
-        self.value = config.dp_clip
+        self._population = population
+        self._central_noise = central_noise
+        self._seed = config.privacy_research_seed
+        self.clip = config.dp_clip
+        self.ledger = PrivacyLedger(config.dp_delta, config.dp_accountant)
 
     @property
     def adaptive(self) -> bool:
         return self._config.dp_target_quantile > 0
 
+    @property
+    def seeded(self) -> bool:
+        return self._seed is not None
+
+    def sampling_generator(self, round_number: int) -> np.random.Generator:
+        """The client sample's randomness: amplification by sampling holds only against
+        someone who cannot redraw it."""
+        return private_generator(self._seed, round_number)
+
+    # -- noise split -------------------------------------------------------------------
     def count_noise(self) -> float:
+        """Standard deviation of the noise on the centred count of clients within the clip."""
         return self._config.dp_quantile_noise or self._expected() / 20
 
     def update_multiplier(self) -> float:
+        """The updates' share z_u of the stated multiplier z. The centred count has
+        sensitivity 1/2 (add-or-remove one client), so its mechanism's multiplier is
+        2 sigma_b, and z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 makes the pair exactly as private
+        as one Gaussian mechanism of multiplier z, which is what the ledger records. Under
+        replace-one (fixed-size sampling) both sensitivities double and the identity holds
+        at z / 2."""
         z = self._config.dp_noise_multiplier
         if not self.adaptive or z == 0:
             return z
@@ -136,12 +98,98 @@ class ClipSchedule:
         return (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
 
     def noise_std(self) -> float:
-        """The standard deviation of the noise on this round's sum of clipped updates."""
-        return self.update_multiplier() * self.value
+        """Standard deviation of the noise on this round's sum of clipped updates."""
+        return self.update_multiplier() * self.clip
 
-    def update(self, unclipped: int, rng) -> float:
-        """After a round: the noisy fraction of clients within the clip; the clip moves."""
-        fraction = (unclipped + rng.normal(0.0, self.count_noise())) / self._expected()
-        self.value *= float(np.exp(-self._config.dp_clip_lr *
-                                   (fraction - self._config.dp_target_quantile)))
+    # -- admission ---------------------------------------------------------------------
+    def check(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> None:
+        """A unit's claims are bounded before they move anything."""
+        clients = len(meta.client_ids)
+        if not 0 <= meta.unclipped_clients <= clients:
+            raise InvalidArgument(f"unclipped_clients={meta.unclipped_clients} for a unit of "
+                                  f"{clients} clients: report how many of them were within "
+                                  "the clip, between 0 and the unit's clients")
+        norm = math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays))
+        if norm > clients * self.clip * (1 + 1e-4):  # float32 rounding allowed
+            raise InvalidArgument(
+                f"update of L2 norm {norm:.6g} for {clients} clients clipped to {self.clip}: "
+                f"at most {clients * self.clip:.6g}; clip every client's update "
+                "(Task.dp_clip) before summing")
+
+    # -- the stage ---------------------------------------------------------------------
+    def next(self, contributions: Sequence[Contribution],
+             version: int) -> tuple[list[np.ndarray], dict]:
+        """The round's released step and its measurements; the ledger grows by one round."""
+        if contributions:
+            total = aggregate.sum_in_order([c.arrays for c in contributions])
+        else:
+            total = [np.zeros(s, np.float32) for s in self._shapes]
+        std = self.noise_std() if self._central_noise else 0.0
+        if std > 0:
+            rng = private_generator(self._seed, version, _NOISE)
+            for t in total:
+                t += rng.normal(0.0, std, t.shape).astype(np.float32)
+        step = [t / np.float32(self._expected()) for t in total]
+        measurements = {"dp_clip": self.clip}
+        if self.adaptive:
+            measurements["dp_unclipped_fraction"] = self._move_clip(contributions, version)
+        self.ledger.record(RoundRelease.of(self._config, self._population(),
+                                           self._config.dp_noise_multiplier, self.seeded))
+        if self._config.dp_noise_multiplier > 0:
+            measurements.update(self._epsilon())
+        return step, measurements
+
+    def _move_clip(self, contributions: Sequence[Contribution], version: int) -> float:
+        """Andrew et al.'s geometric update from the noised fraction of clients within the
+        clip, centred: sum_i (b_i - 1/2) + noise, so one client moves it by at most 1/2."""
+        within = sum(c.unclipped for c in contributions)
+        clients = sum(c.clients for c in contributions)
+        rng = private_generator(self._seed, version, _COUNT_NOISE)
+        noised = within - clients / 2 + rng.normal(0.0, self.count_noise())
+        fraction = noised / self._expected() + 0.5
+        self.clip *= float(np.exp(-self._config.dp_clip_lr *
+                                  (fraction - self._config.dp_target_quantile)))
         return fraction
+
+    def _epsilon(self) -> dict:
+        out = {"dp_epsilon": self.ledger.spent(), "dp_delta": self.ledger.delta}
+        if self.ledger.seeded:
+            out["dp_guarantee"] = SEEDED
+        return out
+
+    def exhausted(self) -> bool:
+        """One more round would take epsilon past --dp-target-epsilon."""
+        target = self._config.dp_target_epsilon
+        if not target or not self._config.dp_noise_multiplier:
+            return False
+        after = self.ledger.spent_after(RoundRelease.of(
+            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded))
+        if after > target:
+            log.warning("training ends: one more round would take epsilon past "
+                        "--dp-target-epsilon %g (now %.4g)", target, self.ledger.spent())
+            return True
+        return False
+
+    def released(self, row: dict) -> dict:
+        """What of a step's row may be published: unless the user chose to release them,
+        only the schedule, the coordinator's counters and the DP measurements."""
+        if self._config.dp_release_metrics:
+            return row
+        return {k: v for k, v in row.items() if k in RELEASED or k.startswith("dp_")}
+
+    # -- checkpoint --------------------------------------------------------------------
+    def state(self) -> dict:
+        return {"dp_clip": self.clip, "dp_ledger": self.ledger.state()}
+
+    def restore(self, state: dict) -> None:
+        self.clip = float(state.get("dp_clip", self.clip))
+        self.ledger.restore(state.get("dp_ledger", []))
+
+
+def check_resume(config: FederationConfig, state: dict) -> None:
+    """A checkpoint written under client-level DP resumes only under DP (its ledger goes
+    on), unless the user chose to go on without privacy."""
+    if state.get("dp_ledger") and not config.private and not config.dp_resume_without_privacy:
+        raise ValueError("the checkpoint was written under client-level DP: resume with "
+                         "--dp-clip and --dp-noise-multiplier (the privacy ledger goes on), "
+                         "or pass --dp-resume-without-privacy to continue without privacy")

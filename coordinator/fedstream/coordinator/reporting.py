@@ -66,17 +66,17 @@ def step_metrics(step: Step, counts: Mapping[str, int], *, round_number: int, ve
                  opened_at: float, started: float, now: float,
                  site_workers: Mapping[str, int] | None = None) -> dict:
     """The row a server step writes (before evaluation adds test metrics); with sites, a
-    `sites` table of per-site metrics."""
+    `sites` table of per-site metrics; what the step releases of it."""
     round_s = now - opened_at
     sites = {} if site_workers is None else {"sites": site_metrics(step, site_workers)}
-    return {
+    return step.released({
         "round": round_number, "version": version, "round_s": round_s,
         "rounds_per_s": 1.0 / round_s if round_s > 0 else float("inf"),
         "elapsed_s": now - started,
         "clients": sum(len(u.client_ids) for u in step.units),
         **unit_metrics([u.update.metrics for u in step.units]), **step.metrics,
         **{k: counts[k] for k in COUNTERS}, **sites,
-    }
+    })
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
-from fedstream.coordinator.privacy import ClipSchedule
+from fedstream.coordinator.privacy import ClientLevelPrivacy
 from fedstream.coordinator.units import Contribution, Unit, fixed_sample_size, sample_round
 from fedstream.coordinator.validation import check_claim
 
@@ -29,12 +29,17 @@ log = logging.getLogger(__name__)
 class SyncRounds(RoundPolicy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._clips = ClipSchedule(self.config, self.expected_clients)
-        self._aggregate = build_aggregator(self.config, self.expected_clients,
-                                           self._clips.noise_std)
+        self.privacy = (ClientLevelPrivacy(
+            self.config, shapes=[tuple(v.shape) for v in self.model.trainable],
+            expected_clients=self.expected_clients,
+            population=lambda: len(self.sites.table()[0]), central_noise=self.central_noise)
+            if self.config.private else None)
+        self._aggregate = build_aggregator(self.config)
         self.round = 0
         self.units: list[Unit] = []
         self._last_unit: dict[str, int] = {}
+
+    central_noise = True  # client-level DP: the coordinator adds the noise
 
     def expected_clients(self) -> float:
         """Clients a round samples on average: what client-level DP divides by."""
@@ -50,7 +55,8 @@ class SyncRounds(RoundPolicy):
         """Sample over every site's clients; each site's share splits into `units` units."""
         self.round = round_number
         ids, _ = self.sites.table()
-        sampled = sample_round(self.config, ids, round_number)
+        rng = None if self.privacy is None else self.privacy.sampling_generator(round_number)
+        sampled = sample_round(self.config, ids, round_number, rng)
         groups = [(site.name, g) for site, share in self.sites.by_site(sampled)
                   for g in np.array_split(share, self.config.units) if len(g)]
         self.units = [Unit(i, tuple(int(c) for c in g), site)
@@ -95,6 +101,14 @@ class SyncRounds(RoundPolicy):
         check_claim(meta, unit)
         return unit
 
+    def check_update(self, meta: UpdateMeta, arrays) -> None:
+        if self.privacy is not None:
+            self.privacy.check(meta, arrays)
+
+    @property
+    def site_evaluations(self) -> bool:
+        return self.privacy is None or self.config.dp_release_metrics
+
     def receive(self, unit: Unit, contribution: Contribution) -> bool:
         unit.update = contribution
         return all(u.update is not None for u in self.units)
@@ -111,25 +125,23 @@ class SyncRounds(RoundPolicy):
     def step(self) -> Step:
         t0 = time.perf_counter()
         received = [u for u in self.units if u.update is not None]
-        if not self.units:  # an empty Poisson sample: nothing to learn, nothing released
-            return Step([], {"stragglers": 0, "empty_round": 1})
         stragglers = len(self.units) - len(received)
         if stragglers:
             log.warning("round %d closes at its deadline without %d unit(s): their updates "
                         "will be refused", self.round, stragglers)
-        mean = self._aggregate([u.update for u in received])
+        version, measurements = self.model.version, {}
+        if self.privacy is not None:  # an empty sample, too, releases a (noise) step
+            mean, measurements = self.privacy.next([u.update for u in received], version)
+        elif not received:  # an empty Poisson sample: nothing to learn, nothing released
+            return Step([], {"stragglers": 0, "empty_round": 1})
+        else:
+            mean = self._aggregate([u.update for u in received])
         t1 = time.perf_counter()
-        version = self.model.version
         self.model.apply(mean)
-        privacy = {}
-        if self._clips.adaptive:
-            clip = self._clips.value
-            unclipped = sum(int(u.update.metrics.get("unclipped", 0)) for u in received)
-            rng = np.random.default_rng([self.config.dp_seed, version, 1])
-            privacy = {"dp_clip": clip,
-                       "dp_unclipped_fraction": self._clips.update(unclipped, rng)}
-        return Step(received, {**privacy, "stragglers": stragglers, "aggregate_s": t1 - t0,
-                               "apply_s": time.perf_counter() - t1})
+        return Step(received, {**measurements, "stragglers": stragglers, "aggregate_s": t1 - t0,
+                               "apply_s": time.perf_counter() - t1},
+                    **({} if self.privacy is None else
+                       {"final": self.privacy.exhausted(), "released": self.privacy.released}))
 
     def release(self, worker_id):
         for unit in self.units:
@@ -141,13 +153,14 @@ class SyncRounds(RoundPolicy):
 
     @property
     def clip(self):
-        return self._clips.value
+        return self.config.dp_clip if self.privacy is None else self.privacy.clip
 
     def state(self):
-        """Beyond the model's round and version (a round's units are resampled): the clip,
-        which adaptive clipping moves."""
-        return {"dp_clip": self._clips.value} if self._clips.adaptive else {}
+        """Beyond the model's round and version (a round's units are resampled): client-level
+        DP's clip, which adaptive clipping moves, and its privacy ledger."""
+        return {} if self.privacy is None else self.privacy.state()
 
     def restore(self, state):
         """See `state`."""
-        self._clips.value = float(state.get("dp_clip", self._clips.value))
+        if self.privacy is not None:
+            self.privacy.restore(state)

@@ -23,7 +23,6 @@ from fedstream.common.protocol import (
     UpdateMeta,
     Weighting,
 )
-from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import Step
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.secure_sum import Phase, SecureSum
@@ -33,9 +32,10 @@ _ACTIONS = {"share_keys": Action.SHARE_KEYS, "mask": Action.MASK, "unmask": Acti
 
 
 class SecureRounds(SyncRounds):
+    central_noise = False  # with client-level DP the parties add it
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._aggregate = build_aggregator(self.config, self.expected_clients, lambda: 0.0)
         self._shapes = [tuple(v.shape) for v in self.model.trainable]
         self._length = sum(int(np.prod(s)) for s in self._shapes) + 1
         self.secure: SecureSum | None = None
@@ -52,7 +52,7 @@ class SecureRounds(SyncRounds):
             round_number, weights, self._length, c.secagg_threshold,
             value_range=self.clip if c.private else c.secagg_range,
             noise_std=c.dp_noise_multiplier * self.clip, timeout_s=c.secagg_timeout_s,
-            opened_at=None, bits=c.secagg_bits)
+            opened_at=None, bits=c.secagg_bits, colluders=c.secagg_colluders)
 
     def leasable(self, unit: Unit, now: float) -> bool:
         return (unit.free(now) and self.secure.phase is Phase.ADVERTISE
@@ -116,8 +116,10 @@ class SecureRounds(SyncRounds):
             return super().step()
         secure = self.secure
         stats = {"secagg_parties": len(self.units), "secagg_threshold": secure.threshold}
-        if secure.phase is Phase.ABANDONED:
-            return Step([], {**stats, "secagg_abandoned": 1, "stragglers": len(self.units)})
+        released = {} if self.privacy is None else {"released": self.privacy.released}
+        if secure.phase is Phase.ABANDONED:  # nothing revealed, nothing spent
+            return Step([], {**stats, "secagg_abandoned": 1, "stragglers": len(self.units)},
+                        **released)
         result = secure.result
         units = [self.units[p - 1] for p in result.survivors]
         weight = sum(u.update.weight for u in units)
@@ -126,12 +128,17 @@ class SecureRounds(SyncRounds):
             n = int(np.prod(shape))
             arrays.append(result.total[offset:offset + n].reshape(shape).astype(np.float32))
             offset += n
-        mean = self._aggregate([Contribution(arrays, weight, sum(u.clients for u in
-                                                                 (x.update for x in units)),
-                                             self.model.version)])
+        total = [Contribution(arrays, weight, sum(u.update.clients for u in units),
+                              self.model.version)]
+        measurements = {}
+        if self.privacy is not None:
+            mean, measurements = self.privacy.next(total, self.model.version)
+            released["final"] = self.privacy.exhausted()
+        else:
+            mean = self._aggregate(total)
         self.model.apply(mean)
-        return Step(units, {**stats, "secagg_dropped": len(result.dropped),
+        return Step(units, {**stats, **measurements, "secagg_dropped": len(result.dropped),
                             "secagg_abandoned": 0, "train_loss": result.loss_sum / weight,
                             "stragglers": len(self.units) - len(units),
-                            "secagg_precision": secure.fixed_point.step})
+                            "secagg_precision": secure.fixed_point.step}, **released)
 

@@ -59,6 +59,14 @@ class Party:
     revealed: dict[int, RevealedShare] | None = None  # owner -> share
 
 
+def threshold_for(parties: int, fraction: float, colluders: int = 0) -> int:
+    """ceil(fraction * parties), at least 2, and above (parties + colluders) / 2: a
+    coordinator that tells two groups of honest parties different survivor sets, helped by
+    `colluders` parties that answer both, never gathers a threshold of shares of both of one
+    party's secrets."""
+    return max(2, math.ceil(fraction * parties), (parties + colluders) // 2 + 1)
+
+
 @dataclass(frozen=True)
 class SecureResult:
     """What the coordinator learns: the sum over the survivors, and who they were."""
@@ -79,6 +87,8 @@ class SecureSum:
     timeout_s: float
     opened_at: float | None  # None: the phase opens at the first `advance`
     bits: int = 0  # fixed-point precision asked for; 0: the most the ring allows
+    colluders: int = 0  # parties that may collude with the coordinator (or drop) and still
+    # leave the threshold out of reach of equivocation and the others' noise at noise_std
     phase: Phase = Phase.ADVERTISE
     threshold: int = 0
     roster: tuple[int, ...] = ()
@@ -196,8 +206,10 @@ class SecureSum:
 
     @property
     def party_noise_std(self) -> float:
-        """Each party's share of the noise: any `threshold` of them sum to `noise_std`."""
-        return self.noise_std / math.sqrt(self.threshold) if self.threshold else 0.0
+        """Each party's share of the noise: any `threshold` survivors, less the `colluders`
+        among them who may subtract their own, still sum to `noise_std`."""
+        honest = self.threshold - self.colluders
+        return self.noise_std / math.sqrt(honest) if honest > 0 else 0.0
 
     @property
     def fixed_point(self) -> secagg.FixedPoint:
@@ -229,7 +241,7 @@ class SecureSum:
             if len(done) < len(self.parties) and not timed_out:
                 return False
             self.roster = tuple(sorted(done))
-            self.threshold = max(2, math.ceil(self.threshold_fraction * len(done)))
+            self.threshold = threshold_for(len(done), self.threshold_fraction, self.colluders)
             return self._next(Phase.SHARE, len(done), "advertised keys")
         if self.phase is Phase.SHARE:
             done = [q for q in self.roster if self.parties[q].shares is not None]

@@ -22,6 +22,7 @@ class Contribution:
     base_version: int  # the version it was computed from
     metrics: dict[str, float] = field(default_factory=dict)  # the worker's report, and weight
     staleness_factor: float = 1.0  # asynchronous modes: its down-weighting
+    unclipped: int = 0  # client-level DP: its clients within the clip, as the worker counts
 
 
 @dataclass
@@ -50,19 +51,20 @@ def fixed_sample_size(config: FederationConfig, n_clients: int) -> int:
     return min(n_clients, max(config.min_clients, round(config.client_fraction * n_clients)))
 
 
-def sample_round(config: FederationConfig, client_ids: np.ndarray,
-                 round_number: int) -> np.ndarray:
+def sample_round(config: FederationConfig, client_ids: np.ndarray, round_number: int,
+                 rng: np.random.Generator | None = None) -> np.ndarray:
     """A round's clients out of every site's (`client_ids`, sorted), sorted: all of them, a
-    seeded sample of max(min_clients, round(C * N)), or (Poisson) each client with
-    probability C; it depends only on (sampling seed, round) and the client table."""
+    sample of max(min_clients, round(C * N)), or (Poisson) each client with probability C.
+    Drawn from `rng` (client-level DP draws it where nobody can redraw it), else seeded by
+    (sampling seed, round), so it depends only on them and the client table."""
     if config.client_fraction >= 1:
         return client_ids
     n = len(client_ids)
-    if config.sampling is Sampling.POISSON:
+    if rng is None:
         rng = np.random.default_rng([config.sampling_seed, round_number])
+    if config.sampling is Sampling.POISSON:
         return client_ids[rng.random(n) < config.client_fraction]
     k = fixed_sample_size(config, n)
-    rng = np.random.default_rng([config.sampling_seed, round_number])
     return client_ids[np.sort(rng.choice(n, size=k, replace=False))]
 
 

@@ -60,14 +60,3 @@ def check_finite(specs: Sequence[TensorSpec], arrays: Sequence[np.ndarray]) -> N
         if not np.all(np.isfinite(array)):
             raise InvalidArgument(f"update tensor {spec.name!r} contains NaN or Inf: the "
                                   "client diverged or the tensor is corrupt; not applied")
-
-
-def check_clipped(arrays: Sequence[np.ndarray], clients: int, clip: float) -> None:
-    """With client-level DP, a unit's sum of clipped updates is at most clients * clip long
-    (float32 rounding allowed): more means a client was not clipped."""
-    norm = math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays))
-    bound = clients * clip * (1 + 1e-4)
-    if norm > bound:
-        raise InvalidArgument(f"update of L2 norm {norm:.6g} for {clients} clients clipped to "
-                              f"{clip}: at most {clients * clip:.6g}; clip every client's "
-                              "update (Task.dp_clip) before summing")
