@@ -5,6 +5,7 @@
     fedstream datapool | coordinator | worker   # one service, for separate hosts
     fedstream split --sites 3 --out sites/   # one data set as per-site files
     fedstream dp-noise --target-epsilon 3 --clients 1000 --rounds 100 --client-fraction 0.02
+    fedstream secagg-keygen --site a --key a.key --peers peers.toml   # a site identity
     fedstream fetch-mnist         # download, verify and cache MNIST
     fedstream status HOST:PORT    # ask a running coordinator where it is
     fedstream health HOST:PORT    # exit 0 when a service reports SERVING
@@ -177,6 +178,14 @@ def _dp_noise(args) -> int:
     return 0
 
 
+def _secagg_keygen(args) -> int:
+    from fedstream.common.identity import make_identity
+    public = make_identity(args.site, args.key, args.peers)
+    print(json.dumps({"site": args.site, "key": args.key, "peers": args.peers,
+                      "public_key": public.hex()}))
+    return 0
+
+
 def _status(args) -> int:
     import dataclasses
 
@@ -266,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_options(p, FederationConfig, only=("rounds", "client_fraction", "min_clients",
                                            "sampling", "dp_delta", "dp_accountant"))
     p.set_defaults(handler=_dp_noise)
+    p = sub.add_parser("secagg-keygen", help="a site's Ed25519 identity for secure "
+                                             "aggregation: the private key for its workers, "
+                                             "its public key into the peers file")
+    p.add_argument("--site", required=True, help="the site's name (its workers' --site)")
+    p.add_argument("--key", required=True, help="where to write the private key (PEM, 0600; "
+                                                "never overwritten)")
+    p.add_argument("--peers", required=True, help="the peers file to add the public key to")
+    p.set_defaults(handler=_secagg_keygen)
     p = sub.add_parser("health", help="exit 0 when a server reports SERVING (grpc.health.v1)")
     p.add_argument("address", help="host:port")
     p.add_argument("--service", default="", help="service name (default: the whole server)")

@@ -164,7 +164,8 @@ class CoordinatorClient(_Client):
                        keys: PartyKeys) -> None:
         self._stub.AdvertiseKeys(coordinator_pb2.AdvertiseKeysRequest(
             worker_id=worker_id, round=round_number, unit=unit, share_key=keys.share_key,
-            mask_key=keys.mask_key), timeout=30.0, metadata=self._md)
+            mask_key=keys.mask_key, site=keys.site, signature=keys.signature), timeout=30.0,
+            metadata=self._md)
 
     @_domain_errors
     def share_keys(self, worker_id: str, round_number: int, unit: int,

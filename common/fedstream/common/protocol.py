@@ -82,10 +82,13 @@ class Task:
 
 @dataclass(frozen=True)
 class PartyKeys:
-    """A secure-aggregation party's two X25519 public keys (raw 32 bytes each)."""
+    """A secure-aggregation party's two X25519 public keys (raw 32 bytes each), and the
+    Ed25519 signature of the site that vouches for them (`identity`; empty: unsigned)."""
     party: int
     share_key: bytes
     mask_key: bytes
+    site: str = ""
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)

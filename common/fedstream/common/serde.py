@@ -221,7 +221,8 @@ def _secure_step_to_proto(s: SecureStep) -> coordinator_pb2.SecureStep:
     return coordinator_pb2.SecureStep(
         party=s.party, threshold=s.threshold,
         roster=[coordinator_pb2.PartyKeys(party=k.party, share_key=k.share_key,
-                                          mask_key=k.mask_key) for k in s.roster],
+                                          mask_key=k.mask_key, site=k.site,
+                                          signature=k.signature) for k in s.roster],
         sharers=list(s.sharers), inbox=shares_to_proto(s.inbox), range=s.range, bits=s.bits,
         noise_std=s.noise_std, survivors=list(s.survivors))
 
@@ -229,7 +230,8 @@ def _secure_step_to_proto(s: SecureStep) -> coordinator_pb2.SecureStep:
 def _secure_step_from_proto(msg: coordinator_pb2.SecureStep) -> SecureStep:
     return SecureStep(
         party=msg.party, threshold=msg.threshold,
-        roster=tuple(PartyKeys(k.party, k.share_key, k.mask_key) for k in msg.roster),
+        roster=tuple(PartyKeys(k.party, k.share_key, k.mask_key, k.site, k.signature)
+                     for k in msg.roster),
         sharers=tuple(msg.sharers), inbox=shares_from_proto(msg.inbox), range=msg.range,
         bits=msg.bits, noise_std=msg.noise_std, survivors=tuple(msg.survivors))
 

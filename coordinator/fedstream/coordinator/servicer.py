@@ -119,7 +119,8 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def AdvertiseKeys(self, request, context):
         self._federation.advertise_keys(
             self._owned(request.worker_id), request.round, request.unit,
-            PartyKeys(request.unit + 1, request.share_key, request.mask_key))
+            PartyKeys(request.unit + 1, request.share_key, request.mask_key, request.site,
+                      request.signature))
         return coordinator_pb2.SecureReply()
 
     @handles_errors

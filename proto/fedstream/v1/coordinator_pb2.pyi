@@ -183,14 +183,18 @@ class SecureStep(_message.Message):
     def __init__(self, party: _Optional[int] = ..., threshold: _Optional[int] = ..., roster: _Optional[_Iterable[_Union[PartyKeys, _Mapping]]] = ..., sharers: _Optional[_Iterable[int]] = ..., inbox: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., range: _Optional[float] = ..., bits: _Optional[int] = ..., noise_std: _Optional[float] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PartyKeys(_message.Message):
-    __slots__ = ("party", "share_key", "mask_key")
+    __slots__ = ("party", "share_key", "mask_key", "site", "signature")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     party: int
     share_key: bytes
     mask_key: bytes
-    def __init__(self, party: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+    site: str
+    signature: bytes
+    def __init__(self, party: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., site: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class EncryptedShare(_message.Message):
     __slots__ = ("party", "ciphertext")
@@ -201,18 +205,22 @@ class EncryptedShare(_message.Message):
     def __init__(self, party: _Optional[int] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
 
 class AdvertiseKeysRequest(_message.Message):
-    __slots__ = ("worker_id", "round", "unit", "share_key", "mask_key")
+    __slots__ = ("worker_id", "round", "unit", "share_key", "mask_key", "site", "signature")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     UNIT_FIELD_NUMBER: _ClassVar[int]
     SHARE_KEY_FIELD_NUMBER: _ClassVar[int]
     MASK_KEY_FIELD_NUMBER: _ClassVar[int]
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     worker_id: str
     round: int
     unit: int
     share_key: bytes
     mask_key: bytes
-    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+    site: str
+    signature: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., share_key: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ..., site: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ShareKeysRequest(_message.Message):
     __slots__ = ("worker_id", "round", "unit", "shares")

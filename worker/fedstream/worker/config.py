@@ -16,6 +16,21 @@ from fedstream.datapool.server import DataConfig
 
 
 @dataclass(frozen=True)
+class PartyTrustConfig:
+    """Secure aggregation against a coordinator that may lie (`fedstream.common.identity`)."""
+    secagg_identity: str | None = option(None, "this site's Ed25519 private key (PEM, made by "
+                                               "`fedstream secagg-keygen --site <--site, or "
+                                               "--name without sites>`): the worker signs its "
+                                               "parties' keys with it")
+    secagg_peers: str | None = option(None, "the peers file: every site's Ed25519 public key, "
+                                            "handed over by the sites' operators, never by "
+                                            "the coordinator; a party then shares only with "
+                                            "rosters whose every entry a peer signed")
+    secagg_min_parties: int = option(2, "a party shares only with rosters of at least this "
+                                        "many parties")
+
+
+@dataclass(frozen=True)
 class WorkerConfig:
     coordinator: str = option("127.0.0.1:50051", "coordinator address",
                               env="FEDSTREAM_COORDINATOR")
@@ -40,6 +55,7 @@ class WorkerConfig:
     auth_token: str | None = auth_token_option()  # presented to both services
     delay_s: float = option(0.0, "sleep this long after computing each unit (experiments: a "
                                  "slow device)")
+    trust: PartyTrustConfig = section(PartyTrustConfig, "secure aggregation: site identities")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -29,7 +29,13 @@ from fedstream.common.protocol import (
 from fedstream.worker.compression import UpdateEncoder
 from fedstream.worker.computers import make_computer
 from fedstream.worker.privacy import clip_and_sum
-from fedstream.worker.secure_party import ProtocolViolation, SecureParties, SecureParty
+from fedstream.worker.secure_party import (
+    UNSIGNED,
+    PartyTrust,
+    ProtocolViolation,
+    SecureParties,
+    SecureParty,
+)
 from fedstream.worker.site import SiteClients, check_pool_site
 
 log = logging.getLogger(__name__)
@@ -82,7 +88,8 @@ class WorkerLoop:
 
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
                  site: str = "", publish_labels: bool = False, wait_s: float = 10.0,
-                 prefetch: bool = True, retry_s: float = 300.0, delay_s: float = 0.0):
+                 prefetch: bool = True, retry_s: float = 300.0, delay_s: float = 0.0,
+                 trust: PartyTrust = UNSIGNED):
         self._coordinator = coordinator
         self._wait_s = wait_s
         self._retry_s = retry_s
@@ -102,6 +109,7 @@ class WorkerLoop:
         self._encoder = UpdateEncoder(self.task)
         self._prefetcher = BatchPrefetcher(self._data) if prefetch else None
         self._parties = SecureParties()
+        self._trust = trust
         self.version = 0
         self._held: list[np.ndarray] | None = None  # the weights held, to add a change to
         self._pulled_bytes = 0
@@ -210,7 +218,8 @@ class WorkerLoop:
     def _advertise(self, a, meta: UpdateMeta, update) -> None:
         """Secure aggregation: the unit's update stays here as a party of the round; its
         public keys go to the coordinator, its masked input follows at MASK."""
-        party = SecureParty(a.round, a.unit, update.arrays, update.weight, update.loss)
+        party = SecureParty(a.round, a.unit, update.arrays, update.weight, update.loss,
+                            self._trust)
         self._parties.add(party, dataclasses.replace(meta, metrics={
             k: v for k, v in meta.metrics.items() if k != "loss"}))  # the loss goes masked
         try:

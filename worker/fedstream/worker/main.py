@@ -21,6 +21,23 @@ class Shutdown(BaseException):
     """Raised by SIGTERM in the main thread, so the loop unwinds and leaves cleanly."""
 
 
+def party_trust(config: WorkerConfig):
+    """The secure-aggregation trust a worker's flags state; its identity is named after its
+    site (or, in a single data pool, after the worker)."""
+    from fedstream.common.identity import Peers, SiteIdentity
+    from fedstream.worker.secure_party import PartyTrust
+    t = config.trust
+    if not t.secagg_peers:
+        log.warning("secure aggregation (if the coordinator asks for it) accepts unsigned "
+                    "rosters: an honest-but-curious coordinator is covered, one that "
+                    "substitutes keys is not (--secagg-peers)")
+    return PartyTrust(
+        identity=SiteIdentity.load(config.site or config.name, t.secagg_identity)
+        if t.secagg_identity else None,
+        peers=Peers.load(t.secagg_peers) if t.secagg_peers else None,
+        min_parties=t.secagg_min_parties)
+
+
 def run(config: WorkerConfig) -> None:
     log_config(log, "worker", config)
     backend = use_backend(config.backend, config.threads)
@@ -47,6 +64,6 @@ def run(config: WorkerConfig) -> None:
                     token=config.auth_token)))
             WorkerLoop(coordinator, data, name=config.name, device=device, site=config.site,
                        publish_labels=config.publish_label_histograms,
-                       delay_s=config.delay_s).run()
+                       delay_s=config.delay_s, trust=party_trust(config)).run()
         except Shutdown as e:
             log.info("received %s: left the federation", e)

@@ -9,7 +9,12 @@ coordinator deviating from the protocol learns nothing it could not learn by fol
   of its self-mask seed (a survivor) or of its mask key (dropped), never both;
 - it reveals nothing for a set of survivors smaller than the threshold, or one that leaves
   it out (it sent its input), or names parties that never shared;
-- it masks only against a roster that holds its own keys, with a threshold of at least 2.
+- it shares only with a roster that holds its own keys and at least `min_parties` parties,
+  under a threshold of at least 2 and above half the roster: a coordinator that tells two
+  groups different survivor sets cannot then gather a threshold of both secrets of a party;
+- with a site identity and peers (`identity`), every roster entry must carry a known site's
+  signature over its keys for this round: a coordinator cannot put keys of its own on the
+  roster, as new parties or in place of a party's keys.
 """
 
 from __future__ import annotations
@@ -17,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from fedstream.common import secagg
 from fedstream.common.errors import FedstreamError
+from fedstream.common.identity import Peers, SiteIdentity
 from fedstream.common.protocol import (
     EncryptedShare,
     PartyKeys,
@@ -38,16 +45,33 @@ class ProtocolViolation(FedstreamError):
     """The coordinator asked for something the protocol forbids: the party does not answer."""
 
 
+@dataclass(frozen=True)
+class PartyTrust:
+    """Whom a party trusts: the site identity it signs its keys with, the peers whose
+    signatures it requires on every roster entry (None: unsigned rosters are accepted,
+    which covers an honest-but-curious coordinator only), and the fewest parties it will
+    share with."""
+    identity: SiteIdentity | None = None
+    peers: Peers | None = None
+    min_parties: int = 2
+
+
+UNSIGNED = PartyTrust()  # the honest-but-curious coordinator's protocol
+
+
 class SecureParty:
     def __init__(self, round_number: int, unit: int, values: Sequence[np.ndarray],
-                 weight: float, loss: float):
+                 weight: float, loss: float, trust: PartyTrust = UNSIGNED):
         self.round, self.party = round_number, unit + 1
         self._input = np.concatenate([np.asarray(v, np.float64).reshape(-1) for v in values])
         self.weight = weight
         self._loss_sum = loss * weight
         self._share_key, self._mask_key = secagg.key_pair(), secagg.key_pair()
         self._seed = os.urandom(secagg.SECRET_BYTES)
+        self._trust = trust
         self.keys = PartyKeys(self.party, self._share_key.public, self._mask_key.public)
+        if trust.identity is not None:
+            self.keys = trust.identity.sign(round_number, self.keys)
         self._roster: dict[int, PartyKeys] = {}
         self._threshold = 0
         self._sent: list[EncryptedShare] | None = None
@@ -69,11 +93,19 @@ class SecureParty:
         roster = {k.party: k for k in step.roster}
         if len(roster) != len(step.roster) or roster.get(self.party) != self.keys:
             self._refuse("the roster names a party twice or does not hold this party's keys")
-        if not 2 <= step.threshold <= len(roster):
-            self._refuse(f"threshold {step.threshold} for {len(roster)} parties (at least 2)")
+        if not 2 <= step.threshold <= len(roster) or 2 * step.threshold <= len(roster):
+            self._refuse(f"threshold {step.threshold} for {len(roster)} parties (at least 2 "
+                         "and above half of them)")
+        if len(roster) < self._trust.min_parties:
+            self._refuse(f"a roster of {len(roster)} parties, fewer than the "
+                         f"{self._trust.min_parties} this party shares with")
         for k in roster.values():
             secagg.check_public_key(k.share_key, f"party {k.party}'s share key")
             secagg.check_public_key(k.mask_key, f"party {k.party}'s mask key")
+            unknown = (None if self._trust.peers is None
+                       else self._trust.peers.check(self.round, k))
+            if unknown:
+                self._refuse(unknown)
         points = max(roster)
         seeds = secagg.split_secret(self._seed, step.threshold, points)
         keys = secagg.split_secret(self._mask_key.private, step.threshold, points)
