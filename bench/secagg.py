@@ -11,12 +11,18 @@ encrypted shares, rosters, revealed shares), sized exactly as protobuf encodes t
 
 The crypto a party and the coordinator do per round is also timed alone, in process, at
 the same model size: key agreement, Shamir sharing, the ChaCha20 masks and the unmasking.
+
+`python bench/secagg.py --graph` (about 3 minutes) compares, in process, Bonawitz et al.'s
+complete graph with SecAgg+'s sparse one (k = 2 ceil(log2 n) neighbours) for 10, 50 and 100
+parties: seconds per party, seconds to unmask, and bytes each party sends and receives.
+It writes bench/results/secagg-graph.json.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -56,16 +62,17 @@ def protocol_bytes(parties: int) -> dict[str, int]:
     return {"parties -> coordinator": parties * up, "coordinator -> parties": parties * down}
 
 
-def crypto_seconds(parties: int) -> dict[str, float]:
+def crypto_seconds(parties: int, neighbours: int = 0) -> dict[str, float]:
     """One round's cryptography at the reference model's size, in process: what a party
-    does (keys, shares, masking) and what the coordinator does to unmask, no dropouts."""
-    from fedstream.coordinator.secure_sum import SecureSum
+    does (keys, shares, masking) and what the coordinator does to unmask, no dropouts; with
+    `neighbours`, SecAgg+'s sparse graph."""
+    from fedstream.coordinator.secure_sum import CIPHERTEXT_BYTES, SecureSum
     from fedstream.worker.secure_party import SecureParty
 
     rng = np.random.default_rng(0)
     inputs = [rng.uniform(-1, 1, PARAMETERS).astype(np.float32) for _ in range(parties)]
     secure = SecureSum(1, {q + 1: 50.0 for q in range(parties)}, PARAMETERS + 1, 0.6, 64.0,
-                       0.0, 60.0, 0.0)
+                       0.0, 60.0, 0.0, neighbours=neighbours)
     t0 = time.perf_counter()
     members = {q + 1: SecureParty(1, q, [inputs[q]], 50.0, 1.0) for q in range(parties)}
     for p in members.values():
@@ -84,9 +91,29 @@ def crypto_seconds(parties: int) -> dict[str, float]:
     secure.advance(0.0)  # unmasks
     t3 = time.perf_counter()
     assert secure.result is not None
+    shares = statistics.mean(len(secure.parties[q].shares) for q in secure.sharers)
     return {"keys_and_shares_per_party_s": (t1 - t0) / parties,
             "masking_per_party_s": (t2 - t1) / parties,
-            "unmasking_at_coordinator_s": t3 - t2}
+            "unmasking_at_coordinator_s": t3 - t2, "threshold": secure.threshold,
+            "shares_sent_per_party": shares,
+            # its shares out, then the as many shares in and as many revealed (32 bytes),
+            # besides its masked input (4 bytes a value, as without secure aggregation)
+            "protocol_bytes_per_party": shares * (2 * CIPHERTEXT_BYTES + 32 + 64)}
+
+
+def graph_costs(party_counts: list[int]) -> dict:
+    """Complete against sparse graph, side by side for each party count."""
+    out = {}
+    for n in party_counts:
+        k = 2 * math.ceil(math.log2(n))
+        out[str(n)] = {"neighbours": k, "complete": crypto_seconds(n),
+                       "sparse": crypto_seconds(n, neighbours=k)}
+        c, s = out[str(n)]["complete"], out[str(n)]["sparse"]
+        print(f"| {n} | {k} | {c['keys_and_shares_per_party_s'] + c['masking_per_party_s']:.3f}"
+              f" | {s['keys_and_shares_per_party_s'] + s['masking_per_party_s']:.3f} | "
+              f"{c['unmasking_at_coordinator_s']:.2f} | {s['unmasking_at_coordinator_s']:.2f} | "
+              f"{c['protocol_bytes_per_party']} | {s['protocol_bytes_per_party']} |", flush=True)
+    return out
 
 
 def measure(parties: int, secure: bool, out: Path) -> dict:
@@ -110,8 +137,22 @@ def measure(parties: int, secure: bool, out: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--parties", type=int, nargs="+", default=[2, 5, 10])
-    p.add_argument("--out", type=Path, default=HERE / "results" / "secagg.json")
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--graph", action="store_true", help="complete against sparse graph, in "
+                                                        "process, for 10, 50 and 100 parties")
     args = p.parse_args()
+    machine = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    if args.graph:
+        print("| parties | k | party s complete | party s sparse | unmask s complete | "
+              "unmask s sparse | protocol bytes/party complete | sparse |")
+        print("|---|---|---|---|---|---|---|---|")
+        doc = {"machine": machine, "parameters": PARAMETERS,
+               "results": graph_costs(args.parties if args.parties != [2, 5, 10]
+                                      else [10, 50, 100])}
+        out = args.out or HERE / "results" / "secagg-graph.json"
+        out.write_text(json.dumps(doc, indent=2) + "\n")
+        return
+    args.out = args.out or HERE / "results" / "secagg.json"
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for parties in args.parties:
@@ -121,8 +162,7 @@ def main() -> None:
                 "plain": plain, "secure": secure, "crypto": crypto_seconds(parties),
                 "time_ratio": secure["round_s_median"] / plain["round_s_median"],
                 "bytes_ratio": secure["bytes_per_round"] / plain["bytes_per_round"]}
-    doc = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-           "recipe": RECIPE, "results": results}
+    doc = {"machine": machine, "recipe": RECIPE, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print("| parties | round s plain | round s secure | ratio | MB/round plain | MB/round "

@@ -128,3 +128,14 @@ def stop(*procs) -> None:
             p.wait(timeout=30)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+def arrays_file(tmp_path: Path, examples: int = 120) -> Path:
+    """A random MNIST-shaped data set as an .npz for `--data-format arrays`."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "data.npz"
+    np.savez(path, x_train=rng.integers(0, 256, (examples, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, examples).astype(np.uint8),
+             x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, 20).astype(np.uint8))
+    return path

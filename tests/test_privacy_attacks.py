@@ -23,7 +23,7 @@ from fedstream.coordinator.privacy import ClientLevelPrivacy
 from fedstream.coordinator.units import Contribution, sample_round
 from fedstream.worker.loop import WorkerLoop
 
-from conftest import synthetic_store, tiny_model, weights_digest
+from conftest import arrays_file, synthetic_store, tiny_model, weights_digest
 
 F32 = np.float32
 
@@ -191,12 +191,7 @@ def test_a_resumed_run_composes_what_it_spent_before(tmp_path):
 def test_the_pld_accountant_runs_a_simulation_on_tensorflow(tmp_path):
     """`fedstream simulate --dp-accountant pld` on the default backend reports PLD's
     epsilon (computed here independently) rather than crashing at round 1."""
-    rng = np.random.default_rng(0)
-    data = tmp_path / "data.npz"
-    np.savez(data, x_train=rng.integers(0, 256, (200, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 200).astype(np.uint8),
-             x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 20).astype(np.uint8))
+    data = arrays_file(tmp_path, examples=200)
     out = tmp_path / "m.jsonl"
     subprocess.run([sys.executable, "-m", "fedstream.cli", "simulate", "--data-format",
                     "arrays", "--data", str(data), "--clients", "10", "--rounds", "2",

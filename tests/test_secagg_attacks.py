@@ -178,15 +178,13 @@ def test_over_grpc_worker_processes_give_a_lying_coordinator_nothing(tmp_path, s
                                                                      monkeypatch):
     import threading
 
-    from test_secure_aggregation import arrays_file
-
     from fedstream.coordinator.config import FederationConfig
     from fedstream.coordinator.federation import Federation
     from fedstream.coordinator.server import SERVICE_NAME
     from fedstream.coordinator.servicer import CoordinatorServicer
     from fedstream.v1 import coordinator_pb2_grpc
 
-    from conftest import start_service, start_worker, stop, tiny_model
+    from conftest import arrays_file, start_service, start_worker, stop, tiny_model
 
     names = [f"w{q}" for q in range(1, PARTIES + 1)]
     identities(tmp_path, names)

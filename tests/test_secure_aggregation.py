@@ -16,13 +16,20 @@ import pytest
 from fedstream.common import secagg
 from fedstream.common.clients import CoordinatorClient
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
-from fedstream.common.protocol import Action, EncryptedShare, RevealedShare, SecureStep, UpdateMeta
+from fedstream.common.protocol import (
+    Action,
+    EncryptedShare,
+    PartyKeys,
+    RevealedShare,
+    SecureStep,
+    UpdateMeta,
+)
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
-from fedstream.coordinator.secure_sum import Phase, SecureSum
+from fedstream.coordinator.secure_sum import Phase, SecureSum, threshold_for
 from fedstream.worker.secure_party import ProtocolViolation, SecureParty
 
-from conftest import start_service, stop, synthetic_store, tiny_model
+from conftest import arrays_file, start_service, stop, synthetic_store, tiny_model
 
 pytest.importorskip("Crypto")
 
@@ -61,14 +68,14 @@ def test_both_sides_of_a_pair_derive_one_mask_seed_per_round():
 
 # -- the protocol, driven directly ------------------------------------------------------------
 def run_protocol(inputs, weights, *, threshold=0.6, drop_before_mask=(), drop_before_reveal=(),
-                 value_range=4.0, noise_std=0.0, bits=0, colluders=0):
+                 value_range=4.0, noise_std=0.0, bits=0, colluders=0, neighbours=0):
     """Parties 1..n with `inputs` through a SecureSum; the dropped stay silent from the
     phase named. Returns (the closed SecureSum, the parties, their masked inputs)."""
     n = len(inputs)
     now = [0.0]
     secure = SecureSum(9, {p + 1: w for p, w in enumerate(weights)}, inputs[0].size + 1,
                        threshold, value_range, noise_std, timeout_s=5.0, opened_at=0.0,
-                       bits=bits, colluders=colluders)
+                       bits=bits, colluders=colluders, neighbours=neighbours)
     parties = {p + 1: SecureParty(9, p, [inputs[p]], weights[p], loss=0.5)
                for p in range(n)}
     masked = {}
@@ -445,16 +452,6 @@ def coordinator_process(tmp_path):
     stop(*procs)
 
 
-def arrays_file(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "data.npz"
-    np.savez(path, x_train=rng.integers(0, 256, (120, 28, 28), dtype=np.uint8),
-             y_train=rng.integers(0, 10, 120).astype(np.uint8),
-             x_test=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
-             y_test=rng.integers(0, 10, 20).astype(np.uint8))
-    return path
-
-
 def round_one_row(client, timeout_s=30.0):
     """Round 1's metrics as `status` reports them, once its report was handled."""
     deadline = time.monotonic() + timeout_s
@@ -495,3 +492,33 @@ def test_over_grpc_below_the_threshold_nothing_is_revealed_and_the_model_stays(
                for acts in driver.actions.values())
     assert round_one_row(client)["secagg_abandoned"] == 1
     client.close()
+
+
+# -- SecAgg+: a sparse graph of neighbours --------------------------------------------------------
+@pytest.mark.parametrize("n, k", [(10, 4), (16, 6)])
+def test_a_sparse_graph_sums_exactly_with_parties_dropping_at_each_phase(n, k):
+    """Each party shares with and masks against its k neighbours only; a party dropped
+    after sharing is unmasked by its neighbours, and the sum is the survivors' sum."""
+    inputs = rng_inputs(n)
+    secure, _, _ = run_protocol(inputs, [1.0] * n, neighbours=k, drop_before_mask={2},
+                                drop_before_reveal={5})
+    assert secure.phase is Phase.DONE, secure.failure
+    assert all(len(g) == k + 1 for g in secure.graph.values())
+    assert all(len(secure.parties[q].shares) == k for q in secure.sharers)
+    assert secure.threshold == threshold_for(k + 1, 0.6) and 2 * secure.threshold > k + 1
+    survivors = [q for q in range(1, n + 1) if q != 2]
+    assert secure.result.survivors == tuple(survivors) and secure.result.dropped == (2,)
+    plain = np.sum([inputs[q - 1].astype(np.float64) for q in survivors], axis=0)
+    assert np.max(np.abs(secure.result.total - plain)) <= n * secure.fixed_point.step / 2
+
+
+def test_the_graph_is_fixed_by_the_roster_keys_and_symmetric():
+    from fedstream.coordinator.secure_sum import neighbourhoods
+
+    keys = [PartyKeys(q, bytes([q]) * 32, bytes([q + 100]) * 32) for q in range(1, 21)]
+    graph = neighbourhoods(tuple(range(1, 21)), keys, 6)
+    assert graph == neighbourhoods(tuple(range(1, 21)), keys, 6)
+    assert all(q in graph[p] for p in graph for q in graph[p])  # u ~ v iff v ~ u
+    other = neighbourhoods(tuple(range(1, 21)), keys[::-1], 6)
+    assert other != graph  # another set of keys, another permutation
+    assert neighbourhoods((1, 2, 3), keys[:3], 6) == {q: (1, 2, 3) for q in (1, 2, 3)}

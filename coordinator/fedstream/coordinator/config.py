@@ -120,6 +120,11 @@ class FederationConfig:
                                       "the coordinator; the threshold stays above (parties "
                                       "+ this) / 2, and with DP each party's noise is sized "
                                       "so that the others' alone reach z * C")
+    secagg_neighbours: int = option(0, "secure aggregation, SecAgg+ (Bell et al. 2020): each "
+                                       "party shares with and masks against this many others "
+                                       "(even; a Harary graph), so its cost grows with this "
+                                       "rather than with the parties; about 2 log2(parties) "
+                                       "or more. 0: every other party")
     secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
                                        "client's update per unit of its weight (with DP: "
                                        "the clip); values beyond it saturate")
@@ -266,12 +271,13 @@ class FederationConfig:
                             "the mean aggregator, raw updates and a fixed --dp-clip")
         if not 0.5 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
                 or self.secagg_timeout_s <= 0 or not 0 <= self.secagg_bits <= 30 \
-                or self.secagg_colluders < 0:
+                or self.secagg_colluders < 0 or self.secagg_neighbours < 0 \
+                or self.secagg_neighbours % 2:
             problems.append("secagg_threshold must be in (0.5, 1] (a coordinator that tells "
                             "two halves of the parties different survivors must never reach "
                             "the threshold with both), secagg_range and "
                             "secagg_timeout_s > 0, secagg_bits in [0, 30], secagg_colluders "
-                            ">= 0")
+                            ">= 0, secagg_neighbours even and >= 0")
         if not 0 < self.topk_fraction <= 1:
             problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
         if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:

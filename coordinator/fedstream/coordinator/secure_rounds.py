@@ -52,7 +52,8 @@ class SecureRounds(SyncRounds):
             round_number, weights, self._length, c.secagg_threshold,
             value_range=self.clip if c.private else c.secagg_range,
             noise_std=c.dp_noise_multiplier * self.clip, timeout_s=c.secagg_timeout_s,
-            opened_at=None, bits=c.secagg_bits, colluders=c.secagg_colluders)
+            opened_at=None, bits=c.secagg_bits, colluders=c.secagg_colluders,
+            neighbours=c.secagg_neighbours)
 
     def leasable(self, unit: Unit, now: float) -> bool:
         return (unit.free(now) and self.secure.phase is Phase.ADVERTISE

@@ -6,20 +6,25 @@ The parties are the round's units (party = unit + 1, its Shamir x-coordinate). F
 phases, each closing when every expected party answered, or `timeout_s` after it opened
 with at least the threshold; with fewer the round is abandoned: nothing is asked to be
 revealed and the model is not touched.
-1. advertise: each party's two X25519 public keys; the roster is who advertised, and the
-   threshold t = max(2, ceil(fraction * roster)).
+1. advertise: each party's two X25519 public keys; the roster is who advertised. Each
+   party's neighbourhood is every roster party (Bonawitz et al.'s complete graph) or, with
+   `neighbours` k > 0, itself and k others (SecAgg+, Bell et al., CCS 2020: a Harary graph
+   over a permutation of the roster drawn from the hash of its keys), and the threshold t
+   is `threshold_for` the neighbourhood's size.
 2. share: each party's encrypted shares of its self-mask seed and mask key, one per other
-   roster party; the sharers are who sent them (only they are masked against).
-3. mask: each sharer's input + self mask + pairwise masks, mod 2^32; the survivors are
-   whose arrived.
-4. unmask: each survivor reveals, for every survivor its self-mask seed's share and for
-   every dropped sharer its mask key's share, never both for one party; t of each recover
+   party of its neighbourhood; the sharers are who sent them (only they are masked against).
+3. mask: each sharer's input + self mask + pairwise masks with its neighbour sharers, mod
+   2^32; the survivors are whose arrived.
+4. unmask: each survivor reveals, for every neighbour sharer, its self-mask seed's share (a
+   survivor) or its mask key's share (dropped), never both for one party; t of each recover
    the secrets, and the masks come off the sum.
+A party's cost grows with its neighbourhood: n with the complete graph, k + 1 with SecAgg+.
 """
 
 from __future__ import annotations
 
 import enum
+import hashlib
 import logging
 import math
 from dataclasses import dataclass, field
@@ -67,6 +72,23 @@ def threshold_for(parties: int, fraction: float, colluders: int = 0) -> int:
     return max(2, math.ceil(fraction * parties), (parties + colluders) // 2 + 1)
 
 
+def neighbourhoods(roster: Sequence[int], keys: Sequence[PartyKeys],
+                   neighbours: int) -> dict[int, tuple[int, ...]]:
+    """Each roster party's neighbourhood, itself included: everyone (neighbours 0, or at
+    least the roster), else a Harary graph, each party joined to the neighbours / 2 nearest
+    on either side of a ring. The ring's order is a permutation seeded by SHA-256 of every
+    advertised key, fixed once the roster is."""
+    n = len(roster)
+    if not neighbours or neighbours >= n - 1:
+        return {q: tuple(roster) for q in roster}
+    digest = hashlib.sha256(b"".join(k.share_key + k.mask_key for k in keys)).digest()
+    ring = [roster[i] for i in np.random.default_rng(
+        np.frombuffer(digest, np.uint32)).permutation(n)]
+    half = neighbours // 2
+    return {ring[i]: tuple(sorted({ring[(i + d) % n] for d in range(-half, half + 1)}))
+            for i in range(n)}
+
+
 @dataclass(frozen=True)
 class SecureResult:
     """What the coordinator learns: the sum over the survivors, and who they were."""
@@ -89,11 +111,13 @@ class SecureSum:
     bits: int = 0  # fixed-point precision asked for; 0: the most the ring allows
     colluders: int = 0  # parties that may collude with the coordinator (or drop) and still
     # leave the threshold out of reach of equivocation and the others' noise at noise_std
+    neighbours: int = 0  # SecAgg+: each party's neighbours (even); 0: every other party
     phase: Phase = Phase.ADVERTISE
     threshold: int = 0
     roster: tuple[int, ...] = ()
     sharers: tuple[int, ...] = ()
     survivors: tuple[int, ...] = ()
+    graph: dict[int, tuple[int, ...]] = field(default_factory=dict)  # party -> neighbourhood
     failure: str = ""
     result: SecureResult | None = None
     parties: dict[int, Party] = field(default_factory=dict)
@@ -132,7 +156,7 @@ class SecureSum:
             raise PermissionDenied(f"party {party} did not advertise keys in time for round "
                                    f"{self.round}: it takes no part")
         recipients = sorted(s.party for s in shares)
-        expected = [q for q in self.roster if q != party]
+        expected = [q for q in self.graph[party] if q != party]
         if recipients != expected:
             raise InvalidArgument(f"shares for parties {recipients}; the roster asks for one "
                                   f"for each of {expected}")
@@ -165,9 +189,10 @@ class SecureSum:
         if party not in self.survivors:
             raise PermissionDenied(f"party {party} is not a survivor of round {self.round}")
         owners = sorted(s.party for s in shares)
-        if owners != list(self.sharers):
+        asked = self._near(party, self.sharers)
+        if owners != list(asked):
             raise InvalidArgument(f"shares of parties {owners}; one for each sharer "
-                                  f"{list(self.sharers)} is asked")
+                                  f"{list(asked)} is asked")
         for s in shares:
             survived = s.party in self.survivors
             wanted, other = ((s.self_mask_seed, s.mask_key) if survived
@@ -188,16 +213,17 @@ class SecureSum:
         if p is None:
             return None
         if self.phase is Phase.SHARE and party in self.roster and p.shares is None:
-            roster = tuple(self.parties[q].keys for q in self.roster)
+            roster = tuple(self.parties[q].keys for q in self.graph[party])
             return "share_keys", SecureStep(party, threshold=self.threshold, roster=roster)
         if self.phase is Phase.MASK and party in self.sharers and p.masked is None:
+            sharers = self._near(party, self.sharers)
             inbox = tuple(EncryptedShare(q, self.parties[q].shares[party])
-                          for q in self.sharers if q != party)
-            return "mask", SecureStep(party, sharers=self.sharers, inbox=inbox,
+                          for q in sharers if q != party)
+            return "mask", SecureStep(party, sharers=sharers, inbox=inbox,
                                       range=self.value_range, bits=self.fixed_point.bits,
                                       noise_std=self.party_noise_std)
         if self.phase is Phase.UNMASK and party in self.survivors and p.revealed is None:
-            return "unmask", SecureStep(party, survivors=self.survivors)
+            return "unmask", SecureStep(party, survivors=self._near(party, self.survivors))
         return None
 
     def advertised(self, party: int) -> bool:
@@ -241,7 +267,10 @@ class SecureSum:
             if len(done) < len(self.parties) and not timed_out:
                 return False
             self.roster = tuple(sorted(done))
-            self.threshold = threshold_for(len(done), self.threshold_fraction, self.colluders)
+            self.graph = neighbourhoods(self.roster, [self.parties[q].keys for q in self.roster],
+                                        self.neighbours)
+            size = min(len(g) for g in self.graph.values()) if self.graph else 0
+            self.threshold = threshold_for(size, self.threshold_fraction, self.colluders)
             return self._next(Phase.SHARE, len(done), "advertised keys")
         if self.phase is Phase.SHARE:
             done = [q for q in self.roster if self.parties[q].shares is not None]
@@ -278,23 +307,36 @@ class SecureSum:
         self.phase = phase
         return True
 
+    def _near(self, party: int, members: Sequence[int]) -> tuple[int, ...]:
+        """Those of `members` in the party's neighbourhood (itself included)."""
+        return tuple(q for q in members if q in self.graph[party])
+
+    def _revealers(self, owner: int, revealers: Sequence[int]) -> list[int]:
+        """`threshold` of the owner's neighbours that revealed its shares."""
+        near = [r for r in revealers if r in self.graph[owner]][:self.threshold]
+        if len(near) < self.threshold:
+            raise InvalidArgument(f"only {len(near)} of party {owner}'s neighbours revealed "
+                                  f"its shares; {self.threshold} are needed")
+        return near
+
     def _unmask(self, revealers: Sequence[int]) -> SecureResult:
-        revealers = list(revealers)[:self.threshold]
         dropped = tuple(q for q in self.sharers if q not in self.survivors)
         if set(dropped) & set(self.survivors):  # the protocol's rule, kept by construction
             raise AssertionError("a party counted as survivor and dropped")
         total = secagg.ring_sum([self.parties[q].masked for q in self.survivors])
         for owner in self.survivors:
             seed = secagg.combine_secret(
-                [(r, self.parties[r].revealed[owner].self_mask_seed) for r in revealers])
+                [(r, self.parties[r].revealed[owner].self_mask_seed)
+                 for r in self._revealers(owner, revealers)])
             total -= secagg.prg(seed, self.length)
         for owner in dropped:
             key = secagg.combine_secret(
-                [(r, self.parties[r].revealed[owner].mask_key) for r in revealers])
+                [(r, self.parties[r].revealed[owner].mask_key)
+                 for r in self._revealers(owner, revealers)])
             if secagg.public_key(key) != self.parties[owner].keys.mask_key:
                 raise InvalidArgument(f"the shares revealed for dropped party {owner} do not "
                                       "recover the mask key it advertised")
-            for q in self.survivors:
+            for q in self._near(owner, self.survivors):
                 mask = secagg.prg(secagg.pairwise_seed(key, self.parties[q].keys.mask_key,
                                                        self.round), self.length)
                 if q < owner:  # q added +mask(q, owner); owner's -mask never arrived
