@@ -353,11 +353,11 @@ class PartyDriver:
             self.port.reveal_shares(w, a.round, a.unit, self.parties[w].unmask(a.secure))
 
 
-def secure_federation(**options):
+def secure_federation(parties=3, **options):
     store = synthetic_store(n_train=180, n_clients=6)
-    config = FederationConfig(rounds=2, units=3, min_workers=3, secure_aggregation=True,
-                              server_optimizer="sgd", server_lr=1.0, secagg_timeout_s=5.0,
-                              secagg_range=4.0, **options)
+    config = FederationConfig(rounds=2, units=parties, min_workers=parties,
+                              secure_aggregation=True, server_optimizer="sgd", server_lr=1.0,
+                              secagg_timeout_s=5.0, secagg_range=4.0, **options)
     now = [0.0]
     fed = Federation(config, tiny_model(), store.summary.client_sizes, clock=lambda: now[0])
     return fed, now
@@ -392,6 +392,24 @@ def test_a_federation_steps_on_the_secure_sum_of_its_survivors(drop, survivors):
     row = fed.last_metrics
     assert row["secagg_dropped"] == (1 if drop.get(1) is Action.MASK else 0)
     assert row["secagg_abandoned"] == 0
+
+
+def test_a_federation_with_a_sparse_graph_steps_on_the_survivors_sum():
+    """SecAgg+ through the coordinator's port: 6 parties of 2 neighbours each, one dropping
+    after sharing."""
+    fed, now = secure_federation(parties=6, secagg_neighbours=2)
+    before = [w.copy() for w in fed.model.get_weights()]
+    driver = PartyDriver(fed, 6, drop={3: Action.MASK})
+
+    def tick():
+        now[0] += 0.5
+        fed.check_deadline()
+
+    driver.run(timeout_s=30, tick=tick)
+    assert [len(p._roster) for p in driver.parties.values()] == [3] * 6  # itself and 2
+    expected = expected_weights(before, driver, [driver.ids[i] for i in (0, 1, 2, 4, 5)])
+    for got, want in zip(fed.model.get_weights(), expected):
+        np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_a_federation_below_the_threshold_abandons_the_round_and_keeps_its_model():
