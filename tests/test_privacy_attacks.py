@@ -279,3 +279,16 @@ def test_distributed_noise_survives_the_declared_colluders(parties, colluders):
     worst = math.sqrt(secure.threshold - colluders) * per_party  # t survivors, c colluding
     assert worst >= sigma * 0.97  # 20,000 draws: about 0.5% error
     assert 2 * secure.threshold > parties + colluders
+
+
+def test_the_progress_a_private_run_prints_holds_no_withheld_figure():
+    """`fedstream run` prints epsilon where a private round's row withholds the loss."""
+    from fedstream.cli.local import progress_line
+    private = {"round": 3, "rounds_per_s": 2.0, "dp_epsilon": 1.25, "test_acc": 0.5,
+               "test_loss": 1.0}
+    assert "epsilon 1.25" in progress_line(private, 10) and "loss 1" not in \
+        progress_line(private, 10).split("test_acc")[0]
+    seeded = {**private, "dp_guarantee": SEEDED}
+    assert "(not private: seeded)" in progress_line(seeded, 10)
+    assert "train_loss 0.5000" in progress_line({"round": 1, "rounds_per_s": 1.0,
+                                                 "train_loss": 0.5}, 10)

@@ -165,8 +165,18 @@ class MetricsTail:
         return [json.loads(line) for line in lines if line]
 
 
+def training_figure(row: dict) -> str:
+    """The training loss, or under DP (which withholds it) the epsilon spent."""
+    if "train_loss" in row:
+        return f"train_loss {row['train_loss']:.4f}"
+    if "dp_epsilon" in row:
+        return f"epsilon {row['dp_epsilon']:.3g}" + (
+            f" ({row['dp_guarantee']})" if "dp_guarantee" in row else "")
+    return ""
+
+
 def progress_line(row: dict, rounds: int) -> str:
-    line = (f"round {row['round']:>4}/{rounds}  train_loss {row['train_loss']:.4f}  "
+    line = (f"round {row['round']:>4}/{rounds}  {training_figure(row)}  "
             f"{row['rounds_per_s']:.1f} rounds/s")
     if "test_acc" in row:
         line += f"  test_acc {row['test_acc']:.4f}  test_loss {row['test_loss']:.4f}"
@@ -210,7 +220,7 @@ class ProgressDisplay:
     def update(self, row: dict) -> None:
         if self._bar is not None:
             self._bar.update(self._task, completed=row["round"],
-                             info=f"loss {row['train_loss']:.4f}  {row['rounds_per_s']:.1f}/s")
+                             info=f"{training_figure(row)}  {row['rounds_per_s']:.1f}/s")
             if "test_acc" in row:
                 self._bar.console.print(progress_line(row, self.rounds))
         elif "test_acc" in row or row["round"] % 10 == 0:
