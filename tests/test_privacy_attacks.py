@@ -292,3 +292,64 @@ def test_the_progress_a_private_run_prints_holds_no_withheld_figure():
     assert "(not private: seeded)" in progress_line(seeded, 10)
     assert "train_loss 0.5000" in progress_line({"round": 1, "rounds_per_s": 1.0,
                                                  "train_loss": 0.5}, 10)
+
+
+def renyi_of_shifted_skellam(mu, shift, order):
+    """D_order(Sk + shift || Sk) for Skellam noise of variance mu, summed exactly over its
+    support with scipy: the one-dimensional case of the parties' mechanism."""
+    from scipy.special import logsumexp
+    lam = mu / 2
+    k = np.arange(-int(60 * math.sqrt(mu)) - 200 - shift, int(60 * math.sqrt(mu)) + 200 + shift)
+    p, q = stats.skellam.logpmf(k - shift, lam, lam), stats.skellam.logpmf(k, lam, lam)
+    finite = np.isfinite(p) & np.isfinite(q)
+    return logsumexp(order * p[finite] + (1 - order) * q[finite]) / (order - 1)
+
+
+@pytest.mark.parametrize("mu", [0.5, 2.0, 20.0, 1000.0])
+def test_the_skellam_bound_covers_the_exact_divergence(mu):
+    """The bound the ledger uses for the parties' noise, against the exact Renyi divergence
+    of a shifted Skellam distribution (one value: L1 = L2 = the shift)."""
+    from fedstream.coordinator.accounting import skellam_rdp
+    for shift in (1, 3, 10):
+        for order in (1.5, 2, 4, 16, 64):
+            exact = renyi_of_shifted_skellam(mu, shift, order)
+            assert exact <= skellam_rdp(order, mu, shift, shift) * (1 + 1e-9)
+
+
+def test_distributed_noise_is_skellam_on_the_ring_and_accounted_after_rounding():
+    """Adversary: the coordinator's operator, who sees the unmasked sum on the ring. The
+    parties add integer Skellam noise after rounding, so the sum is the rounded inputs plus
+    Skellam noise of the stated variance, and the ledger accounts that mechanism,
+    rounding's extra sensitivity included: its epsilon is dp-accounting's for zCDP events
+    of Agarwal et al.'s bound, and above the continuous Gaussian's at the same z."""
+    from test_secure_aggregation import PartyDriver, secure_federation
+
+    from fedstream.coordinator.accounting import SKELLAM
+    fed, now = secure_federation(dp_clip=1.0, dp_noise_multiplier=1.0, dp_delta=1e-5)
+    driver = PartyDriver(fed, 3)
+
+    def tick():
+        now[0] += 0.5
+        fed.check_deadline()
+
+    driver.run(timeout_s=30, tick=tick)
+    fed.flush_reports()
+    (release,) = fed.policy.privacy.ledger.releases
+    assert release.mechanism == SKELLAM and release.dims == sum(
+        int(np.prod(s.shape)) for s in fed.task.update_specs)
+    bits = round(math.log2(release.clip_steps))  # the clip is 1
+    l2 = release.clip_steps + math.sqrt(release.dims)
+    mu = release.clip_steps ** 2
+    zcdp = min((dp_accounting.ZCDpEvent(l2 ** 2 / (2 * mu) + l2 ** 2 / (2 * mu ** 2),
+                                        max(0.0, (6 * math.sqrt(release.dims) * l2 - l2 ** 2)
+                                            / (4 * mu ** 2))),
+                dp_accounting.ZCDpEvent(l2 ** 2 / (2 * mu),
+                                        3 * math.sqrt(release.dims) * l2 / (2 * mu))),
+               key=lambda e: e.xi + 8 * e.rho)
+    accountant = dp_accounting.rdp.RdpAccountant()
+    accountant.compose(zcdp)
+    assert fed.last_metrics["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5))
+    gaussian = dp_accounting.rdp.RdpAccountant()
+    gaussian.compose(dp_accounting.GaussianDpEvent(1.0))
+    assert fed.last_metrics["dp_epsilon"] > gaussian.get_epsilon(1e-5)
+    assert "train_loss" not in fed.last_metrics and bits > 8

@@ -179,6 +179,15 @@ class FixedPoint:
         return ring.astype(np.uint32).view(np.int32).astype(np.float64) * self.step
 
 
+def skellam_noise(rng: np.random.Generator, variance: float, size: int) -> np.ndarray:
+    """Integer noise of the given variance on the fixed point: Poisson(variance / 2) minus
+    Poisson(variance / 2), the symmetric Skellam distribution (Agarwal et al., NeurIPS 2021).
+    A sum of independent Skellam variables is Skellam again, so the parties' noise adds up
+    exactly on the ring, with no rounding after it."""
+    lam = variance / 2
+    return rng.poisson(lam, size) - rng.poisson(lam, size)
+
+
 def encode_loss(loss_sum: float) -> np.uint32:
     """The weighted training loss a party adds to its input: round(loss * 256) mod 2^32."""
     return np.int64(round(loss_sum * LOSS_SCALE)).astype(np.uint32)

@@ -14,12 +14,24 @@ flags. The neighbouring relation follows the sampling:
   cover it).
 A ledger cannot mix the two relations: resuming a Poisson run with fixed-size sampling, or
 the reverse, is refused.
+
+Under secure aggregation the parties add the noise on the ring's integers: Skellam noise
+(`secagg.skellam_noise`) of variance mu = (z C 2^bits)^2 from the honest survivors, on the
+sum of inputs rounded to the fixed point. One client moves its party's rounded input by at
+most D2 = k C 2^bits + sqrt(d) in L2 (k = 1, or 2 under replace-one; rounding adds at most
+1 a coordinate) and D1 = sqrt(d) D2 in L1. Agarwal et al. (NeurIPS 2021, Theorem 3.5) bound
+the Skellam mechanism's Renyi divergence of order a by
+    a D2^2 / (2 mu) + min(((2a - 1) D2^2 + 6 D1) / (4 mu^2), 3 D1 / (2 mu)),
+so each of the min's two sides, linear in a, is a zCDP guarantee (rho, xi); the round is
+accounted as dp-accounting's `ZCDpEvent` of the side that gives the smaller epsilon, with no
+amplification by sampling (conservative), and holds exactly, rounding included.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -27,6 +39,7 @@ from fedstream.coordinator.config import Accountant, FederationConfig, Sampling
 from fedstream.coordinator.units import fixed_sample_size
 
 ALL, POISSON, FIXED = "all", "poisson", "fixed"
+GAUSSIAN, SKELLAM = "gaussian", "skellam"
 
 
 def _dp_accounting():
@@ -48,27 +61,55 @@ class RoundRelease:
     rate: float = 1.0  # POISSON: q
     sampled: int = 0  # FIXED: k
     seeded: bool = False  # its randomness came from a research seed: not private
+    mechanism: str = GAUSSIAN  # or SKELLAM: the parties' noise on the ring
+    clip_steps: float = 0.0  # SKELLAM: the clip in fixed-point steps, C * 2^bits
+    dims: int = 0  # SKELLAM: values in one party's input
 
     @classmethod
     def of(cls, config: FederationConfig, population: int, noise_multiplier: float,
-           seeded: bool) -> "RoundRelease":
+           seeded: bool, ring: tuple[float, int] | None = None) -> "RoundRelease":
+        """`ring`: (clip in fixed-point steps, values) when the parties add Skellam noise."""
+        skellam = {} if ring is None else {"mechanism": SKELLAM, "clip_steps": ring[0],
+                                           "dims": ring[1]}
         if config.client_fraction >= 1:
-            return cls(ALL, noise_multiplier, population, seeded=seeded)
+            return cls(ALL, noise_multiplier, population, seeded=seeded, **skellam)
         if config.sampling is Sampling.POISSON:
             return cls(POISSON, noise_multiplier, population, rate=config.client_fraction,
-                       seeded=seeded)
+                       seeded=seeded, **skellam)
         return cls(FIXED, noise_multiplier, population,
-                   sampled=fixed_sample_size(config, population), seeded=seeded)
+                   sampled=fixed_sample_size(config, population), seeded=seeded, **skellam)
 
     def dp_event(self, replace_one: bool):
         dp = _dp_accounting()
         z = self.noise_multiplier
+        if self.mechanism == SKELLAM:
+            return skellam_event(z, self.clip_steps, self.dims, replace_one)
         if self.sampling == POISSON:
             return dp.PoissonSampledDpEvent(self.rate, dp.GaussianDpEvent(z))
         if self.sampling == FIXED:
             return dp.SampledWithoutReplacementDpEvent(self.population, self.sampled,
                                                        dp.GaussianDpEvent(z / 2))
         return dp.GaussianDpEvent(z / 2 if replace_one else z)
+
+
+def skellam_rdp(order: float, mu: float, l1: float, l2: float) -> float:
+    """Agarwal et al.'s bound on the Skellam mechanism's Renyi divergence of `order`, noise
+    of variance `mu` per value, sensitivities `l1` and `l2`."""
+    return order * l2 ** 2 / (2 * mu) + min(((2 * order - 1) * l2 ** 2 + 6 * l1) / (4 * mu ** 2),
+                                            3 * l1 / (2 * mu))
+
+
+def skellam_event(noise_multiplier: float, clip_steps: float, dims: int, replace_one: bool):
+    """One round of the parties' Skellam noise as a zCDP event (see the module's text)."""
+    dp = _dp_accounting()
+    l2 = (2 if replace_one else 1) * clip_steps + math.sqrt(dims)
+    l1 = math.sqrt(dims) * l2
+    mu = (noise_multiplier * clip_steps) ** 2
+    # the min's sides: a l2^2/(2mu) + ((2a-1) l2^2 + 6 l1)/(4mu^2), and a l2^2/(2mu) + 3 l1/(2mu)
+    sides = [dp.ZCDpEvent(l2 ** 2 / (2 * mu) + l2 ** 2 / (2 * mu ** 2),
+                          max(0.0, (6 * l1 - l2 ** 2) / (4 * mu ** 2))),
+             dp.ZCDpEvent(l2 ** 2 / (2 * mu), 3 * l1 / (2 * mu))]
+    return min(sides, key=lambda e: e.xi + 8 * e.rho)  # either is a valid bound
 
 
 def epsilon(releases: Sequence[RoundRelease], delta: float,
@@ -90,6 +131,9 @@ def _epsilon(releases: tuple[RoundRelease, ...], delta: float, accountant: Accou
                          "relations differ: resume with the sampling the run began with")
     replace_one = FIXED in kinds
     if accountant is Accountant.PLD:
+        if any(r.mechanism == SKELLAM for r in releases):
+            raise ValueError("the parties' Skellam noise is accounted by RDP: use "
+                             "--dp-accountant rdp with secure aggregation")
         if replace_one:
             raise ValueError("the PLD accountant does not cover fixed-size sampling without "
                              "replacement: use --sampling poisson or --dp-accountant rdp")

@@ -262,6 +262,10 @@ class FederationConfig:
                 and self.client_fraction < 1 and self.sampling is Sampling.FIXED):
             problems.append("the PLD accountant does not cover fixed-size sampling without "
                             "replacement: use --sampling poisson or --dp-accountant rdp")
+        if self.secure_aggregation and self.dp_noise_multiplier > 0 \
+                and self.dp_accountant is Accountant.PLD:
+            problems.append("with secure aggregation the parties' Skellam noise is accounted "
+                            "by RDP: use --dp-accountant rdp")
         if self.privacy_research_seed is not None and not self.private:
             problems.append("privacy_research_seed seeds DP randomness: it needs --dp-clip")
         if self.secure_aggregation and (

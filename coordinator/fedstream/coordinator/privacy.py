@@ -117,9 +117,11 @@ class ClientLevelPrivacy:
                 "(Task.dp_clip) before summing")
 
     # -- the stage ---------------------------------------------------------------------
-    def next(self, contributions: Sequence[Contribution],
-             version: int) -> tuple[list[np.ndarray], dict]:
-        """The round's released step and its measurements; the ledger grows by one round."""
+    def next(self, contributions: Sequence[Contribution], version: int,
+             ring: tuple[float, int] | None = None) -> tuple[list[np.ndarray], dict]:
+        """The round's released step and its measurements; the ledger grows by one round.
+        `ring`: the parties added Skellam noise on the fixed point (clip in its steps,
+        values), which the ledger accounts as such."""
         if contributions:
             total = aggregate.sum_in_order([c.arrays for c in contributions])
         else:
@@ -134,7 +136,8 @@ class ClientLevelPrivacy:
         if self.adaptive:
             measurements["dp_unclipped_fraction"] = self._move_clip(contributions, version)
         self.ledger.record(RoundRelease.of(self._config, self._population(),
-                                           self._config.dp_noise_multiplier, self.seeded))
+                                           self._config.dp_noise_multiplier, self.seeded,
+                                           ring))
         if self._config.dp_noise_multiplier > 0:
             measurements.update(self._epsilon())
         return step, measurements
@@ -162,8 +165,11 @@ class ClientLevelPrivacy:
         target = self._config.dp_target_epsilon
         if not target or not self._config.dp_noise_multiplier:
             return False
-        after = self.ledger.spent_after(RoundRelease.of(
-            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded))
+        last = self.ledger.releases[-1] if self.ledger.releases else None
+        ring = None if last is None or not last.dims else (last.clip_steps, last.dims)
+        after = self.ledger.spent_after(RoundRelease.of(  # one more round like the last
+            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded,
+            ring))
         if after > target:
             log.warning("training ends: one more round would take epsilon past "
                         "--dp-target-epsilon %g (now %.4g)", target, self.ledger.spent())

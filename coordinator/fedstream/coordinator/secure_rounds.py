@@ -131,15 +131,16 @@ class SecureRounds(SyncRounds):
             offset += n
         total = [Contribution(arrays, weight, sum(u.update.clients for u in units),
                               self.model.version)]
-        measurements = {}
-        if self.privacy is not None:
-            mean, measurements = self.privacy.next(total, self.model.version)
+        measurements = {"train_loss": result.loss_sum / weight}
+        if self.privacy is not None:  # parties add noise and send no loss
+            ring = (self.clip * 2.0 ** secure.fixed_point.bits, self._length - 1)
+            mean, measurements = self.privacy.next(total, self.model.version, ring)
             released["final"] = self.privacy.exhausted()
         else:
             mean = self._aggregate(total)
         self.model.apply(mean)
         return Step(units, {**stats, **measurements, "secagg_dropped": len(result.dropped),
-                            "secagg_abandoned": 0, "train_loss": result.loss_sum / weight,
+                            "secagg_abandoned": 0,
                             "stragglers": len(self.units) - len(units),
                             "secagg_precision": secure.fixed_point.step}, **released)
 

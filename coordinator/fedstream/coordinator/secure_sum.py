@@ -105,7 +105,8 @@ class SecureSum:
     length: int  # ring elements of one input: the update's values, then the weighted loss
     threshold_fraction: float
     value_range: float  # bound on a coordinate of one client's update, per unit of weight
-    noise_std: float  # distributed DP: the Gaussian noise any `threshold` parties add together
+    noise_std: float  # distributed DP: the Skellam noise's deviation any `threshold` parties
+    # less the colluders add together (value units; on the ring it is times 2^bits)
     timeout_s: float
     opened_at: float | None  # None: the phase opens at the first `advance`
     bits: int = 0  # fixed-point precision asked for; 0: the most the ring allows

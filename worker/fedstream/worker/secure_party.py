@@ -140,17 +140,17 @@ class SecureParty:
             held[e.party] = secagg.decrypt_share(self._share_key.private,
                                                  self._roster[e.party].share_key, self.round,
                                                  e.party, self.party, e.ciphertext)
-        noisy = self._input
+        fixed = secagg.FixedPoint(step.bits)
+        encoded, self.saturated = fixed.encode(self._input, step.range * self.weight)
         if step.noise_std > 0:  # secret noise: the coordinator must not be able to remove it
             rng = np.random.default_rng(secrets.randbits(128))
-            noisy = noisy + rng.normal(0.0, step.noise_std, noisy.shape)
-        fixed = secagg.FixedPoint(step.bits)
-        encoded, self.saturated = fixed.encode(noisy, step.range * self.weight
-                                               + 6 * step.noise_std)
+            variance = (step.noise_std * 2.0 ** step.bits) ** 2  # on the fixed point's integers
+            encoded += secagg.skellam_noise(rng, variance, encoded.size).astype(np.uint32)
         if self.saturated:
             log.warning("round %d, party %d: %d values beyond --secagg-range saturated",
                         self.round, self.party, self.saturated)
-        masked = np.append(encoded, secagg.encode_loss(self._loss_sum)).astype(np.uint32)
+        loss = 0.0 if step.noise_std > 0 else self._loss_sum  # under DP the loss stays here
+        masked = np.append(encoded, secagg.encode_loss(loss)).astype(np.uint32)
         masked += secagg.prg(self._seed, masked.size)
         for q in sharers:
             if q == self.party:
