@@ -51,6 +51,8 @@ def protocol_bytes(parties: int) -> dict[str, int]:
                                   mask_key=key).ByteSize()
           + pb.ShareKeysRequest(worker_id="w1-00000000", round=1, unit=0,
                                 shares=others).ByteSize()
+          + pb.ConfirmSurvivorsRequest(worker_id="w1-00000000", round=1, unit=0,
+                                       signature=bytes(64)).ByteSize()
           + pb.RevealSharesRequest(worker_id="w1-00000000", round=1, unit=0, shares=[
               pb.RevealedShare(party=q + 1, self_mask_seed=key) for q in range(parties)])
           .ByteSize())
@@ -58,7 +60,11 @@ def protocol_bytes(parties: int) -> dict[str, int]:
         (pb.Assignment.SHARE_KEYS, pb.SecureStep(party=1, threshold=parties, roster=roster)),
         (pb.Assignment.MASK, pb.SecureStep(party=1, sharers=range(1, parties + 1),
                                            inbox=others, range=64.0, bits=18)),
-        (pb.Assignment.UNMASK, pb.SecureStep(party=1, survivors=range(1, parties + 1)))])
+        (pb.Assignment.CONFIRM, pb.SecureStep(party=1, survivors=range(1, parties + 1))),
+        (pb.Assignment.UNMASK, pb.SecureStep(
+            party=1, survivors=range(1, parties + 1), confirmed=range(1, parties + 1),
+            confirmations=[pb.Confirmation(party=q + 1, signature=bytes(64))
+                           for q in range(parties)]))])
     return {"parties -> coordinator": parties * up, "coordinator -> parties": parties * down}
 
 
@@ -86,6 +92,9 @@ def crypto_seconds(parties: int, neighbours: int = 0) -> dict[str, float]:
         secure.mask(q, p.mask(secure.step_for(q)[1]))
     secure.advance(0.0)
     t2 = time.perf_counter()
+    for q, p in members.items():
+        secure.confirm(q, p.confirm(secure.step_for(q)[1]))
+    secure.advance(0.0)
     for q, p in members.items():
         secure.reveal(q, p.unmask(secure.step_for(q)[1]))
     secure.advance(0.0)  # unmasks

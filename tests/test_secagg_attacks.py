@@ -10,7 +10,7 @@ import pytest
 
 from fedstream.common import secagg
 from fedstream.common.identity import Peers, SiteIdentity, make_identity
-from fedstream.common.protocol import EncryptedShare, PartyKeys, SecureStep
+from fedstream.common.protocol import Confirmation, EncryptedShare, PartyKeys, SecureStep
 from fedstream.worker.secure_party import PartyTrust, ProtocolViolation, SecureParty
 
 ROUND = 7
@@ -44,16 +44,22 @@ def run_to_unmask(parties, threshold):
 
 def equivocate(parties, victim, told_survived, told_dropped):
     """Tell one group the victim survived (they reveal shares of its self-mask seed) and
-    the other that it dropped (shares of its mask key); collect what comes back."""
+    the other that it dropped (shares of its mask key), from the consistency check on;
+    collect what comes back."""
     everyone = tuple(parties)
     dropped = tuple(q for q in everyone if q != victim)
+    told = {**{q: everyone for q in told_survived}, **{q: dropped for q in told_dropped}}
+    signed = {q: Confirmation(q, parties[q].confirm(SecureStep(q, survivors=s)))
+              for q, s in told.items()}
     seeds, keys = [], []
-    for q in told_survived:
-        revealed = parties[q].unmask(SecureStep(q, survivors=everyone))
-        seeds += [(q, r.self_mask_seed) for r in revealed if r.party == victim]
-    for q in told_dropped:
-        revealed = parties[q].unmask(SecureStep(q, survivors=dropped))
-        keys += [(q, r.mask_key) for r in revealed if r.party == victim]
+    for q, survivors in told.items():
+        revealed = parties[q].unmask(SecureStep(
+            q, survivors=survivors, confirmed=survivors,
+            confirmations=tuple(c for p, c in signed.items() if told[p] == survivors)))
+        if q in told_survived:
+            seeds += [(q, r.self_mask_seed) for r in revealed if r.party == victim]
+        else:
+            keys += [(q, r.mask_key) for r in revealed if r.party == victim]
     return seeds, keys
 
 
@@ -84,6 +90,22 @@ def test_equivocation_about_a_survivor_never_yields_both_of_its_secrets():
         run_to_unmask(fresh, threshold=3)
         seeds, keys = equivocate(fresh, 1, *split)
         assert len(seeds) < 3 or len(keys) < 3
+
+
+def test_signed_confirmations_stop_an_equivocation_before_anything_is_revealed(tmp_path):
+    """With identities the consistency check has teeth: the parties told that party 1
+    dropped hold only their own two signatures on that story, fewer than the threshold,
+    and refuse to reveal anything; those told the truth hold three and go on."""
+    names = {q: f"s{q}" for q in range(1, 6)}
+    ids, peers = identities(tmp_path, list(names.values()))
+    parties = parties_of(5, lambda q: PartyTrust(ids[names[q]], peers))
+    run_to_unmask(parties, threshold=3)
+    with pytest.raises(ProtocolViolation, match="2 parties of its neighbourhood signed"):
+        equivocate(parties, 1, told_survived=(1, 2, 3), told_dropped=(4, 5))
+    fresh = parties_of(5, lambda q: PartyTrust(ids[names[q]], peers))
+    run_to_unmask(fresh, threshold=3)
+    seeds, keys = equivocate(fresh, 1, told_survived=(1, 2, 3, 4, 5), told_dropped=())
+    assert len(seeds) == 5 and keys == []  # the honest story goes through
 
 
 def test_keys_the_coordinator_substitutes_or_adds_are_refused(tmp_path):
@@ -138,8 +160,9 @@ PARTIES = 5
 class LyingCoordinator:
     """The real coordinator, with its secure sum rewritten by an attacker in the middle of
     its own process: round 1 puts an attacker's key in place of party 2's, round 2 asks for
-    a threshold of 2 of 5, round 3 tells parties 4 and 5 that party 1 dropped while 1, 2
-    and 3 hear that it survived, and keeps every share any party reveals."""
+    a threshold of 2 of 5, round 3 tells parties 4 and 5 that party 1 dropped (from the
+    consistency check on) while 1, 2 and 3 hear that it survived, and keeps every share any
+    party reveals."""
 
     def __init__(self, monkeypatch):
         from fedstream.coordinator.secure_sum import SecureSum
@@ -159,9 +182,12 @@ class LyingCoordinator:
                 return action, SecureStep(party, threshold=s.threshold, roster=roster)
             if action == "share_keys" and secure.round == 2:
                 return action, SecureStep(party, threshold=2, roster=s.roster)
+            without_1 = tuple(q for q in s.survivors if q != 1)
+            if action == "confirm" and secure.round == 3 and party in (4, 5):
+                return action, SecureStep(party, survivors=without_1)
             if action == "unmask" and secure.round == 3 and party in (4, 5):
-                return action, SecureStep(party, survivors=tuple(q for q in s.survivors
-                                                                 if q != 1))
+                return action, SecureStep(party, survivors=without_1, confirmed=without_1,
+                                          confirmations=s.confirmations)
             return step
 
         def reveal(secure, party, shares):
@@ -225,5 +251,6 @@ def test_over_grpc_worker_processes_give_a_lying_coordinator_nothing(tmp_path, s
                    if r.party == 1 and r.self_mask_seed]
     key_shares = [r for shares in lying.revealed.values() for r in shares
                   if r.party == 1 and r.mask_key]
-    assert len(seed_shares) == 3 and len(key_shares) == 2  # the key stays one share short
-    assert len(key_shares) < rows[-1]["secagg_threshold"]
+    assert len(seed_shares) == 3 and key_shares == []  # 4 and 5 refused to reveal at all
+    assert len(re.findall(r"2 parties of its neighbourhood signed the survivors, fewer than "
+                          r"the threshold 3", logs)) == 2

@@ -96,6 +96,12 @@ def run_protocol(inputs, weights, *, threshold=0.6, drop_before_mask=(), drop_be
         secure.mask(q, masked[q])
     now[0] += 6.0
     secure.advance(now[0])
+    for q, p in parties.items():  # the consistency check: every survivor signs them
+        step = secure.step_for(q)
+        if step is not None:
+            assert step[0] == "confirm"
+            secure.confirm(q, p.confirm(step[1]))
+    secure.advance(now[0])
     for q, p in parties.items():
         step = secure.step_for(q)
         if q in drop_before_mask or q in drop_before_reveal or step is None:
@@ -208,15 +214,37 @@ def masked_parties(n=3, threshold=2):
     return parties
 
 
+def unmask_step(party, survivors, confirmed=None):
+    """An unmask step for survivors the party confirmed (`confirmed`, else these)."""
+    confirmed = survivors if confirmed is None else confirmed
+    return SecureStep(party, survivors=survivors, confirmed=confirmed)
+
+
 def test_a_coordinator_asking_for_both_secrets_of_one_party_is_refused():
     """Asking party 1 to reveal for survivors {1, 2, 3} (self-mask seed shares) and then for
     {1, 2} (party 3's mask key share) would hand over both of party 3's secrets."""
     party = masked_parties()[1]
-    first = party.unmask(SecureStep(1, survivors=(1, 2, 3)))
+    party.confirm(SecureStep(1, survivors=(1, 2, 3)))
+    first = party.unmask(unmask_step(1, (1, 2, 3)))
     assert all(r.self_mask_seed and not r.mask_key for r in first)
     with pytest.raises(ProtocolViolation, match="both secrets"):
-        party.unmask(SecureStep(1, survivors=(1, 2)))
-    assert party.unmask(SecureStep(1, survivors=(1, 2, 3))) == first  # asked again: same
+        party.unmask(unmask_step(1, (1, 2)))
+    assert party.unmask(unmask_step(1, (1, 2, 3))) == first  # asked again: same
+
+
+def test_a_party_unmasks_only_for_the_survivors_it_confirmed():
+    """The consistency check on the party's side: one set confirmed per round, and the
+    unmask step must name it."""
+    party = masked_parties()[1]
+    with pytest.raises(ProtocolViolation, match="confirmed"):
+        party.unmask(unmask_step(1, (1, 2, 3)))  # never confirmed
+    assert party.confirm(SecureStep(1, survivors=(1, 2, 3))) == b""  # no identity
+    with pytest.raises(ProtocolViolation, match="confirmed already"):
+        party.confirm(SecureStep(1, survivors=(1, 2)))
+    with pytest.raises(ProtocolViolation, match="this party confirmed"):
+        party.unmask(unmask_step(1, (1, 2), confirmed=(1, 2)))
+    with pytest.raises(ProtocolViolation, match="not the confirmed ones"):
+        party.unmask(unmask_step(1, (1, 2), confirmed=(1, 2, 3)))
 
 
 @pytest.mark.parametrize("survivors, why", [
@@ -290,6 +318,9 @@ def test_a_reveal_of_both_secrets_for_one_party_is_refused_by_the_coordinator():
     for q, p in parties.items():
         secure.mask(q, p.mask(secure.step_for(q)[1]))
     secure.advance(0.0)
+    for q, p in parties.items():
+        secure.confirm(q, p.confirm(secure.step_for(q)[1]))
+    secure.advance(0.0)
     shares = parties[1].unmask(secure.step_for(1)[1])
     both = [RevealedShare(s.party, s.self_mask_seed, bytes(32)) for s in shares]
     with pytest.raises(InvalidArgument, match="alone"):
@@ -349,6 +380,8 @@ class PartyDriver:
             self.port.share_keys(w, a.round, a.unit, self.parties[w].share(a.secure))
         elif a.action is Action.MASK:
             self.port.push_masked(self.metas[w], self.parties[w].mask(a.secure))
+        elif a.action is Action.CONFIRM:
+            self.port.confirm_survivors(w, a.round, a.unit, self.parties[w].confirm(a.secure))
         elif a.action is Action.UNMASK:
             self.port.reveal_shares(w, a.round, a.unit, self.parties[w].unmask(a.secure))
 

@@ -175,6 +175,13 @@ class CoordinatorClient(_Client):
             shares=serde.shares_to_proto(shares)), timeout=30.0, metadata=self._md)
 
     @_domain_errors
+    def confirm_survivors(self, worker_id: str, round_number: int, unit: int,
+                          signature: bytes) -> None:
+        self._stub.ConfirmSurvivors(coordinator_pb2.ConfirmSurvivorsRequest(
+            worker_id=worker_id, round=round_number, unit=unit, signature=signature),
+            timeout=30.0, metadata=self._md)
+
+    @_domain_errors
     def reveal_shares(self, worker_id: str, round_number: int, unit: int,
                       shares: Sequence[RevealedShare]) -> None:
         self._stub.RevealShares(coordinator_pb2.RevealSharesRequest(

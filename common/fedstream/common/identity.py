@@ -24,6 +24,7 @@ from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import PartyKeys
 
 _KEYS_CONTEXT = b"fedstream/v1 secagg party keys"
+_SURVIVORS_CONTEXT = b"fedstream/v1 secagg survivors"
 
 
 def signed_bytes(round_number: int, keys: PartyKeys) -> bytes:
@@ -32,6 +33,13 @@ def signed_bytes(round_number: int, keys: PartyKeys) -> bytes:
     site = keys.site.encode()
     return (_KEYS_CONTEXT + round_number.to_bytes(8, "big") + keys.party.to_bytes(4, "big")
             + len(site).to_bytes(2, "big") + site + keys.share_key + keys.mask_key)
+
+
+def survivors_bytes(round_number: int, party: int, survivors) -> bytes:
+    """What a party signs in the consistency check: context, round (u64 BE), the signing
+    party (u32 BE), then the survivors in ascending order (u32 BE each)."""
+    return (_SURVIVORS_CONTEXT + round_number.to_bytes(8, "big") + party.to_bytes(4, "big")
+            + b"".join(q.to_bytes(4, "big") for q in sorted(survivors)))
 
 
 def _ed25519():
@@ -62,6 +70,10 @@ class SiteIdentity:
         key = _ed25519().Ed25519PrivateKey.from_private_bytes(self.private_key)
         return PartyKeys(named.party, named.share_key, named.mask_key, site=self.site,
                          signature=key.sign(signed_bytes(round_number, named)))
+
+    def sign_survivors(self, round_number: int, party: int, survivors) -> bytes:
+        key = _ed25519().Ed25519PrivateKey.from_private_bytes(self.private_key)
+        return key.sign(survivors_bytes(round_number, party, survivors))
 
 
 class Peers:
@@ -96,6 +108,17 @@ class Peers:
             return (f"party {keys.party}'s keys do not carry the signature of site "
                     f"{keys.site!r} for round {round_number}")
         return None
+
+    def signed_survivors(self, round_number: int, keys: PartyKeys, survivors,
+                         signature: bytes) -> bool:
+        """Whether the party of `keys` (already checked) signed exactly these survivors."""
+        from cryptography.exceptions import InvalidSignature
+        try:
+            _ed25519().Ed25519PublicKey.from_public_bytes(self.keys[keys.site]).verify(
+                signature, survivors_bytes(round_number, keys.party, survivors))
+        except (InvalidSignature, KeyError, ValueError):
+            return False
+        return True
 
 
 def make_identity(site: str, key_path: str | Path, peers_path: str | Path) -> bytes:

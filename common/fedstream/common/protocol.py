@@ -32,6 +32,7 @@ class Action(enum.Enum):
     SHARE_KEYS = "share_keys"  # secure aggregation: share the party's secrets
     MASK = "mask"  # secure aggregation: push the party's masked input
     UNMASK = "unmask"  # secure aggregation: reveal shares for the survivors
+    CONFIRM = "confirm"  # secure aggregation: sign the survivors the party saw
 
 
 def input_divisor(normalize: bool) -> float:
@@ -92,6 +93,13 @@ class PartyKeys:
 
 
 @dataclass(frozen=True)
+class Confirmation:
+    """A party's signature over the round's survivors (empty without a site identity)."""
+    party: int
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class EncryptedShare:
     party: int  # the recipient when a party sends it; the sender in a party's inbox
     ciphertext: bytes
@@ -117,7 +125,9 @@ class SecureStep:
     range: float = 0.0  # MASK: fixed point
     bits: int = 0
     noise_std: float = 0.0  # MASK: distributed DP
-    survivors: tuple[int, ...] = ()  # UNMASK
+    survivors: tuple[int, ...] = ()  # UNMASK (its neighbourhood's); CONFIRM (every one)
+    confirmed: tuple[int, ...] = ()  # UNMASK: the survivors the confirmations sign
+    confirmations: tuple["Confirmation", ...] = ()  # UNMASK
 
 
 @dataclass(frozen=True)
@@ -288,6 +298,9 @@ class CoordinatorPort(Protocol):
 
     def share_keys(self, worker_id: str, round_number: int, unit: int,
                    shares: Sequence[EncryptedShare]) -> None: ...
+
+    def confirm_survivors(self, worker_id: str, round_number: int, unit: int,
+                          signature: bytes) -> None: ...
 
     def reveal_shares(self, worker_id: str, round_number: int, unit: int,
                       shares: Sequence[RevealedShare]) -> None: ...

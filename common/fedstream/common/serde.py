@@ -17,6 +17,7 @@ from fedstream.common.protocol import (
     Action,
     Assignment,
     Batch,
+    Confirmation,
     DatasetSummary,
     EncryptedShare,
     EvaluationResult,
@@ -156,7 +157,8 @@ _ACTION = {Action.TRAIN: coordinator_pb2.Assignment.TRAIN,
            Action.EVALUATE: coordinator_pb2.Assignment.EVALUATE,
            Action.SHARE_KEYS: coordinator_pb2.Assignment.SHARE_KEYS,
            Action.MASK: coordinator_pb2.Assignment.MASK,
-           Action.UNMASK: coordinator_pb2.Assignment.UNMASK}
+           Action.UNMASK: coordinator_pb2.Assignment.UNMASK,
+           Action.CONFIRM: coordinator_pb2.Assignment.CONFIRM}
 
 
 def _lookup(table: dict, code, what: str):
@@ -224,7 +226,9 @@ def _secure_step_to_proto(s: SecureStep) -> coordinator_pb2.SecureStep:
                                           mask_key=k.mask_key, site=k.site,
                                           signature=k.signature) for k in s.roster],
         sharers=list(s.sharers), inbox=shares_to_proto(s.inbox), range=s.range, bits=s.bits,
-        noise_std=s.noise_std, survivors=list(s.survivors))
+        noise_std=s.noise_std, survivors=list(s.survivors), confirmed=list(s.confirmed),
+        confirmations=[coordinator_pb2.Confirmation(party=c.party, signature=c.signature)
+                       for c in s.confirmations])
 
 
 def _secure_step_from_proto(msg: coordinator_pb2.SecureStep) -> SecureStep:
@@ -233,7 +237,9 @@ def _secure_step_from_proto(msg: coordinator_pb2.SecureStep) -> SecureStep:
         roster=tuple(PartyKeys(k.party, k.share_key, k.mask_key, k.site, k.signature)
                      for k in msg.roster),
         sharers=tuple(msg.sharers), inbox=shares_from_proto(msg.inbox), range=msg.range,
-        bits=msg.bits, noise_std=msg.noise_std, survivors=tuple(msg.survivors))
+        bits=msg.bits, noise_std=msg.noise_std, survivors=tuple(msg.survivors),
+        confirmed=tuple(msg.confirmed),
+        confirmations=tuple(Confirmation(c.party, c.signature) for c in msg.confirmations))
 
 
 def shares_to_proto(shares: Sequence[EncryptedShare]) -> list[coordinator_pb2.EncryptedShare]:

@@ -406,6 +406,11 @@ class Federation:
         self._secure_message(worker_id, lambda policy, now: policy.share(
             worker_id, round_number, unit, list(shares), now))
 
+    def confirm_survivors(self, worker_id: str, round_number: int, unit: int,
+                          signature: bytes) -> None:
+        self._secure_message(worker_id, lambda policy, now: policy.confirm(
+            worker_id, round_number, unit, signature, now))
+
     def reveal_shares(self, worker_id: str, round_number: int, unit: int,
                       shares: Sequence[RevealedShare]) -> None:
         self._secure_message(worker_id, lambda policy, now: policy.reveal(

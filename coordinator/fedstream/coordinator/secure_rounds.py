@@ -28,7 +28,8 @@ from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.secure_sum import Phase, SecureSum
 from fedstream.coordinator.units import Contribution, Unit
 
-_ACTIONS = {"share_keys": Action.SHARE_KEYS, "mask": Action.MASK, "unmask": Action.UNMASK}
+_ACTIONS = {"share_keys": Action.SHARE_KEYS, "mask": Action.MASK, "confirm": Action.CONFIRM,
+            "unmask": Action.UNMASK}
 
 
 class SecureRounds(SyncRounds):
@@ -88,6 +89,11 @@ class SecureRounds(SyncRounds):
     def share(self, worker_id: str, round_number: int, unit: int,
               shares: list[EncryptedShare], now: float):
         self.secure.share(self._holder(worker_id, round_number, unit), shares)
+        self.secure.advance(now)
+
+    def confirm(self, worker_id: str, round_number: int, unit: int, signature: bytes,
+                now: float):
+        self.secure.confirm(self._holder(worker_id, round_number, unit), signature)
         self.secure.advance(now)
 
     def reveal(self, worker_id: str, round_number: int, unit: int,

@@ -15,6 +15,9 @@ revealed and the model is not touched.
    party of its neighbourhood; the sharers are who sent them (only they are masked against).
 3. mask: each sharer's input + self mask + pairwise masks with its neighbour sharers, mod
    2^32; the survivors are whose arrived.
+3b. confirm: each survivor signs the survivors it was told (Bonawitz et al.'s consistency
+   check); every signature goes to every survivor with its unmask step, and a party with
+   peers reveals only for survivors that a threshold of its neighbourhood signed.
 4. unmask: each survivor reveals, for every neighbour sharer, its self-mask seed's share (a
    survivor) or its mask key's share (dropped), never both for one party; t of each recover
    the secrets, and the masks come off the sum.
@@ -35,6 +38,7 @@ import numpy as np
 from fedstream.common import secagg
 from fedstream.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from fedstream.common.protocol import (
+    Confirmation,
     EncryptedShare,
     PartyKeys,
     RevealedShare,
@@ -44,12 +48,14 @@ from fedstream.common.protocol import (
 log = logging.getLogger(__name__)
 
 CIPHERTEXT_BYTES = secagg.NONCE_BYTES + secagg.PLAINTEXT_BYTES + 16  # + the GCM tag
+SIGNATURE_BYTES = 64  # Ed25519
 
 
 class Phase(enum.Enum):
     ADVERTISE = "advertise"
     SHARE = "share"
     MASK = "mask"
+    CONFIRM = "confirm"
     UNMASK = "unmask"
     DONE = "done"
     ABANDONED = "abandoned"
@@ -61,6 +67,7 @@ class Party:
     keys: PartyKeys | None = None
     shares: dict[int, bytes] | None = None  # recipient -> ciphertext
     masked: np.ndarray | None = None
+    confirmation: bytes | None = None  # its signature over the survivors (b"": no identity)
     revealed: dict[int, RevealedShare] | None = None  # owner -> share
 
 
@@ -185,6 +192,20 @@ class SecureSum:
         self.check_masked(party, masked.size)
         self.parties[party].masked = np.asarray(masked, dtype=np.uint32).reshape(-1)
 
+    def confirm(self, party: int, signature: bytes) -> None:
+        """A survivor's signature over the survivors it was told (kept as sent: the parties
+        check them against the signers' identities)."""
+        p = self._party(party, Phase.CONFIRM)
+        if party not in self.survivors:
+            raise PermissionDenied(f"party {party} is not a survivor of round {self.round}")
+        if len(signature) not in (0, SIGNATURE_BYTES):
+            raise InvalidArgument(f"a confirmation is an Ed25519 signature of "
+                                  f"{SIGNATURE_BYTES} bytes (or empty without an identity), "
+                                  f"not {len(signature)} bytes")
+        if p.confirmation is not None and p.confirmation != signature:
+            raise FailedPrecondition(f"party {party} already confirmed with another signature")
+        p.confirmation = signature
+
     def reveal(self, party: int, shares: Sequence[RevealedShare]) -> None:
         p = self._party(party, Phase.UNMASK)
         if party not in self.survivors:
@@ -223,8 +244,14 @@ class SecureSum:
             return "mask", SecureStep(party, sharers=sharers, inbox=inbox,
                                       range=self.value_range, bits=self.fixed_point.bits,
                                       noise_std=self.party_noise_std)
+        if self.phase is Phase.CONFIRM and party in self.survivors and p.confirmation is None:
+            return "confirm", SecureStep(party, survivors=self.survivors)
         if self.phase is Phase.UNMASK and party in self.survivors and p.revealed is None:
-            return "unmask", SecureStep(party, survivors=self._near(party, self.survivors))
+            confirmations = tuple(Confirmation(q, self.parties[q].confirmation)
+                                  for q in self.survivors
+                                  if self.parties[q].confirmation is not None)
+            return "unmask", SecureStep(party, survivors=self._near(party, self.survivors),
+                                        confirmed=self.survivors, confirmations=confirmations)
         return None
 
     def advertised(self, party: int) -> bool:
@@ -284,7 +311,12 @@ class SecureSum:
             if len(done) < len(self.sharers) and not timed_out:
                 return False
             self.survivors = tuple(done)
-            return self._next(Phase.UNMASK, len(done), "sent masked inputs")
+            return self._next(Phase.CONFIRM, len(done), "sent masked inputs")
+        if self.phase is Phase.CONFIRM:
+            done = [q for q in self.survivors if self.parties[q].confirmation is not None]
+            if len(done) < len(self.survivors) and not timed_out:
+                return False
+            return self._next(Phase.UNMASK, len(done), "confirmed the survivors")
         done = [q for q in self.survivors if self.parties[q].revealed is not None]
         if len(done) < len(self.survivors) and not timed_out:
             return False

@@ -130,6 +130,12 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         return coordinator_pb2.SecureReply()
 
     @handles_errors
+    def ConfirmSurvivors(self, request, context):
+        self._federation.confirm_survivors(self._owned(request.worker_id), request.round,
+                                           request.unit, request.signature)
+        return coordinator_pb2.SecureReply()
+
+    @handles_errors
     def RevealShares(self, request, context):
         self._federation.reveal_shares(self._owned(request.worker_id), request.round,
                                        request.unit, serde.revealed_from_proto(request.shares))

@@ -134,6 +134,7 @@ class Assignment(_message.Message):
         SHARE_KEYS: _ClassVar[Assignment.Action]
         MASK: _ClassVar[Assignment.Action]
         UNMASK: _ClassVar[Assignment.Action]
+        CONFIRM: _ClassVar[Assignment.Action]
     ACTION_UNSPECIFIED: Assignment.Action
     TRAIN: Assignment.Action
     WAIT: Assignment.Action
@@ -142,6 +143,7 @@ class Assignment(_message.Message):
     SHARE_KEYS: Assignment.Action
     MASK: Assignment.Action
     UNMASK: Assignment.Action
+    CONFIRM: Assignment.Action
     ACTION_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -161,7 +163,7 @@ class Assignment(_message.Message):
     def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ..., secure: _Optional[_Union[SecureStep, _Mapping]] = ...) -> None: ...
 
 class SecureStep(_message.Message):
-    __slots__ = ("party", "threshold", "roster", "sharers", "inbox", "range", "bits", "noise_std", "survivors")
+    __slots__ = ("party", "threshold", "roster", "sharers", "inbox", "range", "bits", "noise_std", "survivors", "confirmed", "confirmations")
     PARTY_FIELD_NUMBER: _ClassVar[int]
     THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     ROSTER_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +173,8 @@ class SecureStep(_message.Message):
     BITS_FIELD_NUMBER: _ClassVar[int]
     NOISE_STD_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMED_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
     party: int
     threshold: int
     roster: _containers.RepeatedCompositeFieldContainer[PartyKeys]
@@ -180,7 +184,17 @@ class SecureStep(_message.Message):
     bits: int
     noise_std: float
     survivors: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, party: _Optional[int] = ..., threshold: _Optional[int] = ..., roster: _Optional[_Iterable[_Union[PartyKeys, _Mapping]]] = ..., sharers: _Optional[_Iterable[int]] = ..., inbox: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., range: _Optional[float] = ..., bits: _Optional[int] = ..., noise_std: _Optional[float] = ..., survivors: _Optional[_Iterable[int]] = ...) -> None: ...
+    confirmed: _containers.RepeatedScalarFieldContainer[int]
+    confirmations: _containers.RepeatedCompositeFieldContainer[Confirmation]
+    def __init__(self, party: _Optional[int] = ..., threshold: _Optional[int] = ..., roster: _Optional[_Iterable[_Union[PartyKeys, _Mapping]]] = ..., sharers: _Optional[_Iterable[int]] = ..., inbox: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ..., range: _Optional[float] = ..., bits: _Optional[int] = ..., noise_std: _Optional[float] = ..., survivors: _Optional[_Iterable[int]] = ..., confirmed: _Optional[_Iterable[int]] = ..., confirmations: _Optional[_Iterable[_Union[Confirmation, _Mapping]]] = ...) -> None: ...
+
+class Confirmation(_message.Message):
+    __slots__ = ("party", "signature")
+    PARTY_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    party: int
+    signature: bytes
+    def __init__(self, party: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class PartyKeys(_message.Message):
     __slots__ = ("party", "share_key", "mask_key", "site", "signature")
@@ -243,6 +257,18 @@ class RevealedShare(_message.Message):
     self_mask_seed: bytes
     mask_key: bytes
     def __init__(self, party: _Optional[int] = ..., self_mask_seed: _Optional[bytes] = ..., mask_key: _Optional[bytes] = ...) -> None: ...
+
+class ConfirmSurvivorsRequest(_message.Message):
+    __slots__ = ("worker_id", "round", "unit", "signature")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    round: int
+    unit: int
+    signature: bytes
+    def __init__(self, worker_id: _Optional[str] = ..., round: _Optional[int] = ..., unit: _Optional[int] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class RevealSharesRequest(_message.Message):
     __slots__ = ("worker_id", "round", "unit", "shares")

@@ -84,6 +84,11 @@ class CoordinatorStub:
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.SerializeToString,
                 response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
                 _registered_method=True)
+        self.ConfirmSurvivors = channel.unary_unary(
+                '/fedstream.v1.Coordinator/ConfirmSurvivors',
+                request_serializer=fedstream_dot_v1_dot_coordinator__pb2.ConfirmSurvivorsRequest.SerializeToString,
+                response_deserializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+                _registered_method=True)
         self.RevealShares = channel.unary_unary(
                 '/fedstream.v1.Coordinator/RevealShares',
                 request_serializer=fedstream_dot_v1_dot_coordinator__pb2.RevealSharesRequest.SerializeToString,
@@ -179,7 +184,7 @@ class CoordinatorServicer:
         """Secure aggregation (Task.secure_aggregation; docs/PROTOCOL.md, "Secure aggregation"):
         the coordinator learns only the sum of a round's units. A TRAIN assignment's unit is a
         party: the worker computes the update, keeps it, and advertises two fresh X25519 public
-        keys; SHARE_KEYS, MASK and UNMASK assignments then drive the party through the round,
+        keys; SHARE_KEYS, MASK, CONFIRM and UNMASK assignments then drive the party through the round,
         the masked input travelling as PushUpdate's single uint32 tensor "masked".
         Errors (nothing is stored by a refused call): NOT_FOUND for an unknown worker id;
         PERMISSION_DENIED for a unit leased to another worker; FAILED_PRECONDITION when the
@@ -190,6 +195,12 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ShareKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmSurvivors(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,6 +263,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
             'ShareKeys': grpc.unary_unary_rpc_method_handler(
                     servicer.ShareKeys,
                     request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.FromString,
+                    response_serializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.SerializeToString,
+            ),
+            'ConfirmSurvivors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmSurvivors,
+                    request_deserializer=fedstream_dot_v1_dot_coordinator__pb2.ConfirmSurvivorsRequest.FromString,
                     response_serializer=fedstream_dot_v1_dot_coordinator__pb2.SecureReply.SerializeToString,
             ),
             'RevealShares': grpc.unary_unary_rpc_method_handler(
@@ -529,6 +545,33 @@ class Coordinator:
             target,
             '/fedstream.v1.Coordinator/ShareKeys',
             fedstream_dot_v1_dot_coordinator__pb2.ShareKeysRequest.SerializeToString,
+            fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmSurvivors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedstream.v1.Coordinator/ConfirmSurvivors',
+            fedstream_dot_v1_dot_coordinator__pb2.ConfirmSurvivorsRequest.SerializeToString,
             fedstream_dot_v1_dot_coordinator__pb2.SecureReply.FromString,
             options,
             channel_credentials,

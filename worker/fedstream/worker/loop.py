@@ -169,7 +169,7 @@ class WorkerLoop:
             return False
         if a.action is Action.WAIT:
             return True
-        if a.action in (Action.SHARE_KEYS, Action.MASK, Action.UNMASK):
+        if a.action in (Action.SHARE_KEYS, Action.MASK, Action.CONFIRM, Action.UNMASK):
             self._secure_step(a)
             return True
         t0 = time.perf_counter()
@@ -250,6 +250,10 @@ class WorkerLoop:
                                                           "push_bytes": masked.nbytes})
                 self._retrying(lambda: coordinator.push_masked(meta, masked), "push")
                 self.units_done += 1
+            elif a.action is Action.CONFIRM:
+                signature = party.confirm(a.secure)
+                self._retrying(lambda: coordinator.confirm_survivors(
+                    self.worker_id, a.round, a.unit, signature), "confirm survivors")
             else:
                 shares = party.unmask(a.secure)
                 self._retrying(lambda: coordinator.reveal_shares(self.worker_id, a.round,

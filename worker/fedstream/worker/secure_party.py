@@ -80,6 +80,7 @@ class SecureParty:
         self._held: dict[int, bytes] = {}  # owner -> its 64 bytes of shares for this party
         self._masked: np.ndarray | None = None
         self._revealed_for: tuple[int, ...] | None = None
+        self._confirmed: tuple[int, ...] | None = None
         self.saturated = 0
 
     def _refuse(self, why: str):
@@ -165,9 +166,45 @@ class SecureParty:
         self._sharers, self._held, self._masked = sharers, held, masked
         return masked
 
+    def confirm(self, step: SecureStep) -> bytes:
+        """The consistency check: sign the round's survivors as told (an empty signature
+        without an identity); a party confirms one set of survivors per round."""
+        survivors = tuple(sorted(set(step.survivors)))
+        if self._masked is None or self.party not in survivors:
+            self._refuse("asked to confirm survivors before sending its input, or survivors "
+                         "that leave it out")
+        if self._confirmed is not None and survivors != self._confirmed:
+            self._refuse(f"survivors {list(self._confirmed)} were confirmed already")
+        self._confirmed = survivors
+        identity = self._trust.identity
+        return b"" if identity is None else identity.sign_survivors(self.round, self.party,
+                                                                    survivors)
+
+    def _check_confirmations(self, step: SecureStep) -> None:
+        """Unmask only for the survivors this party confirmed, and, with peers, only when a
+        threshold of its neighbourhood signed exactly them: a coordinator that told parties
+        different survivors cannot gather a threshold of signatures on two sets."""
+        confirmed = tuple(sorted(set(step.confirmed)))
+        if self._confirmed is None or confirmed != self._confirmed:
+            self._refuse(f"asked to unmask for survivors {list(confirmed)}; this party "
+                         f"confirmed {list(self._confirmed or ())}")
+        local = tuple(q for q in confirmed if q in self._sharers)
+        if tuple(sorted(set(step.survivors))) != local:
+            self._refuse("the survivors to unmask are not the confirmed ones among its "
+                         "sharers")
+        peers = self._trust.peers
+        if peers is None:
+            return
+        signers = {c.party for c in step.confirmations if c.party in self._roster
+                   and peers.signed_survivors(self.round, self._roster[c.party], confirmed,
+                                              c.signature)}
+        if len(signers) < self._threshold:
+            self._refuse(f"{len(signers)} parties of its neighbourhood signed the survivors, "
+                         f"fewer than the threshold {self._threshold}")
+
     def unmask(self, step: SecureStep) -> list[RevealedShare]:
         """For every sharer, the share of its self-mask seed (it survived) or of its mask key
-        (it dropped): once per round, for one set of survivors."""
+        (it dropped): once per round, for the survivors it confirmed."""
         survivors = tuple(sorted(set(step.survivors)))
         if self._revealed_for is not None and survivors != self._revealed_for:
             self._refuse(f"shares were revealed for survivors {list(self._revealed_for)}; "
@@ -181,6 +218,7 @@ class SecureParty:
         if len(survivors) < self._threshold:
             self._refuse(f"{len(survivors)} survivors, fewer than the threshold "
                          f"{self._threshold}: the round must be abandoned")
+        self._check_confirmations(step)
         self._revealed_for = survivors
         half = secagg.SECRET_BYTES
         return [RevealedShare(q, self_mask_seed=self._held[q][:half]) if q in survivors
