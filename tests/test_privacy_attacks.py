@@ -209,7 +209,7 @@ def test_the_pld_accountant_runs_a_simulation_on_tensorflow(tmp_path):
 def test_a_worker_cannot_claim_more_clients_within_the_clip_than_it_has():
     """Adversary: a worker claiming 10^6 clients within the clip to drag the adaptive clip
     (and every later update) to nothing. Refused, and nothing moves."""
-    fed, worker, task = private_federation(dp_target_quantile=0.5)
+    fed, worker, task = private_federation(dp_target_quantile=0.5, dp_quantile_noise=2.0)
     a = fed.assignment(worker, 0)
     digest, clip = weights_digest(fed.model), fed.policy.clip
     zeros = [np.zeros(s.shape, F32) for s in task.update_specs]
