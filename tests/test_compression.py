@@ -267,3 +267,24 @@ def test_weights_deltas_over_grpc_take_the_previous_version_to_the_current_exact
         np.testing.assert_array_equal(got, want)
     assert client.pull_weights(wid, 0).delta_from == 0  # too old for a change: whole again
     client.close()
+
+
+class _TopOfTheUnitInterval:
+    """Draws u just below 1, the worst case of q = floor(x / scale + u)."""
+
+    def random(self, shape, dtype=np.float64):
+        return np.full(shape, np.nextafter(dtype(1), dtype(0)), dtype)
+
+
+@pytest.mark.parametrize("encoding", [Encoding.INT8, Encoding.INT8_BLOCK])
+def test_int8_clamps_to_127_where_float32_rounding_overshoots(encoding):
+    """PROTOCOL.md: scale = max|x| / 127 in float32, x / scale in float32, q clamped to
+    [-127, 127]. For max|x| = 2.7708886, x / scale is 127.00001 in float32, and with u near
+    1 the floor would give 128, which a receiver refuses as it refuses -128."""
+    x = np.array([2.7708886, -2.7708886, 0.5], np.float32)
+    assert np.float32(x[0] / np.float32(x[0] / np.float32(127))) > 127
+    payload = encode(encoding, [x], rng=_TopOfTheUnitInterval())
+    q = np.frombuffer(payload[4:], np.int8)
+    assert q.tolist()[:2] == [127, -127]
+    (back,) = decode(encoding, [TensorSpec("x", np.dtype("<f4"), (3,))], payload)
+    np.testing.assert_allclose(back[:2], x[:2], rtol=1e-6)

@@ -167,6 +167,33 @@ def test_a_duplicate_after_its_round_closed_is_failed_precondition_not_duplicate
     assert fed.version == version
 
 
+def test_a_push_retried_after_its_round_closed_counts_in_the_next_rounds_rejections():
+    """PROTOCOL.md: refusals count in the round open when they happen."""
+    fed, rows = make_federation(units=1, rounds=2)
+    wid, _, _ = fed.join("w", "cpu")
+    first = fed.assignment(wid, 0)
+    fed.push(meta_for(wid, first), ones_update(fed))  # closes round 1
+    with pytest.raises(FailedPrecondition):
+        fed.push(meta_for(wid, first), ones_update(fed))  # the retry, round 2 open
+    second = fed.assignment(wid, 0)
+    fed.push(meta_for(wid, second), ones_update(fed))
+    fed.flush_reports()
+    assert [r["updates_rejected"] for r in rows] == [0, 1]
+
+
+def test_the_reply_to_the_push_that_ends_training_names_the_last_round_and_final_version():
+    """PROTOCOL.md: after the last round no round is open; the reply says round N and the
+    version that round made (N + 1 for one step a round)."""
+    fed, _ = make_federation(units=1, rounds=2)
+    wid, _, _ = fed.join("w", "cpu")
+    for _ in range(2):
+        a = fed.assignment(wid, 0)
+        reply = fed.push(meta_for(wid, a), ones_update(fed))
+    assert (reply.round, reply.version, fed.phase) == (2, 3, "done")
+    stop = fed.assignment(wid, 0)
+    assert (stop.action, stop.round, stop.version) == (Action.STOP, 2, 3)
+
+
 def test_expired_lease_goes_to_another_worker_and_the_old_holder_is_refused():
     clock = FakeClock()
     fed, _ = make_federation(units=1, clock=clock, lease_s=10.0)

@@ -110,3 +110,19 @@ def test_no_import_cycles_between_modules():
     for name in sorted(graph):
         visit(name)
     assert len(graph) > 40
+
+
+def test_choices_offered_are_choices_accepted(capsys):
+    """`--weights-encoding` offers what weights can travel as, and nothing else: the help
+    lists raw, float16 and bfloat16, and int8 is refused at parsing, not at startup."""
+    with pytest.raises(SystemExit):
+        parse(["coordinator", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    offered = help_text.split("--weights-encoding {")[1].split("}")[0]
+    assert offered.split(",") == ["raw", "float16", "bfloat16"]
+    with pytest.raises(SystemExit):
+        parse(["coordinator", "--weights-encoding", "int8"])
+    with pytest.raises(ValueError, match="weights_encoding='topk': choose one of raw, "
+                                         "float16, bfloat16"):
+        FederationConfig(weights_encoding="topk")
+    assert parse(["simulate", "--update-encoding", "topk"]).update_encoding == "topk"

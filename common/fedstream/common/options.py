@@ -92,7 +92,7 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             continue
         choices = f.metadata.get("choices")
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
-            choices = [e.value for e in kind]
+            choices = choices or [e.value for e in kind]
             default = default.value if isinstance(default, enum.Enum) else default
             kind = str
         action = parser.add_argument(flag_of(f), dest=_dest(f), type=kind, default=default,
@@ -141,17 +141,22 @@ def to_argv(config, *, exclude: Iterable[str] = ()) -> list[str]:
 
 def coerce_choices(config) -> list[str]:
     """For a frozen dataclass's __post_init__: turn strings given for Enum-typed fields into
-    their members, in place. Returns a problem for each value that is not a choice."""
+    their members, in place. Returns a problem for each value that is not a choice (of the
+    field's declared choices, where it narrows the Enum)."""
     problems = []
     for f, kind in _fields(type(config)):
         if not (isinstance(kind, type) and issubclass(kind, enum.Enum)):
             continue
         value = getattr(config, f.name)
+        allowed = f.metadata.get("choices") or tuple(str(k.value) for k in kind)
         try:
-            object.__setattr__(config, f.name, kind(value))
+            member = kind(value)
         except ValueError:
-            problems.append(f"{f.name}={value!r}: choose one of "
-                            f"{', '.join(str(k.value) for k in kind)}")
+            member = None
+        if member is None or str(member.value) not in allowed:
+            problems.append(f"{f.name}={value!r}: choose one of {', '.join(allowed)}")
+        else:
+            object.__setattr__(config, f.name, member)
     return problems
 
 

@@ -17,6 +17,7 @@ from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.sites import SITE_NAME
 
 MODELS = ("reference", "2nn", "cnn")  # or package.module:function
+WEIGHTS_ENCODINGS = tuple(e.value for e in (Encoding.RAW, Encoding.FLOAT16, Encoding.BFLOAT16))
 
 
 class Aggregator(str, enum.Enum):
@@ -176,8 +177,10 @@ class FederationConfig:
                                        "tensor), int8-block (a scale per 256 values; both "
                                        "rounded stochastically) or topk (with error feedback)")
     topk_fraction: float = option(0.01, "topk: the share of each tensor's values sent")
-    weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights: raw, "
-                                        "float16 or bfloat16")
+    weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights (whole "
+                                        "versions, and with --weights-delta the changes): "
+                                        "raw, float16 or bfloat16",
+                                        choices=WEIGHTS_ENCODINGS)
     weights_delta: bool = option(False, "send a worker holding the previous version only the "
                                         "change, in --weights-encoding")
     eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
@@ -236,9 +239,6 @@ class FederationConfig:
         if not 0 <= self.quorum <= self.units * max(1, len(self.site_names)):
             problems.append(f"quorum={self.quorum} must be between 0 (all units) and the "
                             f"units of a round ({self.units} per site)")
-        if self.weights_encoding not in (Encoding.RAW, Encoding.FLOAT16, Encoding.BFLOAT16):
-            problems.append(f"weights_encoding={self.weights_encoding.value}: weights travel "
-                            "raw, float16 or bfloat16")
         if self.dp_clip < 0 or self.dp_noise_multiplier < 0 or not 0 < self.dp_delta < 1:
             problems.append("dp_clip and dp_noise_multiplier must be >= 0, dp_delta in (0, 1)")
         if self.dp_noise_multiplier > 0 and self.dp_clip == 0:
