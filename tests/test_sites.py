@@ -143,6 +143,9 @@ def test_federated_evaluation_asks_each_site_once_and_weights_sites_by_examples(
     assert fed.phase == "done"
     ask_a = fed.assignment(a, 0)
     assert ask_a.action is Action.EVALUATE and ask_a.version == 2
+    assert ask_a.round == 1  # PROTOCOL.md: the round whose step made the version
+    with pytest.raises(FailedPrecondition, match="pull the weights again"):
+        fed.report_evaluation(EvaluationResult(a, 1, 30, 1.0, 0.9))  # an older version
     with pytest.raises(FailedPrecondition, match="no evaluation is pending"):
         fed.report_evaluation(EvaluationResult(b, 2, 30, 1.0, 0.5))  # b was not asked yet
     fed.report_evaluation(EvaluationResult(a, 2, 30, 1.0, 0.9))
