@@ -10,6 +10,7 @@ raises InvalidArgument for anything malformed, before any value is used.
 
 from __future__ import annotations
 
+import abc
 import enum
 import math
 from dataclasses import dataclass
@@ -45,19 +46,148 @@ def _count(spec: TensorSpec) -> int:
     return int(np.prod(spec.shape, dtype=np.int64))
 
 
+class Codec(abc.ABC):
+    """How one compressed encoding lays out a float32 tensor of n values: its size, its
+    bytes, and the checks that refuse a malformed payload before any value is used. Raw,
+    the tensors' own dtype, is not a codec: it is the absence of one."""
+
+    error_feedback = False  # a sender keeps what this encoding drops and adds it next time
+
+    def size(self, n: int) -> int | None:
+        """The payload bytes of a tensor of n values; None when they vary."""
+        return None
+
+    def max_size(self, n: int) -> int:
+        """The most payload bytes a header may declare for n values."""
+        return self.size(n)
+
+    @abc.abstractmethod
+    def encode(self, flat: np.ndarray, *, rng: np.random.Generator | None,
+               topk_fraction: float) -> bytes:
+        """The bytes of one flat float32 tensor."""
+
+    @abc.abstractmethod
+    def decode(self, spec: TensorSpec, n: int, view: memoryview,
+               offset: int) -> tuple[np.ndarray, int]:
+        """The tensor at `offset` (flat float32) and the offset after it."""
+
+
+class Float16(Codec):
+    def size(self, n):
+        return 2 * n
+
+    def encode(self, flat, *, rng, topk_fraction):
+        # beyond float16's range a value saturates at +-65504 rather than becoming Inf
+        return np.clip(flat, -HALF_MAX, HALF_MAX).astype("<f2").tobytes()
+
+    def decode(self, spec, n, view, offset):
+        return np.frombuffer(view, "<f2", n, offset).astype(F32), offset + 2 * n
+
+
+class BFloat16(Codec):
+    def size(self, n):
+        return 2 * n
+
+    def encode(self, flat, *, rng, topk_fraction):
+        bits = flat.view("<u4").astype(np.uint64)
+        rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        return rounded.astype("<u2").tobytes()
+
+    def decode(self, spec, n, view, offset):
+        values = np.zeros(n, F32)  # the 16 bits become the upper half of each float32
+        values.view("<u2")[1::2] = np.frombuffer(view, "<u2", n, offset)
+        return values, offset + 2 * n
+
+
+class Int8(Codec):
+    """A float32 scale per block of values (the whole tensor when `block` is None), then
+    one int8 per value, rounded stochastically (unbiased) and clamped to [-127, 127]."""
+
+    def __init__(self, block: int | None):
+        self.block = block
+
+    def _blocks(self, n: int) -> tuple[int, int]:
+        block = self.block or n
+        return block, (max(1, math.ceil(n / block)) if n else 0)
+
+    def size(self, n):
+        return 4 * self._blocks(n)[1] + n
+
+    def encode(self, flat, *, rng, topk_fraction):
+        if rng is None:
+            raise ValueError("int8 encodings round stochastically: pass rng")
+        n = len(flat)
+        block, blocks = self._blocks(n)
+        padded = np.zeros(blocks * block if block else 0, F32)
+        padded[:n] = flat
+        padded = padded.reshape(blocks, -1) if blocks else padded.reshape(0, 1)
+        scales = (np.abs(padded).max(axis=1) / 127).astype(F32)
+        safe = np.where(scales > 0, scales, 1).astype(F32)
+        scaled = padded / safe[:, None]
+        q = np.floor(scaled + rng.random(scaled.shape, dtype=np.float32))
+        q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:n]
+        return scales.astype("<f4").tobytes() + q.tobytes()
+
+    def decode(self, spec, n, view, offset):
+        block, blocks = self._blocks(n)
+        scales = np.frombuffer(view, "<f4", blocks, offset)
+        q = np.frombuffer(view, np.int8, n, offset + 4 * blocks)
+        if not np.all(np.isfinite(scales) & (scales >= 0)):
+            raise InvalidArgument(f"tensor {spec.name!r}: int8 scales must be finite and "
+                                  ">= 0")
+        if n and q.min() == -128:
+            raise InvalidArgument(f"tensor {spec.name!r}: int8 values lie in [-127, 127]")
+        return _dequantize(q, scales, block), offset + 4 * blocks + n
+
+
+class TopK(Codec):
+    """uint32 k, k ascending uint32 flat indices, k float32 values; zeros elsewhere."""
+
+    error_feedback = True
+
+    def max_size(self, n):
+        return 4 + 8 * n
+
+    def encode(self, flat, *, rng, topk_fraction):
+        k = topk_count(len(flat), topk_fraction)
+        index = np.sort(np.argpartition(np.abs(flat), len(flat) - k)[len(flat) - k:]) if k \
+            else np.zeros(0, np.int64)
+        return (np.array([k], "<u4").tobytes() + index.astype("<u4").tobytes()
+                + flat[index].astype("<f4").tobytes())
+
+    def decode(self, spec, n, view, offset):
+        if offset + 4 > len(view):
+            raise InvalidArgument(f"top-k payload ends before tensor {spec.name!r}'s count")
+        k = int(np.frombuffer(view, "<u4", 1, offset)[0])
+        if k > n or offset + 4 + 8 * k > len(view):
+            raise InvalidArgument(f"tensor {spec.name!r}: top-k count {k} for {n} values, or "
+                                  "past the payload's end")
+        index = np.frombuffer(view, "<u4", k, offset + 4).astype(np.int64)
+        if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
+            raise InvalidArgument(f"tensor {spec.name!r}: top-k indices must be ascending, "
+                                  f"distinct and below {n}")
+        values = np.zeros(n, F32)
+        values[index] = np.frombuffer(view, "<f4", k, offset + 4 + 4 * k)
+        return values, offset + 4 + 8 * k
+
+
+# the compressed encodings; a new one is a Codec above, a line here and a proto enum value
+CODECS: dict[Encoding, Codec] = {
+    Encoding.FLOAT16: Float16(),
+    Encoding.BFLOAT16: BFloat16(),
+    Encoding.INT8: Int8(block=None),
+    Encoding.INT8_BLOCK: Int8(block=BLOCK),
+    Encoding.TOPK: TopK(),
+}
+
+
 def encoded_size(encoding: Encoding, specs: Sequence[TensorSpec]) -> int | None:
-    """The payload bytes of a fixed-size encoding; None for top-k, whose size varies."""
+    """The payload bytes of a fixed-size encoding; None for one whose size varies (top-k)."""
     if encoding is Encoding.RAW:
         return sum(s.nbytes for s in specs)
-    if encoding is Encoding.TOPK:
-        return None
     _check_float32(specs, encoding)
-    n = [_count(s) for s in specs]
-    if encoding in (Encoding.FLOAT16, Encoding.BFLOAT16):
-        return 2 * sum(n)
-    if encoding is Encoding.INT8:
-        return sum(4 + c for c in n)
-    return sum(4 * math.ceil(c / BLOCK) + c for c in n)
+    sizes = [CODECS[encoding].size(_count(s)) for s in specs]
+    return None if None in sizes else sum(sizes)
 
 
 def max_encoded_size(encoding: Encoding, specs: Sequence[TensorSpec]) -> int:
@@ -65,8 +195,7 @@ def max_encoded_size(encoding: Encoding, specs: Sequence[TensorSpec]) -> int:
     fixed = encoded_size(encoding, specs)
     if fixed is not None:
         return fixed
-    _check_float32(specs, encoding)
-    return sum(4 + 8 * _count(s) for s in specs)
+    return sum(CODECS[encoding].max_size(_count(s)) for s in specs)
 
 
 def _check_float32(specs: Sequence[TensorSpec], encoding: Encoding) -> None:
@@ -84,45 +213,12 @@ def encode(encoding: Encoding, arrays: Sequence[np.ndarray], *,
            rng: np.random.Generator | None = None, topk_fraction: float = 0.01) -> bytes:
     """The payload of `arrays` (float32 unless raw) in `encoding`; int8 rounds stochastically
     with `rng`."""
-    parts = []
-    for array in arrays:
-        x = np.ascontiguousarray(array, dtype=F32 if encoding is not Encoding.RAW else None)
-        flat = x.reshape(-1)
-        if encoding is Encoding.RAW:
-            parts.append(x.astype(x.dtype.newbyteorder("<"), copy=False).tobytes())
-        elif encoding is Encoding.FLOAT16:
-            # beyond float16's range a value saturates at +-65504 rather than becoming Inf
-            parts.append(np.clip(flat, -HALF_MAX, HALF_MAX).astype("<f2").tobytes())
-        elif encoding is Encoding.BFLOAT16:
-            bits = flat.view("<u4").astype(np.uint64)
-            rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
-            parts.append(rounded.astype("<u2").tobytes())
-        elif encoding in (Encoding.INT8, Encoding.INT8_BLOCK):
-            parts.append(_encode_int8(flat, len(flat) if encoding is Encoding.INT8 else BLOCK,
-                                      rng))
-        else:
-            k = topk_count(len(flat), topk_fraction)
-            index = np.sort(np.argpartition(np.abs(flat), len(flat) - k)[len(flat) - k:]) if k \
-                else np.zeros(0, np.int64)
-            parts += [np.array([k], "<u4").tobytes(), index.astype("<u4").tobytes(),
-                      flat[index].astype("<f4").tobytes()]
-    return b"".join(parts)
-
-
-def _encode_int8(flat: np.ndarray, block: int, rng: np.random.Generator | None) -> bytes:
-    if rng is None:
-        raise ValueError("int8 encodings round stochastically: pass rng")
-    n = len(flat)
-    blocks = max(1, math.ceil(n / block)) if n else 0
-    padded = np.zeros(blocks * block if block else 0, F32)
-    padded[:n] = flat
-    padded = padded.reshape(blocks, -1) if blocks else padded.reshape(0, 1)
-    scales = (np.abs(padded).max(axis=1) / 127).astype(F32)
-    safe = np.where(scales > 0, scales, 1).astype(F32)
-    scaled = padded / safe[:, None]
-    q = np.floor(scaled + rng.random(scaled.shape, dtype=np.float32))
-    q = np.clip(q, -127, 127).astype(np.int8).reshape(-1)[:n]
-    return scales.astype("<f4").tobytes() + q.tobytes()
+    if encoding is Encoding.RAW:
+        return b"".join(np.ascontiguousarray(a).astype(np.asarray(a).dtype.newbyteorder("<"),
+                                                       copy=False).tobytes() for a in arrays)
+    codec = CODECS[encoding]
+    return b"".join(codec.encode(np.ascontiguousarray(a, dtype=F32).reshape(-1), rng=rng,
+                                 topk_fraction=topk_fraction) for a in arrays)
 
 
 def decode(encoding: Encoding, specs: Sequence[TensorSpec],
@@ -135,31 +231,9 @@ def decode(encoding: Encoding, specs: Sequence[TensorSpec],
     if expected is not None and len(view) != expected:
         raise InvalidArgument(f"{encoding.value} payload of {len(view)} bytes; the specs need "
                               f"{expected}")
-    out, offset = [], 0
+    codec, out, offset = CODECS[encoding], [], 0
     for spec in specs:
-        n = _count(spec)
-        if encoding in (Encoding.FLOAT16, Encoding.BFLOAT16):
-            raw = np.frombuffer(view, "<u2", n, offset)
-            offset += 2 * n
-            if encoding is Encoding.FLOAT16:
-                values = raw.view("<f2").astype(F32)
-            else:  # the 16 bits become the upper half of each little-endian float32
-                values = np.zeros(n, F32)
-                values.view("<u2")[1::2] = raw
-        elif encoding in (Encoding.INT8, Encoding.INT8_BLOCK):
-            block = n if encoding is Encoding.INT8 else BLOCK
-            blocks = (max(1, math.ceil(n / block)) if n else 0)
-            scales = np.frombuffer(view, "<f4", blocks, offset)
-            q = np.frombuffer(view, np.int8, n, offset + 4 * blocks)
-            offset += 4 * blocks + n
-            if not np.all(np.isfinite(scales) & (scales >= 0)):
-                raise InvalidArgument(f"tensor {spec.name!r}: int8 scales must be finite and "
-                                      ">= 0")
-            if n and q.min() == -128:
-                raise InvalidArgument(f"tensor {spec.name!r}: int8 values lie in [-127, 127]")
-            values = _dequantize(q, scales, block)
-        else:
-            values, offset = _decode_topk(spec, n, view, offset)
+        values, offset = codec.decode(spec, _count(spec), view, offset)
         out.append(values.reshape(spec.shape))
     if offset != len(view):
         raise InvalidArgument(f"{encoding.value} payload holds {len(view)} bytes, its tensors "
@@ -176,23 +250,6 @@ def _dequantize(q: np.ndarray, scales: np.ndarray, block: int) -> np.ndarray:
     if full < len(q):
         np.multiply(q[full:], scales[-1], out=values[full:], dtype=F32)
     return values
-
-
-def _decode_topk(spec: TensorSpec, n: int, view: memoryview,
-                 offset: int) -> tuple[np.ndarray, int]:
-    if offset + 4 > len(view):
-        raise InvalidArgument(f"top-k payload ends before tensor {spec.name!r}'s count")
-    k = int(np.frombuffer(view, "<u4", 1, offset)[0])
-    if k > n or offset + 4 + 8 * k > len(view):
-        raise InvalidArgument(f"tensor {spec.name!r}: top-k count {k} for {n} values, or "
-                              "past the payload's end")
-    index = np.frombuffer(view, "<u4", k, offset + 4).astype(np.int64)
-    if k and (index[-1] >= n or np.any(np.diff(index) <= 0)):
-        raise InvalidArgument(f"tensor {spec.name!r}: top-k indices must be ascending, "
-                              f"distinct and below {n}")
-    values = np.zeros(n, F32)
-    values[index] = np.frombuffer(view, "<f4", k, offset + 4 + 4 * k)
-    return values, offset + 4 + 8 * k
 
 
 def transmit(encoding: Encoding, arrays: Sequence[np.ndarray],
