@@ -92,11 +92,19 @@ class RoundRelease:
         return dp.GaussianDpEvent(z / 2 if replace_one else z)
 
 
+def skellam_sides(mu: float, l1: float, l2: float) -> list[tuple[float, float]]:
+    """Agarwal et al.'s bound on the Skellam mechanism (noise of variance `mu` per value,
+    sensitivities `l1`, `l2`) as its two (rho, xi) sides, each bounding the Renyi divergence
+    of every order a by rho * a + xi: a l2^2/(2mu) + ((2a-1) l2^2 + 6 l1)/(4mu^2) (xi
+    rounded up to 0 where negative), and a l2^2/(2mu) + 3 l1/(2mu)."""
+    return [(l2 ** 2 / (2 * mu) + l2 ** 2 / (2 * mu ** 2),
+             max(0.0, (6 * l1 - l2 ** 2) / (4 * mu ** 2))),
+            (l2 ** 2 / (2 * mu), 3 * l1 / (2 * mu))]
+
+
 def skellam_rdp(order: float, mu: float, l1: float, l2: float) -> float:
-    """Agarwal et al.'s bound on the Skellam mechanism's Renyi divergence of `order`, noise
-    of variance `mu` per value, sensitivities `l1` and `l2`."""
-    return order * l2 ** 2 / (2 * mu) + min(((2 * order - 1) * l2 ** 2 + 6 * l1) / (4 * mu ** 2),
-                                            3 * l1 / (2 * mu))
+    """The bound the ledger uses, at one order: the smaller side."""
+    return min(rho * order + xi for rho, xi in skellam_sides(mu, l1, l2))
 
 
 def skellam_event(noise_multiplier: float, clip_steps: float, dims: int, replace_one: bool):
@@ -105,11 +113,8 @@ def skellam_event(noise_multiplier: float, clip_steps: float, dims: int, replace
     l2 = (2 if replace_one else 1) * clip_steps + math.sqrt(dims)
     l1 = math.sqrt(dims) * l2
     mu = (noise_multiplier * clip_steps) ** 2
-    # the min's sides: a l2^2/(2mu) + ((2a-1) l2^2 + 6 l1)/(4mu^2), and a l2^2/(2mu) + 3 l1/(2mu)
-    sides = [dp.ZCDpEvent(l2 ** 2 / (2 * mu) + l2 ** 2 / (2 * mu ** 2),
-                          max(0.0, (6 * l1 - l2 ** 2) / (4 * mu ** 2))),
-             dp.ZCDpEvent(l2 ** 2 / (2 * mu), 3 * l1 / (2 * mu))]
-    return min(sides, key=lambda e: e.xi + 8 * e.rho)  # either is a valid bound
+    rho, xi = min(skellam_sides(mu, l1, l2), key=lambda s: s[1] + 8 * s[0])  # both valid
+    return dp.ZCDpEvent(rho, xi)
 
 
 def epsilon(releases: Sequence[RoundRelease], delta: float,
