@@ -55,11 +55,13 @@ def dp_stage(expected=4.0, **options):
 
 
 def test_the_noise_has_the_stated_standard_deviation():
-    """sigma * C on the sum, then divided by the expected clients: the sample standard
-    deviation of 200,000 values is within 1% of it (its relative error is about 0.16%)."""
+    """sigma * C on the sum, then divided by the expected clients. The noise is the OS's, so
+    the bounds are six standard errors of 200,000 draws: the sample standard deviation
+    within 1% of 0.75 (its error is about 0.16%), the mean within 0.01 of 0 (its error is
+    0.75 / sqrt(200,000) = 0.0017); a wrong sigma, C or divisor moves them far more."""
     zeros = Contribution([np.zeros((400, 500), F32)], 4.0, 4, base_version=3)
     (noisy,), _ = dp_stage().next([zeros], version=3)
-    assert abs(noisy.std() / (1.5 * 2.0 / 4.0) - 1) < 0.01 and abs(noisy.mean()) < 0.003
+    assert abs(noisy.std() / (1.5 * 2.0 / 4.0) - 1) < 0.01 and abs(noisy.mean()) < 0.01
     (fresh,), _ = dp_stage().next([zeros], version=3)
     assert not np.array_equal(noisy, fresh)  # the OS's randomness: never drawn twice
     seeded = [dp_stage(privacy_research_seed=7).next([zeros], version=3)[0][0]
