@@ -1,5 +1,5 @@
 """Run experiment files and collect their results: `python experiments/run.py NAME...`;
-`python experiments/run.py --table` prints the summary as the README's Markdown table.
+`python experiments/run.py --table` prints the summary as experiments/README.md's Markdown table.
 
 Each `experiments/configs/NAME.toml` is an experiment file for `fedstream simulate` (or for
 `fedstream run` when its [experiment] table sets `command = "run"`), given to it as it is:

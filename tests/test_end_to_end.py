@@ -237,10 +237,10 @@ def test_three_sites_distributed_equal_simulate_and_keep_their_data(tmp_path):
     assert_nothing_left(out)
 
 
-def test_the_readmes_deployment_across_sites(tmp_path):
-    """README "Deploy across sites": a coordinator of two sites over TLS with tokens bound to
-    the sites, each site one worker that embeds its data; then a token used for the other
-    site is refused."""
+def test_the_deployment_across_sites_from_the_how_to(tmp_path):
+    """docs/how-to/sites.md's deployment: a coordinator of two sites over TLS with tokens
+    bound to the sites, each site one worker that embeds its data; then a token used for
+    the other site is refused (tests/test_docs.py checks that the page's flags are used)."""
     run_ok(fedstream("split", "--sites", "2", "--out", str(tmp_path)))
     run_ok(fedstream("make-certs", str(tmp_path / "certs"), "--hosts", "127.0.0.1"))
     tokens = {"hospital-a": "a" * 24 + "-token", "hospital-b": "b" * 24 + "-token"}
@@ -252,7 +252,8 @@ def test_the_readmes_deployment_across_sites(tmp_path):
         "hospital-a,hospital-b", "--min-workers", "2", "--tls-cert",
         str(tmp_path / "certs" / "server.pem"), "--tls-key", str(tmp_path / "certs" / "server.key"),
         "--auth-tokens", str(tmp_path / "tokens.txt"), "--round-deadline-s", "120", "--quorum",
-        "1", "--rounds", "4", "--eval-every", "2", "--metrics", str(metrics_path)),
+        "1", "--rounds", "4", "--eval-every", "2", "--metrics", str(metrics_path),
+        "--save-weights", str(tmp_path / "weights.npz")),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     workers = []
     try:
@@ -287,6 +288,7 @@ def test_the_readmes_deployment_across_sites(tmp_path):
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert set(rows[-1]["sites"]) == set(tokens) and rows[-1]["eval_sites_missing"] == 0
     assert rows[-1]["test_acc"] > rows[1]["test_acc"]
+    assert (tmp_path / "weights.npz").exists()
 
 
 def test_fedbuff_over_the_network_with_a_slow_worker(tmp_path):

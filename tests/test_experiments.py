@@ -47,7 +47,7 @@ def test_summary_is_what_the_metrics_say(name):
 
 
 def test_readme_table_is_the_summary():
-    readme = (EXPERIMENTS.parent / "README.md").read_text()
+    readme = (EXPERIMENTS / "README.md").read_text()
     assert runner.table(SUMMARY) in readme
 
 

@@ -76,6 +76,17 @@ def test_secrets_are_never_written_or_logged(tmp_path, caplog):
     assert "s3cret" not in caplog.text and '"auth_token": "***"' in caplog.text
 
 
+def test_a_token_from_the_environment_is_not_shown_by_help(monkeypatch, capsys):
+    """Adversary: someone who sees a terminal (a screen share, a pasted log) where an
+    operator ran `fedstream worker --help` with FEDSTREAM_TOKEN set: the token becomes the
+    flag's default, and defaults are printed in the help."""
+    monkeypatch.setenv("FEDSTREAM_TOKEN", "s3cret-token-0123456789")
+    with pytest.raises(SystemExit):
+        parse(["worker", "--help"])
+    shown = capsys.readouterr().out
+    assert "--auth-token" in shown and "s3cret" not in shown
+
+
 def _imports(path: Path, package: str) -> set[str]:
     tree = ast.parse(path.read_text())
     found = set()

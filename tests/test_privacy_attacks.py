@@ -1,7 +1,7 @@
 """Client-level DP tried as an attacker would: each test is one attack on a stated epsilon
 (the adversary named in its docstring) and passes only when the attack fails.
 
-The threat model is the README's: a model user sees every released version and every
+The threat model is docs/explanation/privacy.md's: a model user sees every released version and every
 published metric; the coordinator's resolved config and its checkpoints may leak too."""
 
 import dataclasses

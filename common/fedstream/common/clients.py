@@ -91,6 +91,10 @@ class _Client:
 
 
 class CoordinatorClient(_Client):
+    """The coordinator's RPCs as the methods of `Federation` (join, assignment, pull_weights,
+    push, leave, status, evaluate), so a `WorkerLoop` drives either; status codes come back
+    as the domain's errors."""
+
     def __init__(self, address: str, **connection):
         super().__init__(address, **connection)
         self._stub = coordinator_pb2_grpc.CoordinatorStub(self._channel)

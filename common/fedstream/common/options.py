@@ -95,9 +95,11 @@ def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: 
             choices = choices or [e.value for e in kind]
             default = default.value if isinstance(default, enum.Enum) else default
             kind = str
+        secret = bool(f.metadata.get("secret"))  # never shown or written out (config_file)
         action = parser.add_argument(flag_of(f), dest=_dest(f), type=kind, default=default,
-                                     choices=choices, help=help_text + _default_note(default))
-        action.secret = bool(f.metadata.get("secret"))  # never written out (config_file)
+                                     choices=choices,
+                                     help=help_text + ("" if secret else _default_note(default)))
+        action.secret = secret
 
 
 def _default_note(default) -> str:

@@ -66,7 +66,7 @@ def make_certificates(directory: str | Path, hosts: list[str], *, days: int = 30
         from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
     except ImportError as e:
         raise RuntimeError("making certificates needs `pip install cryptography` "
-                           "(or the openssl recipe in the README)") from e
+                           "(or the openssl recipe in docs/how-to/tls-and-tokens.md)") from e
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.timezone.utc)

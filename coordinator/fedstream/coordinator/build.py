@@ -24,6 +24,9 @@ LOSS = "categorical_crossentropy"
 def build_federation(config: FederationConfig, summary: DatasetSummary,
                      test_set: tuple[np.ndarray, np.ndarray], on_metrics, *,
                      checkpoint_dir: str | None = None) -> Federation:
+    """The federation of one data pool, as both run modes build it: `config.model` for
+    `summary`'s classes, evaluation on `test_set`, each step's metrics row to `on_metrics`
+    and its checkpoint to `checkpoint_dir`, reported off the lock."""
     model = build_model(config.model, config.model_seed, summary.num_classes)
     evaluator = functools.partial(evaluate, x=test_set[0], y=test_set[1], loss=LOSS,
                                   num_classes=summary.num_classes,

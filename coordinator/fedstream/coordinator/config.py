@@ -60,6 +60,9 @@ class Staleness(str, enum.Enum):
 
 @dataclass(frozen=True)
 class FederationConfig:
+    """What the coordinator is told: one field per flag, with its default and help
+    (`fedstream coordinator --help`, or the command-line reference)."""
+
     rounds: int = option(57, "rounds to train (19 = one pass over the reference's client data)")
     units: int = option(0, "work units per round (0: one per worker the first round waits "
                            "for); equal units give bit-identical models in every run mode")

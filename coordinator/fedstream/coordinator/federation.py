@@ -96,6 +96,10 @@ def declared_sites(config: FederationConfig, model: keras.Model, num_classes: in
 
 
 class Federation:
+    """The coordinator behind one lock: workers join, ask for work, pull the weights and push
+    updates; the round policy decides when the model steps. The gRPC servicer and
+    `simulate` both call these methods, so both run modes compute the same model."""
+
     def __init__(self, config: FederationConfig, model: keras.Model,
                  client_sizes: Sequence[int] = (), *, sites: Sites | None = None,
                  loss: str = "categorical_crossentropy", num_classes: int = 10,

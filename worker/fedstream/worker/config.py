@@ -49,13 +49,17 @@ class WorkerConfig:
     gpu_memory_mb: int = option(0, "hard cap on GPU memory (0: grow on demand)")
     backend: str | None = backend_option()
     threads: int = threads_option()
-    name: str = option(f"{socket.gethostname()}-{os.getpid()}",
-                       "shown in the coordinator's logs and status")
+    name: str = option("", "shown in the coordinator's logs and status (default: "
+                           "<host name>-<process id>)")
     tls: TlsConfig = section(TlsConfig, "TLS (default: plaintext)")  # dials both services
     auth_token: str | None = auth_token_option()  # presented to both services
     delay_s: float = option(0.0, "sleep this long after computing each unit (experiments: a "
                                  "slow device)")
     trust: PartyTrustConfig = section(PartyTrustConfig, "secure aggregation: site identities")
+
+    def __post_init__(self):
+        if not self.name:  # resolved here, not in the declaration, so --help shows no pid
+            object.__setattr__(self, "name", f"{socket.gethostname()}-{os.getpid()}")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

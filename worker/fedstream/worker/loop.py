@@ -82,9 +82,12 @@ class BatchPrefetcher:
 
 
 class WorkerLoop:
-    """Survives its services restarting: an unreachable coordinator or data pool is retried
-    with backoff for up to `retry_s`, and a coordinator that no longer knows this worker (it
-    restarted) is joined again."""
+    """A worker's life: join, then lease units, pull the weights, fetch the unit's batches,
+    compute and push the update, until the coordinator says STOP. It drives either a
+    `Federation` in process or a `CoordinatorClient` over gRPC. It survives its services
+    restarting: an unreachable coordinator or data pool is retried with backoff for up to
+    `retry_s`, and a coordinator that no longer knows this worker (it restarted) is joined
+    again."""
 
     def __init__(self, coordinator: CoordinatorPort, data: DataPort, *, name: str, device: str,
                  site: str = "", publish_labels: bool = False, wait_s: float = 10.0,
