@@ -140,6 +140,7 @@ class Assignment:
     step: int = 0
     dp_clip: float = 0.0  # client-level DP: this round's clip; 0: the task's
     secure: SecureStep | None = None  # SHARE_KEYS, MASK, UNMASK
+    local_epochs: tuple[int, ...] = ()  # partial work: each client's epochs; (): the task's
 
 
 @dataclass(frozen=True)

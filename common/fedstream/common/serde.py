@@ -206,7 +206,7 @@ def task_from_proto(msg: coordinator_pb2.Task) -> Task:
 def assignment_to_proto(a: Assignment) -> coordinator_pb2.Assignment:
     return coordinator_pb2.Assignment(action=_ACTION[a.action], round=a.round, version=a.version,
                                       unit=a.unit, client_ids=list(a.client_ids), step=a.step,
-                                      dp_clip=a.dp_clip,
+                                      dp_clip=a.dp_clip, local_epochs=list(a.local_epochs),
                                       secure=None if a.secure is None
                                       else _secure_step_to_proto(a.secure))
 
@@ -215,6 +215,7 @@ def assignment_from_proto(msg: coordinator_pb2.Assignment) -> Assignment:
     return Assignment(action=_lookup(_ACTION, msg.action, "assignment action"), round=msg.round,
                       version=msg.version, unit=msg.unit, client_ids=tuple(msg.client_ids),
                       step=msg.step, dp_clip=msg.dp_clip,
+                      local_epochs=tuple(msg.local_epochs),
                       secure=_secure_step_from_proto(msg.secure) if msg.HasField("secure")
                       else None)
 

@@ -16,7 +16,7 @@ from fedstream.common.protocol import UpdateKind, Weighting, input_divisor
 from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.sites import SITE_NAME
 
-MODELS = ("reference", "2nn", "cnn")  # or package.module:function
+MODELS = ("reference", "2nn", "cnn", "logistic")  # or package.module:function
 WEIGHTS_ENCODINGS = tuple(e.value for e in (Encoding.RAW, Encoding.FLOAT16, Encoding.BFLOAT16))
 
 
@@ -40,6 +40,11 @@ class Mode(str, enum.Enum):
     SYNC = "sync"
     FEDBUFF = "fedbuff"
     FEDASYNC = "fedasync"
+
+
+class PartialWorkPolicy(str, enum.Enum):
+    DROP = "drop"  # FedAvg: a straggler's update never arrives
+    KEEP = "keep"  # FedProx: a straggler's partial update counts
 
 
 class Sampling(str, enum.Enum):
@@ -80,6 +85,13 @@ class FederationConfig:
     client_lr: float = option(0.1, "delta: the clients' SGD learning rate")
     client_momentum: float = option(0.0, "delta: the clients' SGD momentum (fresh per client)")
     prox_mu: float = option(0.0, "delta: FedProx proximal coefficient (0: FedAvg)")
+    partial_work: float = option(0.0, "delta, systems heterogeneity (the FedProx paper): this "
+                                      "share of each round's sampled clients are stragglers "
+                                      "that manage only a uniformly random 1..E-1 of their E "
+                                      "local epochs (seeded by --sampling-seed and the round)")
+    partial_work_policy: PartialWorkPolicy = option(
+        PartialWorkPolicy.DROP, "what becomes of the stragglers: drop (FedAvg: left out of "
+        "the round) or keep (FedProx: their partial updates count)")
     client_fraction: float = option(1.0, "share C of the clients sampled each round (seeded)")
     min_clients: int = option(1, "sample at least this many clients per round")
     sampling_seed: int = option(0, "seeds the client sample of each round or unit (under "
@@ -175,6 +187,9 @@ class FederationConfig:
     model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
                                       "returning a Keras model")
     model_seed: int = option(0, "initial-weights seed")
+    model_input_shape: str = option("", "the example shape the built-in models take, e.g. 60 "
+                                        "or 28,28 (default: the data pool's; 28,28 for a "
+                                        "federation of sites)")
     update_encoding: Encoding = option(Encoding.RAW, "how workers send updates: raw "
                                        "float32, float16, bfloat16, int8 (a scale per "
                                        "tensor), int8-block (a scale per 256 values; both "
@@ -189,6 +204,21 @@ class FederationConfig:
     eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
                                           "reports; a site later than that is left out of "
                                           "that round's row")
+
+    def _partial_work_problems(self) -> list[str]:
+        problems = []
+        if not 0 <= self.partial_work <= 1:
+            problems.append(f"partial_work={self.partial_work} must be a share in [0, 1]")
+        if self.update is not UpdateKind.MODEL_DELTA or self.mode is not Mode.SYNC:
+            problems.append("partial work is local training's: give --update delta, in sync "
+                            "rounds")
+        if self.partial_work_policy is PartialWorkPolicy.KEEP and self.local_epochs < 2:
+            problems.append("--partial-work-policy keep needs --local-epochs >= 2: a straggler "
+                            "does 1 to E-1 epochs")
+        if self.dp_clip > 0:
+            problems.append("partial work with client-level DP: dropping stragglers changes "
+                            "the sample the accountant assumes; use one or the other")
+        return problems
 
     @property
     def private(self) -> bool:
@@ -230,6 +260,8 @@ class FederationConfig:
         if self.local_epochs < 1 or self.local_batch_size < 0 or self.client_lr <= 0:
             problems.append("local training needs local_epochs >= 1, local_batch_size >= 0 "
                             "(0: full batch) and client_lr > 0")
+        if self.partial_work:
+            problems += self._partial_work_problems()
         if self.prox_mu < 0 or self.min_clients < 1:
             problems.append("prox_mu must be >= 0 and min_clients >= 1")
         if self.mode != Mode.SYNC and (self.buffer_size < 1 or self.clients_per_unit < 1

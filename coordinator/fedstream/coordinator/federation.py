@@ -262,7 +262,8 @@ class Federation:
                 if unit is not None:
                     return Assignment(Action.TRAIN, round=self.round, version=self.version,
                                       unit=unit.index, client_ids=unit.client_ids,
-                                      step=self.policy.step_of(unit), dp_clip=self.policy.clip)
+                                      step=self.policy.step_of(unit), dp_clip=self.policy.clip,
+                                      local_epochs=unit.local_epochs)
                 remaining = deadline - self._clock()
                 if remaining <= 0:
                     return Assignment(Action.WAIT, round=self.round, version=self.version)

@@ -16,6 +16,7 @@ import numpy as np
 
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import UpdateMeta
+from fedstream.coordinator import partial_work
 from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
@@ -37,6 +38,7 @@ class SyncRounds(RoundPolicy):
         self._aggregate = build_aggregator(self.config)
         self.round = 0
         self.units: list[Unit] = []
+        self.work: partial_work.RoundWork | None = None
         self._last_unit: dict[str, int] = {}
 
     central_noise = True  # client-level DP: the coordinator adds the noise
@@ -57,9 +59,11 @@ class SyncRounds(RoundPolicy):
         ids, _ = self.sites.table()
         rng = None if self.privacy is None else self.privacy.sampling_generator(round_number)
         sampled = sample_round(self.config, ids, round_number, rng)
-        groups = [(site.name, g) for site, share in self.sites.by_site(sampled)
+        self.work = partial_work.draw(self.config, sampled, round_number)
+        groups = [(site.name, tuple(int(c) for c in g))
+                  for site, share in self.sites.by_site(self.work.clients)
                   for g in np.array_split(share, self.config.units) if len(g)]
-        self.units = [Unit(i, tuple(int(c) for c in g), site)
+        self.units = [Unit(i, g, site, local_epochs=self.work.epochs_of(g))
                       for i, (site, g) in enumerate(groups)]
 
     def lease(self, worker_id, site, now):
@@ -129,11 +133,12 @@ class SyncRounds(RoundPolicy):
         if stragglers:
             log.warning("round %d closes at its deadline without %d unit(s): their updates "
                         "will be refused", self.round, stragglers)
-        version, measurements = self.model.version, {}
+        version = self.model.version
+        measurements = self.work.measurements() if self.config.partial_work else {}
         if self.privacy is not None:  # an empty sample, too, releases a (noise) step
             mean, measurements = self.privacy.next([u.update for u in received], version)
-        elif not received:  # an empty Poisson sample: nothing to learn, nothing released
-            return Step([], {"stragglers": 0, "empty_round": 1})
+        elif not received:  # nobody sampled (Poisson), or every one dropped: no step
+            return Step([], {**measurements, "stragglers": 0, "empty_round": 1})
         else:
             mean = self._aggregate([u.update for u in received])
         t1 = time.perf_counter()

@@ -34,6 +34,7 @@ class Unit:
     lease_deadline: float = 0.0
     update: Contribution | None = None
     staleness: int = 0  # asynchronous modes: versions between its base and the model's
+    local_epochs: tuple[int, ...] = ()  # partial work: each client's epochs; (): all of them
 
     def lease(self, worker_id: str, now: float, lease_s: float) -> None:
         self.leased_to, self.lease_deadline = worker_id, now + lease_s

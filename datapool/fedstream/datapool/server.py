@@ -27,6 +27,7 @@ class DataFormat(str, enum.Enum):
     MNIST = "mnist"  # canonical MNIST, checked
     ARRAYS = "arrays"  # any .npz of named feature and label arrays
     TABLE = "table"  # Parquet or Arrow IPC: feature, label and client-id columns
+    SYNTHETIC = "synthetic"  # the FedProx paper's Synthetic(alpha, beta), generated
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class DataConfig:
                               env="FEDSTREAM_DATA")
     data_format: DataFormat = option(DataFormat.MNIST, "mnist (canonical MNIST, checked), "
                                      "arrays (.npz) or table (Parquet/Arrow): a site's own "
-                                     "data, any example shape and dtype")
+                                     "data, any example shape and dtype; synthetic: the "
+                                     "FedProx paper's Synthetic(alpha, beta), one client per "
+                                     "device (--partitioner natural)")
     x_key: str = option("x_train", "arrays: the training examples' array")
     y_key: str = option("y_train", "arrays: the training labels' array (integers)")
     x_test_key: str = option("x_test", "arrays: the held-out examples' array")
@@ -56,13 +59,24 @@ class DataConfig:
     partitioner: Partitioner = option(Partitioner.REFERENCE, "reference (seeded shuffle, "
                                       "contiguous shards), iid, shards (two label-sorted shards "
                                       "per client) or dirichlet (label skew)")
-    data_seed: int = option(200, "partition seed (the reference program uses 200)")
+    data_seed: int = option(200, "partition seed (the reference program uses 200); "
+                                 "synthetic: the generator's seed")
+    synthetic_alpha: float = option(0.0, "synthetic: how much the devices' models differ (the "
+                                         "standard deviation of their means)")
+    synthetic_beta: float = option(0.0, "synthetic: how much the devices' data differ (the "
+                                        "standard deviation of their means)")
+    synthetic_iid: bool = option(False, "synthetic: the IID variant, one model and one data "
+                                        "distribution for every device")
     dirichlet_alpha: float = option(0.5, "dirichlet partitioner: label concentration (small: "
                                          "more skew)")
     min_client_size: int = option(10, "dirichlet partitioner: fewest examples per client")
 
     def __post_init__(self):
         problems = coerce_choices(self)
+        if self.data_format is DataFormat.SYNTHETIC and \
+                self.partitioner is not Partitioner.NATURAL:
+            problems.append("synthetic data's clients are its devices: give --partitioner "
+                            "natural (--clients sets how many devices)")
         if problems:
             raise ValueError("invalid data config: " + "; ".join(problems))
 
@@ -87,19 +101,45 @@ def config_from_args(args: argparse.Namespace) -> DataPoolConfig:
     return from_args(DataPoolConfig, args)
 
 
-def load_data(config: DataConfig) -> LabelledData:
-    if config.data_format is DataFormat.MNIST:
-        return load_mnist_data(config.data)
+def _data_file(config: DataConfig) -> str:
     if config.data is None:
         raise ValueError(f"--data-format {config.data_format.value} needs --data FILE")
-    if config.data_format is DataFormat.TABLE:
-        from fedstream.datapool.table import TableColumns, load_table
-        shape = tuple(int(v) for v in config.example_shape.split(",") if v.strip())
-        return load_table(config.data, config.test_data, TableColumns(
-            config.feature_column, config.label_column, config.client_column, shape),
-            config.num_classes)
-    return load_arrays(config.data, ArrayKeys(config.x_key, config.y_key, config.x_test_key,
-                                              config.y_test_key), config.num_classes)
+    return config.data
+
+
+def _mnist(config: DataConfig) -> LabelledData:
+    return load_mnist_data(config.data)
+
+
+def _arrays(config: DataConfig) -> LabelledData:
+    return load_arrays(_data_file(config), ArrayKeys(config.x_key, config.y_key,
+                                                     config.x_test_key, config.y_test_key),
+                       config.num_classes)
+
+
+def _table(config: DataConfig) -> LabelledData:
+    from fedstream.datapool.table import TableColumns, load_table
+    shape = tuple(int(v) for v in config.example_shape.split(",") if v.strip())
+    return load_table(_data_file(config), config.test_data, TableColumns(
+        config.feature_column, config.label_column, config.client_column, shape),
+        config.num_classes)
+
+
+def _synthetic(config: DataConfig) -> LabelledData:
+    from fedstream.datapool.synthetic import Synthetic, generate
+    return generate(Synthetic(config.synthetic_alpha, config.synthetic_beta,
+                              config.synthetic_iid, config.clients, config.data_seed))
+
+
+LOADERS = {DataFormat.MNIST: _mnist, DataFormat.ARRAYS: _arrays, DataFormat.TABLE: _table,
+           DataFormat.SYNTHETIC: _synthetic}
+assert set(LOADERS) == set(DataFormat)
+
+
+def load_data(config: DataConfig) -> LabelledData:
+    """The data `config` names, through its format's loader: a new format is an enum value,
+    a loader and its line in `LOADERS`."""
+    return LOADERS[config.data_format](config)
 
 
 def build_store(config: DataConfig, site: str = "",

@@ -123,7 +123,7 @@ class AssignmentRequest(_message.Message):
     def __init__(self, worker_id: _Optional[str] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("action", "round", "version", "unit", "client_ids", "step", "dp_clip", "secure")
+    __slots__ = ("action", "round", "version", "unit", "client_ids", "step", "dp_clip", "secure", "local_epochs")
     class Action(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
         __slots__ = ()
         ACTION_UNSPECIFIED: _ClassVar[Assignment.Action]
@@ -152,6 +152,7 @@ class Assignment(_message.Message):
     STEP_FIELD_NUMBER: _ClassVar[int]
     DP_CLIP_FIELD_NUMBER: _ClassVar[int]
     SECURE_FIELD_NUMBER: _ClassVar[int]
+    LOCAL_EPOCHS_FIELD_NUMBER: _ClassVar[int]
     action: Assignment.Action
     round: int
     version: int
@@ -160,7 +161,8 @@ class Assignment(_message.Message):
     step: int
     dp_clip: float
     secure: SecureStep
-    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ..., secure: _Optional[_Union[SecureStep, _Mapping]] = ...) -> None: ...
+    local_epochs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, action: _Optional[_Union[Assignment.Action, str]] = ..., round: _Optional[int] = ..., version: _Optional[int] = ..., unit: _Optional[int] = ..., client_ids: _Optional[_Iterable[int]] = ..., step: _Optional[int] = ..., dp_clip: _Optional[float] = ..., secure: _Optional[_Union[SecureStep, _Mapping]] = ..., local_epochs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SecureStep(_message.Message):
     __slots__ = ("party", "threshold", "roster", "sharers", "inbox", "range", "bits", "noise_std", "survivors", "confirmed", "confirmations")

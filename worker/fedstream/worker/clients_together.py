@@ -53,12 +53,14 @@ class ClientsTogether:
         self.shapes: set[tuple[int, int, int]] = set()  # (clients, steps, width) compiled
 
     def train(self, batches: Sequence[Batch], start: Sequence[np.ndarray], round_number: int,
-              weights: np.ndarray | None) -> tuple[list[np.ndarray], np.ndarray]:
+              weights: np.ndarray | None, epochs: Sequence[int]
+              ) -> tuple[list[np.ndarray], np.ndarray]:
         """The unit's update from the round's weights `start`: sum over clients of weight x
         delta (start - end) per variable, or, for a task that wants per-client updates (then
         `weights` is None), every client's delta stacked [clients, ...]; and each client's
-        mean training loss, in the given order. The deltas and their sum are made inside the
-        compiled program: nothing per client comes back."""
+        mean training loss, in the given order. Client i trains `epochs[i]` of the task's
+        epochs (a straggler fewer: its later epochs' steps are masked out). The deltas and
+        their sum are made inside the compiled program: nothing per client comes back."""
         stacked = self.task.per_client
         update = ([np.zeros((len(batches), *s.shape), np.float32) for s in start] if stacked
                   else [np.zeros_like(s) for s in start])
@@ -69,8 +71,8 @@ class ClientsTogether:
             for first in range(0, len(members), at_once):
                 chosen = members[first:first + at_once]
                 part, part_losses = self._train_group(
-                    [batches[i] for i in chosen], start, round_number,
-                    None if stacked else weights[chosen],
+                    [batches[i] for i in chosen], [epochs[i] for i in chosen], start,
+                    round_number, None if stacked else weights[chosen],
                     slots=max(len(chosen), min(bucket(len(chosen)), at_once)))
                 losses[chosen] = part_losses
                 for total, value in zip(update, part):
@@ -93,8 +95,9 @@ class ClientsTogether:
     def _width(self, batch: Batch) -> int:
         return self.task.local.batch_size or len(batch.y)
 
-    def _train_group(self, group: Sequence[Batch], start: Sequence[np.ndarray],
-                     round_number: int, weights: np.ndarray | None, slots: int):
+    def _train_group(self, group: Sequence[Batch], epochs: Sequence[int],
+                     start: Sequence[np.ndarray], round_number: int,
+                     weights: np.ndarray | None, slots: int):
         """Pads the group to one shape (steps and width exactly its own when its clients are
         alike, else the bucket's; `slots` clients, the ones past the group's never stepping),
         lays every client's seeded minibatch order of every epoch out as rows of indices and
@@ -113,7 +116,7 @@ class ClientsTogether:
         for c, (b, w) in enumerate(zip(group, widths)):
             n = len(b.y)
             x[c, :n], y[c, :n] = b.x, b.y
-            for e in range(local.epochs):
+            for e in range(epochs[c]):
                 drawn = np.random.default_rng([round_number, b.client_id, e]).permutation(n)
                 rows = np.zeros(steps[c] * w, np.int64)
                 rows[:n] = drawn
@@ -129,7 +132,7 @@ class ClientsTogether:
         seeds[:clients] = [(round_number, b.client_id) for b in group]
         update, total = self._program(list(start), client_weights, x, y, order.reshape(shape),
                                       mask.reshape(shape), seeds)
-        return update, total[:clients] / (local.epochs * np.array(steps))
+        return update, total[:clients] / (np.array(epochs) * np.array(steps))
 
 
 def sgd_step(weights, velocity, grads, active, lr: float, momentum: float):

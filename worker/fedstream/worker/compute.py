@@ -29,7 +29,11 @@ class GradientComputer(UpdateComputer):
         with self.on_device():
             self._steps = backend_steps().GradientSteps(task, self.model)
 
-    def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
+    def compute(self, batches: Sequence[Batch], round_number: int = 0,
+                local_epochs: Sequence[int] = ()) -> UnitUpdate:
+        if local_epochs:
+            raise ValueError("the assignment gives local epochs to a gradient task: a "
+                             "gradient has no local work to cut")
         if self.task.per_client:
             return self._per_client(batches)
         weights = client_weights(self.task, batches)

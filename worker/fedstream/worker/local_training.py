@@ -27,14 +27,26 @@ class LocalTrainer(UpdateComputer):
         with self.on_device():
             self._together, self._in_turn = backend_steps().local_training(task, self.model)
 
-    def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
+    def compute(self, batches: Sequence[Batch], round_number: int = 0,
+                local_epochs: Sequence[int] = ()) -> UnitUpdate:
         start = [v.numpy() for v in self._trainable]
         weights = None if self.task.per_client else client_weights(self.task, batches)
+        epochs = self._epochs(local_epochs, len(batches))
         with self.on_device():
             training = self._together if self._together is not None else self._in_turn
-            update, losses = training.train(batches, start, round_number, weights)
+            update, losses = training.train(batches, start, round_number, weights, epochs)
         examples = sum(len(b.y) for b in batches)
         if weights is None:
             return UnitUpdate(update, float(len(batches)), examples, float(np.mean(losses)))
         total = float(weights.sum())
         return UnitUpdate(update, total, examples, float(np.dot(weights, losses)) / total)
+
+    def _epochs(self, local_epochs: Sequence[int], clients: int) -> list[int]:
+        """Each client's epochs: the task's, or the assignment's (a straggler does fewer)."""
+        full = self.task.local.epochs
+        if not local_epochs:
+            return [full] * clients
+        if len(local_epochs) != clients or not all(1 <= e <= full for e in local_epochs):
+            raise ValueError(f"the assignment gives local epochs {list(local_epochs)} for "
+                             f"{clients} clients: one count in [1, {full}] per client")
+        return list(local_epochs)

@@ -183,7 +183,7 @@ class WorkerLoop:
         t1 = time.perf_counter()
         batches = self._batches(a.client_ids, a.step)
         t2 = time.perf_counter()
-        update = self.computer.compute(batches, a.round)
+        update = self.computer.compute(batches, a.round, a.local_epochs)
         unclipped = 0
         if self.task.dp_clip > 0:
             update, unclipped = clip_and_sum(update, a.dp_clip or self.task.dp_clip)

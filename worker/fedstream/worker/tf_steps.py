@@ -168,14 +168,14 @@ class InTurnTraining:
         self._train_steps = None  # traced on first use, for the data's dtype and shape
 
     def train(self, batches: Sequence[Batch], start: list[np.ndarray], round_number: int,
-              weights: np.ndarray | None):
+              weights: np.ndarray | None, epochs: Sequence[int]):
         """`ClientsTogether.train`'s result, one client after another."""
         for anchor, value in zip(self._anchor, start):
             anchor.assign(value)
         deltas, losses = [], []
-        for batch in batches:
+        for batch, client_epochs in zip(batches, epochs, strict=True):
             self._start_client(start)
-            losses.append(self._train_client(batch, round_number))
+            losses.append(self._train_client(batch, round_number, client_epochs))
             deltas.append([s - v.numpy() for s, v in zip(start, self._trainable)])
         self._start_client(start)  # the model holds the round's weights again
         if weights is None:
@@ -220,8 +220,8 @@ class InTurnTraining:
         for slot in self._client_state:
             slot.assign(tf.zeros_like(slot))
 
-    def _train_client(self, batch: Batch, round_number: int) -> float:
-        """E epochs over the client's data in seeded minibatch order. Each epoch's full
+    def _train_client(self, batch: Batch, round_number: int, epochs: int) -> float:
+        """`epochs` epochs over the client's data in seeded minibatch order. Each epoch's full
         minibatches run as one compiled loop (traced once per task for any number of examples
         and steps, so clients of any size reuse it); a short last minibatch, when the client's
         size is not a multiple of B, is one more step of its own, so every step sees exactly
@@ -232,7 +232,7 @@ class InTurnTraining:
         full = n // size
         x, y = tf.convert_to_tensor(batch.x), tf.convert_to_tensor(batch.y)
         total, steps = 0.0, 0
-        for epoch in range(local.epochs):
+        for epoch in range(epochs):
             order = np.random.default_rng([round_number, batch.client_id, epoch]).permutation(n)
             if full:
                 loop = self._compiled_steps(batch)

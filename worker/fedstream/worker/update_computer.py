@@ -64,7 +64,9 @@ class UpdateComputer(abc.ABC):
             variable.assign(array)
 
     @abc.abstractmethod
-    def compute(self, batches: Sequence[Batch], round_number: int = 0) -> UnitUpdate:
+    def compute(self, batches: Sequence[Batch], round_number: int = 0,
+                local_epochs: Sequence[int] = ()) -> UnitUpdate:
         """The unit's update from the current weights, which it leaves as they were.
         `round_number` seeds whatever a computation draws at random (local training's
-        minibatch order); a gradient draws nothing."""
+        minibatch order); a gradient draws nothing. `local_epochs`, local training's only:
+        each client's epochs when the assignment gives fewer than the task's."""
