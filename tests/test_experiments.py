@@ -51,6 +51,15 @@ def test_readme_table_is_the_summary():
     assert runner.table(SUMMARY) in readme
 
 
+def test_the_fedprox_comparison_shown_is_what_its_runs_say():
+    """experiments/fedprox.py's grid, computed from the committed metrics, is the one in
+    experiments/README.md, verdicts included."""
+    spec = importlib.util.spec_from_file_location("fedprox", EXPERIMENTS / "fedprox.py")
+    fedprox = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fedprox)
+    assert fedprox.table() in (EXPERIMENTS / "README.md").read_text()
+
+
 RESOLVED = sorted((p.parent.name, p.name) for p in (EXPERIMENTS / "results").glob("*/*config.toml"))
 
 
