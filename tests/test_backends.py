@@ -68,16 +68,19 @@ def unit(sizes, seed):
 
 
 local = dict(update="delta", local_epochs=2, local_batch_size=4, client_lr=0.05)
+# Unequal clients whose step counts share one bucket: each local-training case is one
+# compiled program per backend (torch.compile takes seconds for each). Several groups of
+# clients are the backend-neutral `ClientsTogether`'s, tested in test_algorithms.py.
 CASES = {  # name: (model, task options, client sizes)
     "fedsgd": (tiny_model, dict(weighting="examples", normalize=True), [5, 9, 16]),
     "fedsgd_per_client": (tiny_model, dict(per_client=True), [8, 8, 3]),
     "fedsgd_cnn": (tiny_cnn, dict(normalize=True), [6, 10]),
-    "fedavg": (tiny_model, dict(local, weighting="examples", normalize=True), [5, 12, 17, 9]),
+    "fedavg": (tiny_model, dict(local, weighting="examples", normalize=True), [9, 12, 11, 10]),
     "fedavg_momentum_prox": (tiny_model, dict(local, client_momentum=0.9, prox_mu=0.1,
-                                              normalize=True), [12, 12, 7]),
+                                              normalize=True), [12, 12, 10]),
     "fedavg_whole_client": (tiny_model, dict(local, local_batch_size=0, normalize=True),
-                            [5, 12, 7]),
-    "fedavg_per_client": (tiny_model, dict(local, per_client=True, normalize=True), [9, 4]),
+                            [17, 18, 18]),
+    "fedavg_per_client": (tiny_model, dict(local, per_client=True, normalize=True), [9, 11]),
     "fedavg_cnn": (tiny_cnn, dict(local, normalize=True), [9, 6]),
     "fedavg_dropout_layer": (with_dropout, dict(local, normalize=True), [8, 5]),
 }
