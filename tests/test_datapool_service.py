@@ -31,8 +31,10 @@ def test_info_describes_the_partition(pool, store):
     assert info.client_sizes == store.summary.client_sizes
     assert info.example_shape == (28, 28) and info.example_dtype == np.uint8
     assert (info.partitioner, info.num_test) == ("reference", 50)
-    assert info.label_histograms == store.summary.label_histograms
-    assert [sum(h) for h in info.label_histograms] == list(info.client_sizes)
+    assert info.label_histograms == ()  # clients x classes values: only when asked for
+    labelled = client.info(label_counts=True)
+    assert labelled.label_histograms == store.summary.label_histograms
+    assert [sum(h) for h in labelled.label_histograms] == list(info.client_sizes)
 
 
 def test_batches_arrive_bit_identical_to_the_store(pool, store):

@@ -137,6 +137,26 @@ def test_a_worker_refuses_to_serve_another_sites_data_pool(serve):
     pool.close()
 
 
+def test_a_site_worker_asks_its_pool_for_label_counts_only_when_it_publishes_them(serve):
+    """GetInfo leaves the clients x classes label counts out unless asked (at 10^6 clients
+    they would pass gRPC's 4 MiB); a site worker with --publish-label-histograms asks, and
+    the coordinator gets them at Join."""
+    store = synthetic_store(site="a")
+    server = serve(lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(
+        DataPoolServicer(store), s), [POOL_SERVICE])
+    for publish in (False, True):
+        pool = DataPoolClient(f"127.0.0.1:{server.port}")
+        config = FederationConfig(rounds=1, sites="a")
+        model = tiny_model()
+        federation = Federation(config, model, sites=declared_sites(config, model, 10))
+        WorkerLoop(federation, pool, name="w", device="/CPU:0", site="a",
+                   publish_labels=publish)
+        (site,) = federation.sites
+        assert site.data.label_histograms == (store.summary.label_histograms if publish
+                                              else ())
+        pool.close()
+
+
 def test_a_data_pool_request_without_clients_is_invalid_argument(serve):
     server = serve(lambda s: datapool_pb2_grpc.add_DataPoolServicer_to_server(
         DataPoolServicer(synthetic_store()), s), [POOL_SERVICE])

@@ -219,14 +219,17 @@ class DataPoolClient(_Client):
         # clients per StreamBatches request, from GetInfo: None until read, 0 for no limit
         self._max_clients: int | None = None
 
-    def _info(self) -> datapool_pb2.DatasetInfo:
-        info = self._stub.GetInfo(datapool_pb2.GetInfoRequest(), timeout=30.0, metadata=self._md)
+    def _info(self, label_counts: bool = False) -> datapool_pb2.DatasetInfo:
+        info = self._stub.GetInfo(datapool_pb2.GetInfoRequest(label_counts=label_counts),
+                                  timeout=30.0, metadata=self._md)
         self._max_clients = info.max_clients_per_request
         return info
 
     @_domain_errors
-    def info(self) -> DatasetSummary:
-        return serde.dataset_summary_from_proto(self._info())
+    def info(self, label_counts: bool = False) -> DatasetSummary:
+        """The pool's summary; its clients' label histograms only when asked for (they grow
+        with clients x classes: 10^6 clients of 10 classes would pass gRPC's 4 MiB)."""
+        return serde.dataset_summary_from_proto(self._info(label_counts))
 
     @_domain_errors
     def batches(self, client_ids: Sequence[int], step: int, batch_size: int) -> list[Batch]:

@@ -103,8 +103,13 @@ def partition(name: str, labels: np.ndarray, n_clients: int, seed: int, *,
 
 
 def label_histograms(labels: np.ndarray, shards: list[np.ndarray], num_classes: int) -> np.ndarray:
-    """[clients, classes] example counts."""
-    return np.stack([np.bincount(labels[s], minlength=num_classes) for s in shards])
+    """[clients, classes] example counts, in one pass over the examples (a loop over clients
+    took seconds at 10^6 clients)."""
+    sizes = np.array([len(s) for s in shards], dtype=np.int64)
+    owner = np.repeat(np.arange(len(shards)), sizes)
+    cells = owner * num_classes + labels[np.concatenate(shards)].astype(np.int64)
+    return np.bincount(cells, minlength=len(shards) * num_classes).reshape(len(shards),
+                                                                          num_classes)
 
 
 def _check(n_examples: int, n_parts: int) -> None:

@@ -24,7 +24,8 @@ class DataPoolServicer(datapool_pb2_grpc.DataPoolServicer):
     @handles_errors
     def GetInfo(self, request, context):
         self._check_site()
-        return serde.dataset_info_to_proto(self._store.summary, max_batch_size=MAX_BATCH_SIZE,
+        return serde.dataset_info_to_proto(self._store.info(request.label_counts),
+                                           max_batch_size=MAX_BATCH_SIZE,
                                            max_clients_per_request=self._store.max_clients_per_request)
 
     @handles_stream_errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import numpy as np
@@ -33,14 +34,15 @@ class ClientStore:
         self.max_clients_per_request = max_clients_per_request
         self.summary = DatasetSummary(
             dataset=dataset, partitioner=partitioner, seed=seed,
-            client_sizes=tuple(int(s) for s in sizes), example_shape=tuple(x.shape[1:]),
+            client_sizes=tuple(sizes.tolist()), example_shape=tuple(x.shape[1:]),
             example_dtype=x.dtype, num_classes=num_classes, num_test=len(x_test),
-            label_histograms=tuple(tuple(int(v) for v in row)
-                                   for row in label_histograms(y, shards, num_classes)),
+            label_histograms=tuple(map(tuple, label_histograms(y, shards, num_classes).tolist())),
             site=site)
 
-    def info(self) -> DatasetSummary:
-        return self.summary
+    def info(self, label_counts: bool = False) -> DatasetSummary:
+        """The summary; the clients' label histograms only when asked for."""
+        return self.summary if label_counts else dataclasses.replace(self.summary,
+                                                                     label_histograms=())
 
     def test_set(self) -> tuple[np.ndarray, np.ndarray]:
         return self.x_test, self.y_test

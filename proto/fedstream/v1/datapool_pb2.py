@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fedstream.v1 import tensor_pb2 as fedstream_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64stream/v1/datapool.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"\x10\n\x0eGetInfoRequest\"\x9b\x02\n\x0b\x44\x61tasetInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bpartitioner\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bnum_clients\x18\x04 \x01(\r\x12\x14\n\x0c\x63lient_sizes\x18\x05 \x03(\r\x12)\n\x07\x65xample\x18\x06 \x01(\x0b\x32\x18.fedstream.v1.TensorSpec\x12\x13\n\x0bnum_classes\x18\x07 \x01(\r\x12\x10\n\x08num_test\x18\x08 \x01(\r\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x1f\n\x17max_clients_per_request\x18\n \x01(\r\x12\x14\n\x0clabel_counts\x18\x0b \x03(\r\x12\x0c\n\x04site\x18\x0c \x01(\t\"D\n\x0c\x42\x61tchRequest\x12\x12\n\nclient_ids\x18\x01 \x03(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"n\n\x0b\x42\x61tchHeader\x12\x12\n\nclient_ids\x18\x01 \x03(\r\x12\r\n\x05sizes\x18\x02 \x03(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12.\n\x07tensors\x18\x04 \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\"i\n\x0c\x42\x61tchMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstream.v1.BatchHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"\x10\n\x0eTestSetRequest2\xe6\x01\n\x08\x44\x61taPool\x12\x42\n\x07GetInfo\x12\x1c.fedstream.v1.GetInfoRequest\x1a\x19.fedstream.v1.DatasetInfo\x12I\n\rStreamBatches\x12\x1a.fedstream.v1.BatchRequest\x1a\x1a.fedstream.v1.BatchMessage0\x01\x12K\n\rStreamTestSet\x12\x1c.fedstream.v1.TestSetRequest\x1a\x1a.fedstream.v1.BatchMessage0\x01\x42r\n\x10\x64\x65v.fedstream.v1B\rDatapoolProtoP\x01Z>github.com/fedstream/fedstream/gen/go/fedstream/v1;fedstreamv1\xaa\x02\x0c\x46\x65\x64stream.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x65\x64stream/v1/datapool.proto\x12\x0c\x66\x65\x64stream.v1\x1a\x19\x66\x65\x64stream/v1/tensor.proto\"&\n\x0eGetInfoRequest\x12\x14\n\x0clabel_counts\x18\x01 \x01(\x08\"\x9b\x02\n\x0b\x44\x61tasetInfo\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x13\n\x0bpartitioner\x18\x02 \x01(\t\x12\x0c\n\x04seed\x18\x03 \x01(\x04\x12\x13\n\x0bnum_clients\x18\x04 \x01(\r\x12\x14\n\x0c\x63lient_sizes\x18\x05 \x03(\r\x12)\n\x07\x65xample\x18\x06 \x01(\x0b\x32\x18.fedstream.v1.TensorSpec\x12\x13\n\x0bnum_classes\x18\x07 \x01(\r\x12\x10\n\x08num_test\x18\x08 \x01(\r\x12\x16\n\x0emax_batch_size\x18\t \x01(\r\x12\x1f\n\x17max_clients_per_request\x18\n \x01(\r\x12\x14\n\x0clabel_counts\x18\x0b \x03(\r\x12\x0c\n\x04site\x18\x0c \x01(\t\"D\n\x0c\x42\x61tchRequest\x12\x12\n\nclient_ids\x18\x01 \x03(\r\x12\x0c\n\x04step\x18\x02 \x01(\x04\x12\x12\n\nbatch_size\x18\x03 \x01(\r\"n\n\x0b\x42\x61tchHeader\x12\x12\n\nclient_ids\x18\x01 \x03(\r\x12\r\n\x05sizes\x18\x02 \x03(\r\x12\x0c\n\x04step\x18\x03 \x01(\x04\x12.\n\x07tensors\x18\x04 \x01(\x0b\x32\x1d.fedstream.v1.TensorSetHeader\"i\n\x0c\x42\x61tchMessage\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedstream.v1.BatchHeaderH\x00\x12$\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x13.fedstream.v1.ChunkH\x00\x42\x06\n\x04kind\"\x10\n\x0eTestSetRequest2\xe6\x01\n\x08\x44\x61taPool\x12\x42\n\x07GetInfo\x12\x1c.fedstream.v1.GetInfoRequest\x1a\x19.fedstream.v1.DatasetInfo\x12I\n\rStreamBatches\x12\x1a.fedstream.v1.BatchRequest\x1a\x1a.fedstream.v1.BatchMessage0\x01\x12K\n\rStreamTestSet\x12\x1c.fedstream.v1.TestSetRequest\x1a\x1a.fedstream.v1.BatchMessage0\x01\x42r\n\x10\x64\x65v.fedstream.v1B\rDatapoolProtoP\x01Z>github.com/fedstream/fedstream/gen/go/fedstream/v1;fedstreamv1\xaa\x02\x0c\x46\x65\x64stream.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,17 +34,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\020dev.fedstream.v1B\rDatapoolProtoP\001Z>github.com/fedstream/fedstream/gen/go/fedstream/v1;fedstreamv1\252\002\014Fedstream.V1'
   _globals['_GETINFOREQUEST']._serialized_start=72
-  _globals['_GETINFOREQUEST']._serialized_end=88
-  _globals['_DATASETINFO']._serialized_start=91
-  _globals['_DATASETINFO']._serialized_end=374
-  _globals['_BATCHREQUEST']._serialized_start=376
-  _globals['_BATCHREQUEST']._serialized_end=444
-  _globals['_BATCHHEADER']._serialized_start=446
-  _globals['_BATCHHEADER']._serialized_end=556
-  _globals['_BATCHMESSAGE']._serialized_start=558
-  _globals['_BATCHMESSAGE']._serialized_end=663
-  _globals['_TESTSETREQUEST']._serialized_start=665
-  _globals['_TESTSETREQUEST']._serialized_end=681
-  _globals['_DATAPOOL']._serialized_start=684
-  _globals['_DATAPOOL']._serialized_end=914
+  _globals['_GETINFOREQUEST']._serialized_end=110
+  _globals['_DATASETINFO']._serialized_start=113
+  _globals['_DATASETINFO']._serialized_end=396
+  _globals['_BATCHREQUEST']._serialized_start=398
+  _globals['_BATCHREQUEST']._serialized_end=466
+  _globals['_BATCHHEADER']._serialized_start=468
+  _globals['_BATCHHEADER']._serialized_end=578
+  _globals['_BATCHMESSAGE']._serialized_start=580
+  _globals['_BATCHMESSAGE']._serialized_end=685
+  _globals['_TESTSETREQUEST']._serialized_start=687
+  _globals['_TESTSETREQUEST']._serialized_end=703
+  _globals['_DATAPOOL']._serialized_start=706
+  _globals['_DATAPOOL']._serialized_end=936
 # @@protoc_insertion_point(module_scope)

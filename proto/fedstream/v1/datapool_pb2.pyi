@@ -8,8 +8,10 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class GetInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("label_counts",)
+    LABEL_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    label_counts: bool
+    def __init__(self, label_counts: _Optional[bool] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
     __slots__ = ("dataset", "partitioner", "seed", "num_clients", "client_sizes", "example", "num_classes", "num_test", "max_batch_size", "max_clients_per_request", "label_counts", "site")

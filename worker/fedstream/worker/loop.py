@@ -98,7 +98,9 @@ class WorkerLoop:
         self._retry_s = retry_s
         self._delay_s = delay_s
         self._name, self._device, self._site = name, device, site
-        summary = self._retrying(data.info, "data pool info")
+        publishing = bool(site and publish_labels)
+        summary = self._retrying(lambda: data.info(label_counts=True) if publishing
+                                 else data.info(), "data pool info")
         check_pool_site(summary, site)
         self._site_data = summary.site_data(publish_labels=publish_labels) if site else None
         joined = self._retrying(self._join, "join")
