@@ -259,8 +259,10 @@ def build_parser() -> argparse.ArgumentParser:
     from fedstream.datapool.sites import SiteSplitConfig
     p = sub.add_parser("split", help="one data set as per-site files, for a federation of "
                                      "data sites")
-    add_options(p, datapool.DataConfig, only=("data", "data_format", "x_key", "y_key",
-                                              "x_test_key", "y_test_key", "num_classes"))
+    add_options(p, datapool.DataConfig, only=(
+        "data", "data_format", "x_key", "y_key", "x_test_key", "y_test_key", "num_classes",
+        "clients", "partitioner", "data_seed", "synthetic_alpha", "synthetic_beta",
+        "synthetic_iid"))  # synthetic data is generated for --clients devices
     add_options(p, SiteSplitConfig)
     p.add_argument("--by", default=None, help="split by the group array of this name in the "
                                               "--data .npz (and <name>_test for the held-out "
