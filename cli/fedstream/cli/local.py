@@ -287,16 +287,17 @@ def run(config: LocalRunConfig) -> int:
             sinks=sinks, save_weights=os.path.join(config.out, "weights.npz"),
             port_file=os.path.join(config.out, "coordinator.addr"), tls=server_tls,
             federation=config.federation))])
-        coordinator = procs.address("coordinator", coordinator_proc)
-        say(f"coordinator  {coordinator}")
-        for site, datapool in pools.items():
+        for site, datapool in pools.items():  # they load their libraries while it starts
             for i in range(config.workers):
                 name = f"worker-{site}-{i}" if site else f"worker-{i}"
                 worker = WorkerConfig(
-                    coordinator=coordinator, datapool=datapool, site=site, device=config.device,
+                    coordinator_file=os.path.join(config.out, "coordinator.addr"),
+                    datapool=datapool, site=site, device=config.device,
                     backend=config.backend, threads=threads, name=name, tls=client_tls,
                     delay_s=config.straggler_delay_s if i == 0 and not site else 0.0)
                 procs.start(name, ["worker", *to_argv(worker)])
+        coordinator = procs.address("coordinator", coordinator_proc)
+        say(f"coordinator  {coordinator}")
         say(f"{config.workers * len(pools)} workers   {threads} {backend} thread(s) each; "
             f"logs in {config.out}")
         while coordinator_proc.poll() is None:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent import futures
 from typing import Callable, Iterable
 
@@ -147,6 +148,18 @@ def publish_address(path: str | None, address: str) -> None:
         with open(tmp, "w") as f:
             f.write(address + "\n")
         os.replace(tmp, path)
+
+
+def published_address(path: str, timeout_s: float) -> str:
+    """The address a service publishes to `path` (`publish_address`), once it appears."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no address appeared in {path} within {timeout_s:.0f} s: is "
+                               "the service started with --port-file pointing there?")
+        time.sleep(0.05)
+    with open(path) as f:
+        return f.read().strip()
 
 
 def bound_address(listen: str, port: int) -> str:

@@ -34,6 +34,11 @@ class PartyTrustConfig:
 class WorkerConfig:
     coordinator: str = option("127.0.0.1:50051", "coordinator address",
                               env="FEDSTREAM_COORDINATOR")
+    coordinator_file: str | None = option(None, "read the coordinator address from this file "
+                                                "once it appears (what `coordinator "
+                                                "--port-file` writes), instead of "
+                                                "--coordinator: a worker started beside its "
+                                                "coordinator loads its libraries meanwhile")
     datapool: str = option("127.0.0.1:50052", "data pool address (its site's own pool)",
                            env="FEDSTREAM_DATAPOOL")
     site: str = option("", "the data site this worker serves: it publishes the site's clients "

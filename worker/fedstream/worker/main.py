@@ -11,6 +11,7 @@ import signal
 
 from fedstream.common.backend import use_backend
 from fedstream.common.clients import CoordinatorClient, DataPoolClient
+from fedstream.common.grpc_server import published_address
 from fedstream.common.logs import log_config
 from fedstream.worker.config import WorkerConfig
 
@@ -52,9 +53,10 @@ def run(config: WorkerConfig) -> None:
     signal.signal(signal.SIGTERM, shutdown)
     with contextlib.ExitStack() as open_clients:
         try:
+            address = (published_address(config.coordinator_file, timeout_s=120.0)
+                       if config.coordinator_file else config.coordinator)
             coordinator = open_clients.enter_context(contextlib.closing(CoordinatorClient(
-                config.coordinator, connect_timeout_s=120.0, tls=config.tls,
-                token=config.auth_token)))
+                address, connect_timeout_s=120.0, tls=config.tls, token=config.auth_token)))
             if config.embed_data:
                 from fedstream.datapool.server import build_store
                 data = build_store(config.data, config.site)
