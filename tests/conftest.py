@@ -71,9 +71,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.1:0",
-                  log_name: str | None = None) -> tuple[subprocess.Popen, str]:
-    """Start `fedstream <name>` as a user would; return it and its address once it serves."""
+def launch_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.1:0",
+                   log_name: str | None = None) -> tuple[subprocess.Popen, Path]:
+    """Start `fedstream <name>` as a user would; return it and the file its address will
+    appear in (a worker given that file with --coordinator-file starts meanwhile)."""
     log_name = log_name or name
     port_file = tmp_path / f"{log_name}.addr"
     port_file.unlink(missing_ok=True)
@@ -81,6 +82,14 @@ def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.
     proc = subprocess.Popen([sys.executable, "-m", "fedstream.cli", name, "--listen", listen,
                              "--port-file", str(port_file), *args],
                             stdout=log, stderr=subprocess.STDOUT)
+    return proc, port_file
+
+
+def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.1:0",
+                  log_name: str | None = None) -> tuple[subprocess.Popen, str]:
+    """Start `fedstream <name>` as a user would; return it and its address once it serves."""
+    log_name = log_name or name
+    proc, port_file = launch_service(tmp_path, name, *args, listen=listen, log_name=log_name)
     deadline = time.monotonic() + 180
     while not port_file.exists():
         assert proc.poll() is None and time.monotonic() < deadline, \
@@ -89,12 +98,15 @@ def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.
     return proc, port_file.read_text().strip()
 
 
-def start_worker(tmp_path: Path, coordinator: str, datapool: str, name: str,
+def start_worker(tmp_path: Path, coordinator: str | Path, datapool: str, name: str,
                  *args: str) -> subprocess.Popen:
+    """A worker of the coordinator at an address, or at the one its port file will hold."""
     log = open(tmp_path / f"{name}.log", "w")
-    return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", "--coordinator",
-                             coordinator, "--datapool", datapool, "--threads", "1", "--name",
-                             name, *args], stdout=log, stderr=subprocess.STDOUT)
+    where = (["--coordinator-file", str(coordinator)] if isinstance(coordinator, Path)
+             else ["--coordinator", coordinator])
+    return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", *where,
+                             "--datapool", datapool, "--threads", "1", "--name", name, *args],
+                            stdout=log, stderr=subprocess.STDOUT)
 
 
 def rows(path: Path) -> list[dict]:

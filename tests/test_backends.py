@@ -32,7 +32,7 @@ from fedstream.coordinator.server_model import ServerModel
 from fedstream.worker.computers import make_computer
 from fedstream.worker.device import keras_device
 
-from conftest import rows, start_service, start_worker, stop, tiny_model, wait_for_round
+from conftest import launch_service, rows, start_service, start_worker, stop, tiny_model, wait_for_round
 
 PROBE = Path(__file__).with_name("backend_probe.py")
 TOLERANCE = 1e-5  # of the largest entry of each tensor
@@ -264,7 +264,7 @@ def test_workers_of_three_backends_train_one_federation_with_a_jax_coordinator(t
     backends = ["tensorflow", "jax"] + (["torch"] if importlib.util.find_spec("torch") else [])
     metrics = tmp_path / "metrics.jsonl"
     datapool, pool = start_service(tmp_path, "datapool", "--partitioner", "iid")
-    coordinator, address = start_service(
+    coordinator, address = launch_service(
         tmp_path, "coordinator", "--datapool", pool, "--backend", "jax", "--threads", "1",
         "--min-workers", str(len(backends)), "--units", str(len(backends)), "--model", "2nn",
         "--update", "delta", "--local-epochs", "1", "--local-batch-size", "10",

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_same_weights, free_port, rows, start_service, start_worker, stop, wait_for_round
+from conftest import (
+    assert_same_weights,
+    free_port,
+    launch_service,
+    rows,
+    start_service,
+    start_worker,
+    stop,
+    wait_for_round,
+)
 
 pytestmark = pytest.mark.e2e
 ROUNDS = 30
@@ -43,8 +52,8 @@ def assert_each_round_counted_once(metrics: Path) -> None:
 def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed):
     datapool, pool = start_service(tmp_path, "datapool")
     metrics, weights = tmp_path / "metrics.jsonl", tmp_path / "weights.npz"
-    coordinator, address = start_service(tmp_path, "coordinator",
-                                         *federation_args(tmp_path, pool, "--lease-s", "2"))
+    coordinator, address = launch_service(tmp_path, "coordinator",
+                                          *federation_args(tmp_path, pool, "--lease-s", "2"))
     survivor = start_worker(tmp_path, address, pool, "survivor")
     victim = start_worker(tmp_path, address, pool, "victim")
     try:
@@ -61,8 +70,8 @@ def test_a_killed_worker_costs_a_lease_and_changes_nothing(tmp_path, undisturbed
 
 
 def start_federation(tmp_path: Path, pool: str, args: list[str], **listen):
-    """The coordinator (with `args`) and its two workers."""
-    coordinator, address = start_service(tmp_path, "coordinator", *args, **listen)
+    """The coordinator (with `args`) and its two workers, started together."""
+    coordinator, address = launch_service(tmp_path, "coordinator", *args, **listen)
     return coordinator, [start_worker(tmp_path, address, pool, f"worker-{i}") for i in range(2)]
 
 

@@ -16,7 +16,7 @@ from fedstream.datapool.server import SERVICE_NAME
 from fedstream.datapool.servicer import DataPoolServicer
 from fedstream.v1 import datapool_pb2_grpc
 
-from conftest import rows, start_service, start_worker, stop, wait_for_round
+from conftest import launch_service, rows, start_service, start_worker, stop, wait_for_round
 
 
 def test_health_watchers_see_not_serving_when_a_server_stops(serve, store):
@@ -49,7 +49,7 @@ def test_health_watchers_see_not_serving_when_a_server_stops(serve, store):
 def test_sigterm_stops_workers_and_coordinator_cleanly(tmp_path):
     datapool, pool = start_service(tmp_path, "datapool")
     metrics, ckpt = tmp_path / "metrics.jsonl", tmp_path / "ckpt"
-    coordinator, address = start_service(
+    coordinator, address = launch_service(
         tmp_path, "coordinator", "--datapool", pool, "--min-workers", "2", "--rounds", "100000",
         "--eval-every", "100000", "--lease-s", "600", "--metrics", str(metrics),
         "--checkpoint-dir", str(ckpt))
