@@ -8,10 +8,13 @@ logistic regression, so a round's compute is tiny and the coordinator's own work
                      samples, leases the units and takes a pushed all-zero update per unit,
                      steps the model. Seconds per round (median after warm-up) and the bytes
                      it holds per registered client (tracemalloc, a separate pass)
+  simulate           `fedstream simulate --units 2`: the same federation in one process
   run                `fedstream run --workers 2`: data pool, coordinator and two workers as
-                     processes on loopback. Seconds per round split into the coordinator's
-                     share (the round less the workers' measured phases) and the workers',
-                     peak RSS of each process, bytes per round
+                     processes on loopback
+                     both: seconds per round (median after warm-up) and how much of it is
+                     not the units' compute (moving weights, batches and updates, and the
+                     coordinator's own work); for run, each process's peak RSS and the
+                     bytes per round
 
 for 10^3 ... 10^6 registered clients and 100 or 1,000 sampled a round. The goals: the
 coordinator's per-round cost independent of the population (sampling, leasing and
@@ -104,47 +107,57 @@ def data_file(folder: Path, population: int) -> Path:
     return path
 
 
-def distributed(folder: Path, population: int, sampled: int, rounds: int) -> dict:
-    out = folder / f"run-{population}-{sampled}"
+def measured(folder: Path, population: int, sampled: int, rounds: int, mode: str) -> dict:
+    """`fedstream run --workers 2` or `fedstream simulate --units 2` on the population."""
+    out = folder / f"{mode}-{population}-{sampled}"
+    out.mkdir(parents=True, exist_ok=True)
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in recipe(population, sampled,
                                                                  rounds).items()]
-    argv = fedstream("run", "--out", str(out), "--quiet", "--workers", "2",
-                     "--worker-threads", "1", "--data-format", "arrays", "--data",
-                     str(data_file(folder, population)), "--num-classes", str(CLASSES),
-                     "--partitioner", "iid", "--clients", str(population), *flags)
+    data = ["--data-format", "arrays", "--data", str(data_file(folder, population)),
+            "--num-classes", str(CLASSES), "--partitioner", "iid", "--clients", str(population)]
+    argv = (fedstream("run", "--out", str(out), "--quiet", "--workers", "2",
+                      "--worker-threads", "1", *data, *flags) if mode == "run" else
+            fedstream("simulate", "--threads", "1", "--metrics", str(out / "metrics.jsonl"),
+                      *data, *flags))
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peaks = PeakRss(proc.pid)
     output, _ = proc.communicate()
     rss = peaks.stop()
     if proc.returncode != 0:
-        raise SystemExit(f"run of {population} clients failed:\n{output[-3000:]}")
+        raise SystemExit(f"{mode} of {population} clients failed:\n{output[-3000:]}")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = rows[WARMUP:]
 
     def median(key):
         return statistics.median(r.get(key, 0.0) for r in steady)
-    workers = median("pull_s") + median("fetch_s") + median("compute_s") + median("push_s")
-    return {"round_s_median": median("round_s"), "workers_s_median": workers,
-            "coordinator_s_median": median("round_s") - workers,
+    units = 1 if mode == "run" else 2  # simulate computes its units one after another
+    compute = units * median("compute_s")
+    return {"round_s_median": median("round_s"), "compute_s_median": compute,
+            "overhead_s_median": median("round_s") - compute,
             "peak_rss_mb": rss, "wall_s": time.monotonic() - started,
             "bytes_per_round": {k: median(k) for k in ("pull_bytes", "fetch_bytes",
                                                        "push_bytes")}}
 
 
 def tables(results: dict) -> str:
-    lines = ["| registered | sampled | coordinator alone: s/round | bytes per registered "
-             "client | run: s/round | run: coordinator share s | coordinator peak RSS MB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| registered | sampled | coordinator alone: ms/round | bytes per registered "
+             "client | simulate: ms/round (not compute) | run: ms/round (not compute) | "
+             "run: coordinator / data pool / worker peak RSS MB |", "|---|---|---|---|---|---|---|"]
     for key, r in results["cells"].items():
         population, sampled = key.split("x")
-        alone, run = r["coordinator_alone"], r.get("run")
-        lines.append(
-            f"| {int(population):,} | {int(sampled):,} | {alone['round_s_median']:.4f} | "
-            + ("-" if alone["bytes_per_registered_client"] is None
-               else f"{alone['bytes_per_registered_client']:.0f}") + " | "
-            + (f"{run['round_s_median']:.4f} | {run['coordinator_s_median']:.4f} | "
-               f"{run['peak_rss_mb'].get('coordinator', 0):.0f} |" if run else "- | - | - |"))
+        alone, sim, run = r["coordinator_alone"], r.get("simulate"), r.get("run")
+        per_client = alone["bytes_per_registered_client"]
+
+        def ms(m):
+            return (f"{1000 * m['round_s_median']:.1f} ({1000 * m['overhead_s_median']:.1f})"
+                    if m else "-")
+        rss = (" / ".join(f"{run['peak_rss_mb'].get(k, 0):.0f}"
+                          for k in ("coordinator", "datapool", "worker-0")) if run else "-")
+        lines.append(f"| {int(population):,} | {int(sampled):,} | "
+                     f"{1000 * alone['round_s_median']:.1f} | "
+                     f"{'-' if per_client is None else f'{per_client:.0f}'} | {ms(sim)} | "
+                     f"{ms(run)} | {rss} |")
     return "\n".join(lines)
 
 
@@ -165,7 +178,9 @@ def main() -> None:
                 cell = {"coordinator_alone": coordinator_alone(population, sampled,
                                                                args.rounds)}
                 if not args.no_run:
-                    cell["run"] = distributed(Path(tmp), population, sampled, args.rounds)
+                    for mode in ("simulate", "run"):
+                        cell[mode] = measured(Path(tmp), population, sampled, args.rounds,
+                                              mode)
                 results["cells"][f"{population}x{sampled}"] = cell
                 print(json.dumps({f"{population}x{sampled}": cell}), flush=True)
     args.out.write_text(json.dumps(results, indent=1))
