@@ -1,8 +1,9 @@
-"""Run as `python backend_probe.py FOLDER [CASE]` with KERAS_BACKEND set: computes, on that backend,
-the update of every case in FOLDER/cases.json (a task as its wire message, the weights, the
-unit's batches) with the worker's own `make_computer`, and the model's evaluation on those
-examples, and writes FOLDER/<backend>-<case>.npz; the coordinator's server optimizer steps of
-FOLDER/server.json; then the device it picks on this host.
+"""Run as `python backend_probe.py FOLDER [CASE...]` with KERAS_BACKEND set: computes, on that
+backend, the update of every case in FOLDER/cases.json (or of the cases named; `server` names
+the server steps) (a task as its wire message, the weights, the unit's batches) with the
+worker's own `make_computer`, and the model's evaluation on those examples, and writes
+FOLDER/<backend>-<case>.npz; the coordinator's server optimizer steps of FOLDER/server.json;
+then the device it picks on this host.
 `test_backends.py` compares them with TensorFlow's. Prints which heavy modules it loaded."""
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from fedstream.common.backend import use_backend
 
 
-def main(folder: Path, only: str | None = None) -> None:
+def main(folder: Path, *only: str) -> None:
     backend = use_backend()
     from fedstream.common import serde
     from fedstream.common.learning import evaluate
@@ -26,7 +27,7 @@ def main(folder: Path, only: str | None = None) -> None:
 
     for case in json.loads((folder / "cases.json").read_text()):
         name = case["name"]
-        if only and name != only:
+        if only and name not in only:
             continue
         task = serde.task_from_proto(coordinator_pb2.Task.FromString(
             (folder / f"{name}.task").read_bytes()))
@@ -43,7 +44,7 @@ def main(folder: Path, only: str | None = None) -> None:
         np.savez(folder / f"{backend}-{name}.npz", loss=update.loss, weight=update.weight,
                  eval_loss=held_out["test_loss"], eval_acc=held_out["test_acc"],
                  **{f"u{i}": a for i, a in enumerate(update.arrays)})
-    if (folder / "server.json").exists() and not only:
+    if (folder / "server.json").exists() and (not only or "server" in only):
         server_steps(folder, backend)
     from fedstream.worker.device import select_device
     try:

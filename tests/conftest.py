@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -99,14 +100,15 @@ def start_service(tmp_path: Path, name: str, *args: str, listen: str = "127.0.0.
 
 
 def start_worker(tmp_path: Path, coordinator: str | Path, datapool: str, name: str,
-                 *args: str) -> subprocess.Popen:
-    """A worker of the coordinator at an address, or at the one its port file will hold."""
+                 *args: str, **env: str) -> subprocess.Popen:
+    """A worker of the coordinator at an address, or at the one its port file will hold;
+    `env` adds to its environment."""
     log = open(tmp_path / f"{name}.log", "w")
     where = (["--coordinator-file", str(coordinator)] if isinstance(coordinator, Path)
              else ["--coordinator", coordinator])
     return subprocess.Popen([sys.executable, "-m", "fedstream.cli", "worker", *where,
                              "--datapool", datapool, "--threads", "1", "--name", name, *args],
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
 
 
 def rows(path: Path) -> list[dict]:

@@ -141,18 +141,44 @@ def server_steps(folder: Path, steps: int = 3) -> dict[str, list[np.ndarray]]:
 
 
 def run_probe(folder: Path, backend: str, *case: str, **env: str) -> dict:
-    proc = subprocess.run([sys.executable, str(PROBE), str(folder), *case], capture_output=True,
-                          text=True, timeout=300,
-                          env={**os.environ, "KERAS_BACKEND": backend, **env})
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "stderr": proc.stderr}
+    return run_probes(folder, backend, [(case, env)])[0]
+
+
+def run_probes(folder: Path, backend: str, parts: list[tuple[tuple[str, ...], dict]]) -> list:
+    """Probes of the cases of each part (with its environment), side by side."""
+    procs = [subprocess.Popen([sys.executable, str(PROBE), str(folder), *cases],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "KERAS_BACKEND": backend, **env})
+             for cases, env in parts]
+    reports = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=300)
+        assert proc.returncode == 0, stderr[-3000:]
+        reports.append({**json.loads(stdout.strip().splitlines()[-1]), "stderr": stderr})
+    return reports
+
+
+# torch.compile takes ~12 s a program on a cold CPU: two local-training cases check the
+# compiled step, the others torch's same functions eagerly (TORCH_COMPILE_DISABLE), beside them
+TORCH_COMPILED = ("fedavg_momentum_prox", "fedavg_per_client")
+
+
+def probe_every_case(folder: Path, backend: str) -> dict:
+    if backend != "torch":
+        return run_probe(folder, backend)
+    compiled = tuple(c for c in CASES if c in TORCH_COMPILED or "fedavg" not in c or "cnn" in c)
+    eager = tuple(c for c in CASES if c not in compiled)
+    report, eager_report = run_probes(folder, backend, [
+        ((*compiled, "server"), {}), (eager, {"TORCH_COMPILE_DISABLE": "1"})])
+    assert "run eagerly" not in eager_report["stderr"]
+    return report
 
 
 @pytest.mark.parametrize("backend", OTHER_BACKENDS)
 def test_other_backends_compute_tensorflows_updates_and_losses_without_loading_it(cases,
                                                                                 backend):
     folder, expected, server = cases
-    report = run_probe(folder, backend)
+    report = probe_every_case(folder, backend)
     assert (report["backend"], report["tensorflow"]) == (backend, False)
     assert "run eagerly" not in report["stderr"]  # torch.compile compiled
     if report["device"] == "/CPU:0":  # a host without a GPU: asking for one says why not
@@ -270,7 +296,9 @@ def test_workers_of_three_backends_train_one_federation_with_a_jax_coordinator(t
         "--update", "delta", "--local-epochs", "1", "--local-batch-size", "10",
         "--client-fraction", "0.1", "--client-lr", "0.1", "--server-optimizer", "sgd",
         "--server-lr", "1", "--normalize", "--rounds", "4", "--metrics", str(metrics))
-    workers = {b: start_worker(tmp_path, address, pool, f"worker-{b}", "--backend", b)
+    # the torch worker steps eagerly: its compiled step is the probe's test, ~20 s cold
+    workers = {b: start_worker(tmp_path, address, pool, f"worker-{b}", "--backend", b,
+                               **({"TORCH_COMPILE_DISABLE": "1"} if b == "torch" else {}))
                for b in backends}
     try:
         wait_for_round(metrics, 1, [datapool, coordinator, *workers.values()], timeout_s=240)

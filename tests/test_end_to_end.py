@@ -74,13 +74,17 @@ def test_run_trains_the_reference_recipe_and_cleans_up(tmp_path):
 
 
 def run_equals_simulate(tmp_path: Path, recipe: list[str], workers: int) -> Path:
-    """`run --workers K` and `simulate --units K`, one thread each: byte-equal weights. The
-    run folder."""
+    """`run --workers K` and `simulate --units K`, one thread each, side by side: byte-equal
+    weights. The run folder."""
     out = tmp_path / "run"
-    run_ok(fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet", "--workers",
-                     str(workers), *recipe))
-    run_ok(fedstream("simulate", "--threads", "1", "--save-weights", str(tmp_path / "sim.npz"),
-                     "--units", str(workers), *recipe))
+    both = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            for argv in (fedstream("run", "--out", str(out), "--worker-threads", "1", "--quiet",
+                                   "--workers", str(workers), *recipe),
+                         fedstream("simulate", "--threads", "1", "--save-weights",
+                                   str(tmp_path / "sim.npz"), "--units", str(workers), *recipe))]
+    for proc in both:
+        output, _ = proc.communicate(timeout=600)
+        assert proc.returncode == 0, output[-6000:]
     distributed, simulated = np.load(out / "weights.npz"), np.load(tmp_path / "sim.npz")
     assert sorted(distributed.keys()) == sorted(simulated.keys())
     for name in distributed:
