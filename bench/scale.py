@@ -28,7 +28,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import tempfile
 import time
 import tracemalloc
@@ -36,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import PeakRss, fedstream
+from bench import fedstream, run_mode
 
 HERE = Path(__file__).resolve().parent
 FEATURES, CLASSES = 10, 10
@@ -120,12 +119,7 @@ def measured(folder: Path, population: int, sampled: int, rounds: int, mode: str
             fedstream("simulate", "--threads", "1", "--metrics", str(out / "metrics.jsonl"),
                       *data, *flags))
     started = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peaks = PeakRss(proc.pid)
-    output, _ = proc.communicate()
-    rss = peaks.stop()
-    if proc.returncode != 0:
-        raise SystemExit(f"{mode} of {population} clients failed:\n{output[-3000:]}")
+    rss, _ = run_mode(argv)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steady = rows[WARMUP:]
 

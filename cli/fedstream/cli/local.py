@@ -281,17 +281,18 @@ def run(config: LocalRunConfig) -> int:
                               if backend == "tensorflow" else None,
                               prometheus_port=config.sinks.prometheus_port)
         reads = {"datapool": pools[""]} if "" in pools else {"num_classes": num_classes}
+        coordinator_file = os.path.join(config.out, "coordinator.addr")  # workers read it
         coordinator_proc = procs.start("coordinator", ["coordinator", *to_argv(CoordinatorConfig(
             listen="127.0.0.1:0", **reads, backend=config.backend,
             threads=config.coordinator_threads,
             sinks=sinks, save_weights=os.path.join(config.out, "weights.npz"),
-            port_file=os.path.join(config.out, "coordinator.addr"), tls=server_tls,
+            port_file=coordinator_file, tls=server_tls,
             federation=config.federation))])
         for site, datapool in pools.items():  # they load their libraries while it starts
             for i in range(config.workers):
                 name = f"worker-{site}-{i}" if site else f"worker-{i}"
                 worker = WorkerConfig(
-                    coordinator_file=os.path.join(config.out, "coordinator.addr"),
+                    coordinator_file=coordinator_file,
                     datapool=datapool, site=site, device=config.device,
                     backend=config.backend, threads=threads, name=name, tls=client_tls,
                     delay_s=config.straggler_delay_s if i == 0 and not site else 0.0)
