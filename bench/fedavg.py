@@ -183,7 +183,7 @@ def profile_unit(w: dict, json_path: str) -> None:
     federation = build_federation(config.federation, store.summary,
                                   (store.x_test[:10], store.y_test[:10]), lambda row: None)
     computer = make_computer(federation.task, "/CPU:0")
-    computer.set_weights([v.numpy() for v in federation.model.weights])
+    computer.set_weights([v.numpy() for v in federation.server.model.weights])
     unit = [Batch(c, 0, *store.client(c)) for c in range(PER_ROUND // 2)]
     computer.compute(unit, round_number=1)
     logdir = tempfile.mkdtemp(prefix="fedstream-profile-")

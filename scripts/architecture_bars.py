@@ -1,9 +1,11 @@
 """The shape of the source tree in a few figures: `python scripts/architecture_bars.py`.
 
 Prints the largest classes (lines), the methods of the coordinator's `Federation` facade,
-`isinstance` checks in the coordinator package (dispatch on a feature's type belongs in a
-policy or a registry, not in a branch), and import cycles between fedstream's modules.
-Generated protobuf stubs are left out.
+`isinstance` dispatch in the coordinator package (a check against one of fedstream's own
+classes: dispatch on a feature's type belongs in a policy or a registry, not in a branch;
+checks of a value's builtin type are listed apart), string comparisons with a Keras backend's
+name outside the backend registry, and import cycles between fedstream's modules. Generated
+protobuf stubs are left out. `tests/test_architecture.py` holds the tree to the bars.
 """
 
 from __future__ import annotations
@@ -45,14 +47,46 @@ def methods_of(path: Path, class_name: str) -> list[str]:
     return []
 
 
-def isinstance_checks(modules: dict[str, Path], package: str) -> list[str]:
-    hits = []
+def own_classes(modules: dict[str, Path]) -> set[str]:
+    return {name.rsplit(".", 1)[1] for _, name in classes(modules)}
+
+
+def _type_names(node: ast.expr) -> set[str]:
+    parts = node.elts if isinstance(node, ast.Tuple) else [node]
+    return {p.id if isinstance(p, ast.Name) else getattr(p, "attr", "") for p in parts}
+
+
+def isinstance_checks(modules: dict[str, Path], package: str) -> tuple[list[str], list[str]]:
+    """(dispatch on fedstream's own classes, checks of other types) in `package`."""
+    own = own_classes(modules)
+    dispatch, values = [], []
     for name, path in modules.items():
         if not name.startswith(f"fedstream.{package}"):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance":
-                hits.append(f"{name}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" \
+                    and len(node.args) == 2:
+                where = f"{name}:{node.lineno}"
+                (dispatch if _type_names(node.args[1]) & own else values).append(where)
+    return dispatch, values
+
+
+BACKENDS = {"tensorflow", "jax", "torch"}
+REGISTRY = "fedstream.common.backend"
+
+
+def backend_branches(modules: dict[str, Path]) -> list[str]:
+    """Comparisons with a backend's name (`== "jax"`, `in ("jax", "torch")`) outside the
+    backend registry: a place a new backend would have to be added by hand."""
+    hits = []
+    for name, path in modules.items():
+        if name == REGISTRY:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                constants = [c for c in ast.walk(node) if isinstance(c, ast.Constant)]
+                if any(c.value in BACKENDS for c in constants):
+                    hits.append(f"{name}:{node.lineno}")
     return hits
 
 
@@ -103,20 +137,35 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def main() -> None:
+def bars() -> dict:
     modules = sources()
-    largest = classes(modules)[:5]
-    federation = methods_of(modules["fedstream.coordinator.federation"], "Federation")
-    checks = isinstance_checks(modules, "coordinator")
-    loops = cycles(import_graph(modules))
+    dispatch, values = isinstance_checks(modules, "coordinator")
+    return {
+        "largest_classes": classes(modules)[:5],
+        "federation_methods": methods_of(modules["fedstream.coordinator.federation"],
+                                         "Federation"),
+        "isinstance_dispatch": dispatch,
+        "isinstance_values": values,
+        "backend_branches": backend_branches(modules),
+        "import_cycles": cycles(import_graph(modules)),
+    }
+
+
+def main() -> None:
+    b = bars()
     print("largest classes (lines):")
-    for lines, name in largest:
+    for lines, name in b["largest_classes"]:
         print(f"  {lines:4d}  {name}")
-    print(f"Federation methods: {len(federation)}")
-    print(f"isinstance in fedstream.coordinator: {len(checks)}"
-          + (f" ({', '.join(checks)})" if checks else ""))
-    print(f"import cycles: {len(loops)}")
-    for loop in loops:
+    print(f"Federation methods: {len(b['federation_methods'])} "
+          f"({', '.join(b['federation_methods'])})")
+    for key, label in (("isinstance_dispatch", "isinstance dispatch on fedstream's classes in "
+                        "fedstream.coordinator"),
+                       ("isinstance_values", "isinstance checks of other types in "
+                        "fedstream.coordinator"),
+                       ("backend_branches", f"backend-name comparisons outside {REGISTRY}")):
+        print(f"{label}: {len(b[key])}" + (f" ({', '.join(b[key])})" if b[key] else ""))
+    print(f"import cycles: {len(b['import_cycles'])}")
+    for loop in b["import_cycles"]:
         print("  " + " <-> ".join(loop))
 
 

@@ -266,13 +266,13 @@ def test_fedavg_server_step_moves_to_the_weighted_mean_of_client_models():
     fed = Federation(FederationConfig(update="delta", server_optimizer="sgd", server_lr=1.0,
                                       units=2, weighting="examples"), tiny_model(), [10, 30])
     wid, _, _ = fed.join("w", "cpu")
-    start = [v.numpy().copy() for v in fed.model.trainable_variables]
+    start = [v.numpy().copy() for v in fed.server.model.trainable_variables]
     from fedstream.common.protocol import UpdateMeta
     for n, value in ((10, 1.0), (30, 5.0)):  # client models w - value
         a = fed.assignment(wid, 0)
         fed.push(UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, float(n), n),
                  [np.full(s.shape, n * value, np.float32) for s in fed.task.update_specs])
-    for s, v in zip(start, fed.model.trainable_variables):  # w - (10*1 + 30*5) / 40
+    for s, v in zip(start, fed.server.model.trainable_variables):  # w - (10*1 + 30*5) / 40
         np.testing.assert_allclose(v.numpy(), s - 4.0, rtol=1e-6)
 
 

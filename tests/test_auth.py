@@ -59,7 +59,7 @@ def test_a_worker_cannot_act_for_another(secured):
     alice, bob = CoordinatorClient(address, token=ALICE), CoordinatorClient(address, token=BOB)
     wid, task, _ = alice.join("alice-gpu", "cpu")
     bob.join("bob-gpu", "cpu")
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     with pytest.raises(PermissionDenied, match="joined as 'alice'"):
         bob.assignment(wid, 0)
     a = alice.assignment(wid, 1.0)
@@ -67,7 +67,7 @@ def test_a_worker_cannot_act_for_another(secured):
     meta = UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, 2.0, 8)
     with pytest.raises(PermissionDenied):
         bob.push(meta, update, names=[s.name for s in task.update_specs])
-    assert weights_digest(federation.model) == digest
+    assert weights_digest(federation.server.model) == digest
     assert alice.push(meta, update).accepted
     alice.close()
     bob.close()

@@ -339,17 +339,17 @@ def test_a_jax_coordinator_resumes_a_tensorflow_checkpoint(tmp_path):
         "from fedstream.coordinator.federation import Federation\n"
         "from test_checkpoint import CONFIG, train\n"
         f"fed = Federation(CONFIG, tiny_model(seed=99), [10] * 6, checkpoint_dir={str(tmp_path)!r})\n"
-        "assert (fed.round, fed.version) == (3, 4), (fed.round, fed.version)\n"
+        "assert (fed.round, fed.server.version) == (3, 4), (fed.round, fed.server.version)\n"
         "train(fed, 5)\n"
-        "assert fed.phase == 'done' and fed.version == 6\n"
-        f"np.savez({str(tmp_path / 'resumed.npz')!r}, *[v.numpy() for v in fed.model.weights])\n"
+        "assert fed.phase == 'done' and fed.server.version == 6\n"
+        f"np.savez({str(tmp_path / 'resumed.npz')!r}, *[v.numpy() for v in fed.server.model.weights])\n"
         "print('tensorflow' in sys.modules)\n")
     proc = subprocess.run([sys.executable, "-c", resume], capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == "False"
     resumed = np.load(tmp_path / "resumed.npz")
-    for k, v in enumerate(straight.model.weights):
+    for k, v in enumerate(straight.server.model.weights):
         want = v.numpy()
         np.testing.assert_allclose(resumed[f"arr_{k}"], want, rtol=0,
                                    atol=TOLERANCE * np.abs(want).max())

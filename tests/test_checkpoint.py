@@ -34,10 +34,10 @@ def test_resumed_federation_equals_the_uninterrupted_one(tmp_path):
     train(first, 3)
     assert checkpoint.load(tmp_path).round == 3
     resumed = Federation(CONFIG, tiny_model(seed=99), [10] * 6, checkpoint_dir=str(tmp_path))
-    assert (resumed.round, resumed.version) == (3, 4)
+    assert (resumed.round, resumed.server.version) == (3, 4)
     train(resumed, 5)
-    assert resumed.phase == "done" and resumed.version == straight.version == 6
-    assert weights_digest(resumed.model) == weights_digest(straight.model)
+    assert resumed.phase == "done" and resumed.server.version == straight.server.version == 6
+    assert weights_digest(resumed.server.model) == weights_digest(straight.server.model)
 
 
 def test_a_checkpoint_of_a_finished_run_resumes_as_done(tmp_path):
@@ -57,7 +57,7 @@ def test_checkpoint_files_hold_no_pickles_and_export_to_keras(tmp_path, capsys):
     assert main(["export", str(tmp_path), str(tmp_path / "model.keras")]) == 0
     import keras
     model = keras.saving.load_model(tmp_path / "model.keras")
-    for a, b in zip(model.weights, fed.model.weights):
+    for a, b in zip(model.weights, fed.server.model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 

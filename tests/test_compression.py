@@ -158,21 +158,21 @@ def test_an_int8_update_over_grpc_is_decoded_and_bad_ones_change_nothing(int8_co
     assert task.update_encoding is Encoding.INT8 and task.weights_encoding is Encoding.BFLOAT16
     weights = client.pull_weights(wid, 0)
     np.testing.assert_array_equal(weights.arrays[0], roundtrip(Encoding.BFLOAT16,
-                                                               federation.model.weights[:1])[0])
+                                                               federation.server.model.weights[:1])[0])
     a = client.assignment(wid, 1.0)
     update = [np.full(s.shape, 0.5, F32) for s in task.update_specs]
     decoded, encoded = UpdateEncoder(task).encode(update, a.client_ids, a.round)
     meta = UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, 4.0, 40)
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     names = [s.name for s in task.update_specs]
     for bad, message in [(Encoded(Encoding.INT8, encoded.payload[:-3]), "need"),
                          (Encoded(Encoding.FLOAT16, encode(Encoding.FLOAT16, update)),
                           "this stream takes raw or int8")]:
         with pytest.raises(InvalidArgument, match=message):
             client.push(meta, decoded, names=names, encoded=bad)
-    assert weights_digest(federation.model) == digest and federation.version == 1
+    assert weights_digest(federation.server.model) == digest and federation.server.version == 1
     assert client.push(meta, decoded, encoded=encoded).accepted
-    assert federation.version == 2
+    assert federation.server.version == 2
 
 
 def test_raw_updates_stay_accepted_by_a_compressing_coordinator(int8_coordinator):

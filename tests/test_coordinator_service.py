@@ -45,7 +45,7 @@ def test_a_worker_round_trip_over_grpc(coordinator):
     assert task.update_specs == federation.task.update_specs
     first = client.pull_weights(wid, 0)
     assert first.version == 1
-    for got, v in zip(first.arrays, federation.model.weights):
+    for got, v in zip(first.arrays, federation.server.model.weights):
         assert got.tobytes() == v.numpy().tobytes()
     assert client.pull_weights(wid, 1).arrays is None  # already current: nothing transferred
     for _ in range(2):
@@ -55,7 +55,7 @@ def test_a_worker_round_trip_over_grpc(coordinator):
         result = client.push(UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids,
                                         float(len(a.client_ids)), 20), update)
         assert result.accepted
-    assert federation.version == 2 and client.pull_weights(wid, 1).version == 2
+    assert federation.server.version == 2 and client.pull_weights(wid, 1).version == 2
     status = client.status()
     assert (status.phase, status.round, status.workers[0].updates_accepted) == ("training", 2, 2)
 
@@ -99,14 +99,14 @@ def test_malformed_update_streams(coordinator, case):
     federation, client, stub = coordinator
     wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     messages = update_messages(federation, wid, a)
     total = messages[0].header.tensors.total_bytes
     mutate, code, text = MALFORMED[case]
     with pytest.raises(grpc.RpcError) as e:
         stub.PushUpdate(iter(mutate(messages, total)))
     assert e.value.code().name == code and text in e.value.details()
-    assert weights_digest(federation.model) == digest and federation.version == 1
+    assert weights_digest(federation.server.model) == digest and federation.server.version == 1
     assert federation.policy.units[a.unit].update is None
 
 
@@ -114,7 +114,7 @@ def test_wrong_shape_dtype_and_nan_get_invalid_argument(coordinator):
     federation, client, stub = coordinator
     wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     good = zeros_update(federation)
     cases = {
         "shape": update_messages(federation, wid, a, arrays=[g.reshape(-1) for g in good]),
@@ -130,14 +130,14 @@ def test_wrong_shape_dtype_and_nan_get_invalid_argument(coordinator):
             stub.PushUpdate(iter(messages))
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
         assert e.value.details(), name
-    assert weights_digest(federation.model) == digest
+    assert weights_digest(federation.server.model) == digest
 
 
 def test_wrong_round_and_stale_version_get_failed_precondition(coordinator):
     federation, client, stub = coordinator
     wid, _, _ = client.join("w", "cpu")
     a = client.assignment(wid, 1.0)
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     for change, text in ((dict(round=5), "round 5 but round 1"),
                          (dict(base_version=0), "pull the weights again")):
         with pytest.raises(grpc.RpcError) as e:
@@ -147,7 +147,7 @@ def test_wrong_round_and_stale_version_get_failed_precondition(coordinator):
     with pytest.raises(FailedPrecondition):
         client.push(UpdateMeta(wid, 9, a.version, a.unit, a.client_ids, 1.0, 1),
                     zeros_update(federation))
-    assert weights_digest(federation.model) == digest
+    assert weights_digest(federation.server.model) == digest
 
 
 def test_pushing_another_workers_unit_is_permission_denied(coordinator):

@@ -52,17 +52,17 @@ def test_weighted_mean_of_sums():
 def test_a_round_splits_clients_into_units_and_applies_the_mean():
     fed, rows = make_federation(units=2, clients=6)
     wid, task, _ = fed.join("w", "/CPU:0")
-    before = [v.numpy().copy() for v in fed.model.trainable_variables]
+    before = [v.numpy().copy() for v in fed.server.model.trainable_variables]
     a0 = fed.assignment(wid, 0)
     a1 = fed.assignment(wid, 0)
     assert (a0.action, a0.client_ids, a1.client_ids) == (Action.TRAIN, (0, 1, 2), (3, 4, 5))
     assert fed.assignment(wid, 0).action is Action.WAIT
     # unit 0 sums 3 clients' gradients of 1, unit 1 of 3: the mean gradient is 1 everywhere
     fed.push(meta_for(wid, a0), ones_update(fed, 1.0 * 3))
-    assert fed.version == 1
+    assert fed.server.version == 1
     fed.push(meta_for(wid, a1), ones_update(fed, 1.0 * 3))
-    assert fed.version == 2 and fed.round == 2
-    for b, v in zip(before, fed.model.trainable_variables):
+    assert fed.server.version == 2 and fed.round == 2
+    for b, v in zip(before, fed.server.model.trainable_variables):
         np.testing.assert_allclose(v.numpy(), b - 1.0, rtol=1e-6)  # SGD, lr 1
     assert rows[0]["round"] == 1 and rows[0]["train_loss"] == 1.0
 
@@ -79,7 +79,7 @@ def test_arrival_order_of_units_does_not_change_a_bit():
         rng = np.random.default_rng(0)
         for i in order:
             fed.push(meta_for(wid, assignments[i]), updates[i])
-        results.append(weights_digest(fed.model))
+        results.append(weights_digest(fed.server.model))
     assert results[0] == results[1]
 
 
@@ -91,7 +91,7 @@ def test_training_ends_with_stop():
         fed.push(meta_for(wid, a), ones_update(fed))
     assert fed.phase == "done" and len(rows) == 2
     assert fed.assignment(wid, 0).action is Action.STOP
-    assert fed.wait_for_workers_to_stop(0)
+    assert fed.members.wait_all_stopped(0)
 
 
 def test_first_round_waits_for_min_workers():
@@ -122,15 +122,15 @@ def open_round():
 ])
 def test_bad_update_headers_are_refused_and_change_nothing(open_round, change, error, message):
     fed, wid, a = open_round
-    digest = weights_digest(fed.model)
+    digest = weights_digest(fed.server.model)
     with pytest.raises(error, match=message):
         fed.push(meta_for(wid, a, **change), ones_update(fed))
-    assert weights_digest(fed.model) == digest and fed.version == 1
+    assert weights_digest(fed.server.model) == digest and fed.server.version == 1
 
 
 def test_nan_and_wrong_shapes_are_refused(open_round):
     fed, wid, a = open_round
-    digest = weights_digest(fed.model)
+    digest = weights_digest(fed.server.model)
     bad = ones_update(fed)
     bad[1][0] = np.inf
     with pytest.raises(InvalidArgument, match="NaN or Inf"):
@@ -139,11 +139,16 @@ def test_nan_and_wrong_shapes_are_refused(open_round):
         fed.push(meta_for(wid, a), [u.T for u in ones_update(fed)])
     with pytest.raises(InvalidArgument, match="carries 1 tensors"):
         fed.push(meta_for(wid, a), ones_update(fed)[:1])
-    with pytest.raises(InvalidArgument, match="does not match"):
-        fed.check_update(meta_for(wid, a), [spec_of(s.name, np.zeros(s.shape, np.float64))
-                                            for s in fed.task.update_specs])
-    assert weights_digest(fed.model) == digest
+    with pytest.raises(InvalidArgument, match="does not match"):  # refused on its header
+        fed.push(meta_for(wid, a), never_read,
+                 specs=[spec_of(s.name, np.zeros(s.shape, np.float64))
+                        for s in fed.task.update_specs])
+    assert weights_digest(fed.server.model) == digest
     assert fed.push(meta_for(wid, a), ones_update(fed)).accepted
+
+
+def never_read():
+    raise AssertionError("the payload of a refused header was read")
 
 
 def test_duplicate_push_is_counted_once(open_round):
@@ -161,10 +166,10 @@ def test_a_duplicate_after_its_round_closed_is_failed_precondition_not_duplicate
     wid, _, _ = fed.join("w", "cpu")
     a = fed.assignment(wid, 0)
     assert fed.push(meta_for(wid, a), ones_update(fed)).accepted  # closes round 1
-    version = fed.version
+    version = fed.server.version
     with pytest.raises(FailedPrecondition, match="round was closed"):
         fed.push(meta_for(wid, a), ones_update(fed))
-    assert fed.version == version
+    assert fed.server.version == version
 
 
 def test_a_push_retried_after_its_round_closed_counts_in_the_next_rounds_rejections():
@@ -177,7 +182,7 @@ def test_a_push_retried_after_its_round_closed_counts_in_the_next_rounds_rejecti
         fed.push(meta_for(wid, first), ones_update(fed))  # the retry, round 2 open
     second = fed.assignment(wid, 0)
     fed.push(meta_for(wid, second), ones_update(fed))
-    fed.flush_reports()
+    fed.reports.flush()
     assert [r["updates_rejected"] for r in rows] == [0, 1]
 
 
@@ -252,14 +257,14 @@ def test_a_round_closes_at_its_deadline_with_a_quorum_and_refuses_the_straggler(
     clock = FakeClock()
     fed, rows = make_federation(units=3, clients=6, clock=clock, round_deadline_s=5.0, quorum=2)
     wid, _, _ = fed.join("w", "cpu")
-    before = [v.numpy().copy() for v in fed.model.trainable_variables]
+    before = [v.numpy().copy() for v in fed.server.model.trainable_variables]
     a0, a1, a2 = (fed.assignment(wid, 0) for _ in range(3))
     fed.push(meta_for(wid, a0), ones_update(fed, 2.0))   # 2 clients, each gradient 1
     clock.now = 6.0
     assert not fed.check_deadline() and fed.round == 1   # past the deadline, one unit < quorum
     fed.push(meta_for(wid, a1), ones_update(fed, 6.0))   # 2 clients, each gradient 3: quorum
     assert fed.round == 2 and rows[0]["stragglers"] == 1 and rows[0]["clients"] == 4
-    for b, v in zip(before, fed.model.trainable_variables):
+    for b, v in zip(before, fed.server.model.trainable_variables):
         np.testing.assert_allclose(v.numpy(), b - 2.0, rtol=1e-6)  # mean over received: 8/4
     with pytest.raises(FailedPrecondition, match="round 1 but round 2"):
         fed.push(meta_for(wid, a2), ones_update(fed))

@@ -86,7 +86,7 @@ chunks = st.lists(st.tuples(st.integers(0, 10_000), st.binary(max_size=600)), ma
 def test_push_update_survives_anything(live, use_real_id, round_, version, unit, clients, weight,
                                       examples, tensor_specs, total, encoding, body, header_first):
     federation, channel, worker_id, _ = live
-    digest, before = weights_digest(federation.model), federation.version
+    digest, before = weights_digest(federation.server.model), federation.server.version
     header = coordinator_pb2.UpdateHeader(
         worker_id=worker_id if use_real_id else "ghost", round=round_, base_version=version,
         unit=unit, client_ids=clients, weight=weight, num_examples=examples,
@@ -98,7 +98,7 @@ def test_push_update_survives_anything(live, use_real_id, round_, version, unit,
     messages = [head, *messages] if header_first else [*messages, head]
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
     call(lambda timeout: stub.PushUpdate(iter(messages), timeout=timeout))
-    assert weights_digest(federation.model) == digest and federation.version == before
+    assert weights_digest(federation.server.model) == digest and federation.server.version == before
     still_serving(channel)
 
 
@@ -108,7 +108,7 @@ def test_push_update_survives_anything(live, use_real_id, round_, version, unit,
        payload=st.binary(max_size=300))
 def test_garbage_messages_are_refused(live, method, payload):
     federation, channel, _, _ = live
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     service = "DataPool" if method in ("GetInfo", "StreamBatches", "StreamTestSet") else "Coordinator"
     path = f"/fedstream.v1.{service}/{method}"
     streaming_in = method == "PushUpdate"
@@ -123,7 +123,7 @@ def test_garbage_messages_are_refused(live, method, payload):
             list(result)
     except grpc.RpcError as e:
         assert e.code() in EXPECTED | {grpc.StatusCode.INVALID_ARGUMENT}, e.code()
-    assert weights_digest(federation.model) == digest
+    assert weights_digest(federation.server.model) == digest
     still_serving(channel)
 
 
@@ -188,7 +188,7 @@ def live_sites():
 def test_site_joins_survive_anything(live_sites, site, has_data, sizes, dtype, shape, classes,
                                      num_test, labels):
     federation, channel, _ = live_sites
-    digest, before = weights_digest(federation.model), federation.version
+    digest, before = weights_digest(federation.server.model), federation.server.version
     request = coordinator_pb2.JoinRequest(worker_name="fuzz", device="cpu", site=site)
     if has_data:
         request.site_data.CopyFrom(coordinator_pb2.SiteData(
@@ -197,7 +197,7 @@ def test_site_joins_survive_anything(live_sites, site, has_data, sizes, dtype, s
             num_classes=classes, num_test=num_test, label_counts=labels))
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
     call(lambda timeout: stub.Join(request, timeout=timeout), expected=REFUSALS)
-    assert weights_digest(federation.model) == digest and federation.version == before
+    assert weights_digest(federation.server.model) == digest and federation.server.version == before
     still_serving(channel)
 
 
@@ -209,10 +209,10 @@ def test_site_joins_survive_anything(live_sites, site, has_data, sizes, dtype, s
 def test_evaluation_reports_survive_anything(live_sites, use_real_id, version, examples,
                                              metrics):
     federation, channel, worker_id = live_sites
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     stub = coordinator_pb2_grpc.CoordinatorStub(channel)
     call(lambda timeout: stub.ReportEvaluation(coordinator_pb2.EvaluationReport(
         worker_id=worker_id if use_real_id else "ghost", version=version,
         num_examples=examples, metrics=metrics), timeout=timeout), expected=REFUSALS)
-    assert weights_digest(federation.model) == digest
+    assert weights_digest(federation.server.model) == digest
     still_serving(channel)

@@ -55,7 +55,7 @@ def test_fifty_concurrent_workers(serve):
         FederationConfig(rounds=ROUNDS, units=CLIENTS, min_workers=CLIENTS,
                          server_optimizer="sgd", server_lr=1.0),
         tiny_model(), [32] * (2 * CLIENTS), on_metrics=rows.append)
-    before = [v.numpy().copy() for v in federation.model.trainable_variables]
+    before = [v.numpy().copy() for v in federation.server.model.trainable_variables]
     server = serve(lambda s: coordinator_pb2_grpc.add_CoordinatorServicer_to_server(
         CoordinatorServicer(federation), s), [SERVICE_NAME])
     outcomes, errors = [], []
@@ -67,12 +67,12 @@ def test_fifty_concurrent_workers(serve):
     for t in threads:
         t.join(timeout=120)
     assert not errors and not any(t.is_alive() for t in threads)
-    assert federation.phase == "done" and federation.version == ROUNDS + 1
+    assert federation.phase == "done" and federation.server.version == ROUNDS + 1
     assert [r["updates_accepted"] for r in rows] == [CLIENTS] * ROUNDS
     accepted = [o for o in outcomes if o != "closed" and o.accepted]
     assert len(accepted) == CLIENTS * ROUNDS
     assert sum(1 for o in outcomes if o != "closed" and o.duplicate) + \
         outcomes.count("closed") == CLIENTS * ROUNDS
     mean_step = sum((u + 1) * 2 for u in range(CLIENTS)) / (2 * CLIENTS)  # = 25.5
-    for b, v in zip(before, federation.model.trainable_variables):
+    for b, v in zip(before, federation.server.model.trainable_variables):
         np.testing.assert_allclose(v.numpy(), b - ROUNDS * mean_step, rtol=1e-5, atol=1e-4)

@@ -88,7 +88,7 @@ def run(**options):
                                          "rounds": 3, "weighting": "examples", **options}),
                      tiny_model(), store.summary.client_sizes, on_metrics=rows.append)
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
-    fed.flush_reports()
+    fed.reports.flush()
     return fed, rows
 
 

@@ -23,11 +23,12 @@ F32 = np.float32
 
 
 def policy_of(kind, clients=6, **options):
-    config = FederationConfig(**{"server_optimizer": "sgd", "server_lr": 1.0, **options})
+    delta = {"update": UpdateKind.MODEL_DELTA} if kind is FedAsync else {}
+    config = FederationConfig(**{"server_optimizer": "sgd", "server_lr": 1.0, **delta,
+                                 **options})
     model = ServerModel(tiny_model(), config)
     sites = Sites.single_pool(SiteData(tuple([10] * clients), (28, 28), None, 10))
-    extra = {"update_kind": UpdateKind.MODEL_DELTA} if kind is FedAsync else {}
-    return kind(config, sites, model, Counter(), **extra), model
+    return kind(config, sites, model, Counter()), model
 
 
 def filled(model, value):

@@ -92,7 +92,7 @@ def run_private(**options):
     rows = []
     fed = Federation(config, tiny_model(), store.summary.client_sizes, on_metrics=rows.append)
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
-    fed.flush_reports()
+    fed.reports.flush()
     return fed, rows
 
 
@@ -136,12 +136,12 @@ def test_an_unclipped_unit_is_refused_and_changes_nothing():
     assert task.dp_clip == 0.1
     a = fed.assignment(wid, 0)
     assert a.action is Action.TRAIN
-    digest = weights_digest(fed.model)
+    digest = weights_digest(fed.server.model)
     too_long = [np.full(s.shape, 1.0, F32) for s in task.update_specs]
     meta = UpdateMeta(wid, a.round, a.version, a.unit, a.client_ids, 4.0, 40)
     with pytest.raises(InvalidArgument, match="clip every client's update"):
         fed.push(meta, too_long)
-    assert weights_digest(fed.model) == digest and fed.version == 1
+    assert weights_digest(fed.server.model) == digest and fed.server.version == 1
     ok = [np.full(s.shape, 0.0, F32) for s in task.update_specs]
     assert fed.push(meta, ok).accepted
 
@@ -152,14 +152,14 @@ def test_an_empty_poisson_round_releases_noise_and_training_goes_on():
                             dp_noise_multiplier=1.0, dp_release_metrics=True)
     assert any(r["clients"] == 0 for r in rows)
     assert [r["round"] for r in rows] == list(range(1, 31))
-    assert fed.version == 31 and all(r["dp_epsilon"] > 0 for r in rows)
+    assert fed.server.version == 31 and all(r["dp_epsilon"] > 0 for r in rows)
 
 
 def test_without_noise_an_empty_poisson_round_steps_on_nothing():
     """No noise, no claim: an empty sample adds nothing (the noise-free clipped mean)."""
     fed, rows = run_private(rounds=30, client_fraction=0.02, sampling="poisson", dp_clip=0.1,
                             dp_release_metrics=True)
-    assert any(r["clients"] == 0 for r in rows) and fed.version == 31
+    assert any(r["clients"] == 0 for r in rows) and fed.server.version == 31
 
 
 def test_dp_refuses_settings_it_cannot_account_for():

@@ -41,12 +41,12 @@ def push_zeros(fed, worker, task, **meta):
     """One round of all-zero updates: what the model then moves by is the noise alone."""
     a = fed.assignment(worker, 0)
     assert a.action is Action.TRAIN
-    before = [w.copy() for w in fed.model.get_weights()]
+    before = [w.copy() for w in fed.server.model.get_weights()]
     zeros = [np.zeros(s.shape, F32) for s in task.update_specs]
     fed.push(UpdateMeta(worker, a.round, a.version, a.unit, a.client_ids, len(a.client_ids),
                         len(a.client_ids), **meta), zeros)
     # server SGD with lr 1: w_new = w_old - noise / expected clients
-    return a.version, [b - w for b, w in zip(before, fed.model.get_weights())]
+    return a.version, [b - w for b, w in zip(before, fed.server.model.get_weights())]
 
 
 def test_dp_noise_cannot_be_regenerated_from_the_config():
@@ -155,7 +155,7 @@ def run_private(clients=20, n_train=400, checkpoint_dir=None, **options):
     fed = Federation(config, tiny_model(), store.summary.client_sizes, on_metrics=rows.append,
                      checkpoint_dir=checkpoint_dir)
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
-    fed.flush_reports()
+    fed.reports.flush()
     return fed, rows
 
 
@@ -211,15 +211,15 @@ def test_a_worker_cannot_claim_more_clients_within_the_clip_than_it_has():
     (and every later update) to nothing. Refused, and nothing moves."""
     fed, worker, task = private_federation(dp_target_quantile=0.5, dp_quantile_noise=2.0)
     a = fed.assignment(worker, 0)
-    digest, clip = weights_digest(fed.model), fed.policy.clip
+    digest, clip = weights_digest(fed.server.model), fed.policy.clip
     zeros = [np.zeros(s.shape, F32) for s in task.update_specs]
     for claim in (10 ** 6, -1):
         meta = UpdateMeta(worker, a.round, a.version, a.unit, a.client_ids, 4, 4,
                           unclipped_clients=claim)
         with pytest.raises(InvalidArgument, match="unclipped_clients"):
             fed.push(meta, zeros)
-    assert weights_digest(fed.model) == digest and fed.policy.clip == clip
-    assert fed.version == a.version
+    assert weights_digest(fed.server.model) == digest and fed.policy.clip == clip
+    assert fed.server.version == a.version
 
 
 @pytest.mark.parametrize("encoding", ["int8", "int8-block", "topk", "float16", "bfloat16"])
@@ -237,7 +237,7 @@ def test_under_dp_nothing_computed_from_client_data_without_noise_is_published()
     options = dict(rounds=6, client_fraction=0.1, sampling="poisson", dp_clip=0.1,
                    dp_noise_multiplier=1.0)
     fed, rows = run_private(**options)
-    assert fed.version == 7  # one step a round, empty samples included
+    assert fed.server.version == 7  # one step a round, empty samples included
     for row in rows:
         leaked = {k for k in row if k in ("train_loss", "clients", "examples", "empty_round")
                   or k.endswith("_bytes") or k in ("compute_s", "fetch_s", "pull_s", "push_s")}
@@ -333,7 +333,7 @@ def test_distributed_noise_is_skellam_on_the_ring_and_accounted_after_rounding()
         fed.check_deadline()
 
     driver.run(timeout_s=30, tick=tick)
-    fed.flush_reports()
+    fed.reports.flush()
     (release,) = fed.policy.privacy.ledger.releases
     assert release.mechanism == SKELLAM and release.dims == sum(
         int(np.prod(s.shape)) for s in fed.task.update_specs)
@@ -348,8 +348,8 @@ def test_distributed_noise_is_skellam_on_the_ring_and_accounted_after_rounding()
                key=lambda e: e.xi + 8 * e.rho)
     accountant = dp_accounting.rdp.RdpAccountant()
     accountant.compose(zcdp)
-    assert fed.last_metrics["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5))
+    assert fed.reports.last_metrics["dp_epsilon"] == pytest.approx(accountant.get_epsilon(1e-5))
     gaussian = dp_accounting.rdp.RdpAccountant()
     gaussian.compose(dp_accounting.GaussianDpEvent(1.0))
-    assert fed.last_metrics["dp_epsilon"] > gaussian.get_epsilon(1e-5)
-    assert "train_loss" not in fed.last_metrics and bits > 8
+    assert fed.reports.last_metrics["dp_epsilon"] > gaussian.get_epsilon(1e-5)
+    assert "train_loss" not in fed.reports.last_metrics and bits > 8

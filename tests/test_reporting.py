@@ -39,7 +39,7 @@ def test_the_next_round_opens_while_the_last_one_is_still_evaluated(tmp_path):
     wid, _, _ = fed.join("w", "cpu")
     push_all(fed, wid)
     assert started.wait(10)
-    after_round_1 = [w.copy() for w in fed.model.get_weights()]
+    after_round_1 = [w.copy() for w in fed.server.model.get_weights()]
     push_all(fed, wid)  # round 2 is open and closes while round 1 is still being evaluated
     assert fed.round == 3 and rows == []
     release.set()
@@ -72,4 +72,4 @@ def test_on_demand_evaluation_reads_the_current_version():
     version, metrics = fed.evaluate()
     assert version == 2
     assert metrics["norm"] == pytest.approx(sum(float(np.abs(w.numpy()).sum())
-                                                for w in fed.model.weights), rel=1e-6)
+                                                for w in fed.server.model.weights), rel=1e-6)

@@ -115,7 +115,7 @@ def accuracy_after_attack(store, aggregator: str) -> float:
                      evaluator=evaluator)
     WorkerLoop(Poisoners(fed, {0, 4, 7}), store, name="mixed", device="/CPU:0",
                prefetch=False).run()
-    return fed.last_metrics["test_acc"]
+    return fed.reports.last_metrics["test_acc"]
 
 
 def test_a_poisoning_minority_defeats_the_mean_but_not_robust_aggregators(small_mnist):

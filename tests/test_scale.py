@@ -34,7 +34,7 @@ def test_a_hundred_thousand_clients_train_a_round_of_a_thousand():
     fed = Federation(config(POPULATION), build_model("logistic", 0, 10, (10,)),
                      store.summary.client_sizes, on_metrics=rows.append)
     WorkerLoop(fed, store, name="w", device="/CPU:0", prefetch=False).run()
-    fed.flush_reports()
+    fed.reports.flush()
     assert [(r["round"], r["clients"]) for r in rows] == [(1, SAMPLED), (2, SAMPLED),
                                                            (3, SAMPLED)]
 

@@ -19,9 +19,13 @@ from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import (
     Action,
     EncryptedShare,
+    KeysAdvert,
+    KeyShares,
     PartyKeys,
     RevealedShare,
     SecureStep,
+    SharesRevealed,
+    SurvivorsConfirmed,
     UpdateMeta,
 )
 from fedstream.coordinator.config import FederationConfig
@@ -375,15 +379,17 @@ class PartyDriver:
             self.weights[w] = len(a.client_ids)
             self.metas[w] = UpdateMeta(w, a.round, a.version, a.unit, a.client_ids,
                                        len(a.client_ids), len(a.client_ids))
-            self.port.advertise_keys(w, a.round, a.unit, party.keys)
+            self.port.deliver(KeysAdvert(w, a.round, a.unit, party.keys))
         elif a.action is Action.SHARE_KEYS:
-            self.port.share_keys(w, a.round, a.unit, self.parties[w].share(a.secure))
+            self.port.deliver(KeyShares(w, a.round, a.unit, self.parties[w].share(a.secure)))
         elif a.action is Action.MASK:
-            self.port.push_masked(self.metas[w], self.parties[w].mask(a.secure))
+            self.port.push(self.metas[w], [self.parties[w].mask(a.secure)])
         elif a.action is Action.CONFIRM:
-            self.port.confirm_survivors(w, a.round, a.unit, self.parties[w].confirm(a.secure))
+            self.port.deliver(SurvivorsConfirmed(w, a.round, a.unit,
+                                                 self.parties[w].confirm(a.secure)))
         elif a.action is Action.UNMASK:
-            self.port.reveal_shares(w, a.round, a.unit, self.parties[w].unmask(a.secure))
+            self.port.deliver(SharesRevealed(w, a.round, a.unit,
+                                             self.parties[w].unmask(a.secure)))
 
 
 def secure_federation(parties=3, **options):
@@ -411,7 +417,7 @@ def expected_weights(before, driver, survivors):
 ], ids=["all", "drop-after-sharing", "drop-after-upload"])
 def test_a_federation_steps_on_the_secure_sum_of_its_survivors(drop, survivors):
     fed, now = secure_federation()
-    before = [w.copy() for w in fed.model.get_weights()]
+    before = [w.copy() for w in fed.server.model.get_weights()]
     driver = PartyDriver(fed, 3, drop=drop)
 
     def tick():
@@ -420,9 +426,9 @@ def test_a_federation_steps_on_the_secure_sum_of_its_survivors(drop, survivors):
 
     driver.run(timeout_s=30, tick=tick)
     expected = expected_weights(before, driver, [driver.ids[i] for i in survivors])
-    for got, want in zip(fed.model.get_weights(), expected):
+    for got, want in zip(fed.server.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-5)
-    row = fed.last_metrics
+    row = fed.reports.last_metrics
     assert row["secagg_dropped"] == (1 if drop.get(1) is Action.MASK else 0)
     assert row["secagg_abandoned"] == 0
 
@@ -431,7 +437,7 @@ def test_a_federation_with_a_sparse_graph_steps_on_the_survivors_sum():
     """SecAgg+ through the coordinator's port: 6 parties of 2 neighbours each, one dropping
     after sharing."""
     fed, now = secure_federation(parties=6, secagg_neighbours=2)
-    before = [w.copy() for w in fed.model.get_weights()]
+    before = [w.copy() for w in fed.server.model.get_weights()]
     driver = PartyDriver(fed, 6, drop={3: Action.MASK})
 
     def tick():
@@ -441,14 +447,14 @@ def test_a_federation_with_a_sparse_graph_steps_on_the_survivors_sum():
     driver.run(timeout_s=30, tick=tick)
     assert [len(p._roster) for p in driver.parties.values()] == [3] * 6  # itself and 2
     expected = expected_weights(before, driver, [driver.ids[i] for i in (0, 1, 2, 4, 5)])
-    for got, want in zip(fed.model.get_weights(), expected):
+    for got, want in zip(fed.server.model.get_weights(), expected):
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
 def test_a_federation_below_the_threshold_abandons_the_round_and_keeps_its_model():
     fed, now = secure_federation()
-    before = [w.copy() for w in fed.model.get_weights()]
-    version = fed.version
+    before = [w.copy() for w in fed.server.model.get_weights()]
+    version = fed.server.version
     driver = PartyDriver(fed, 3, drop={0: Action.MASK, 1: Action.MASK})
 
     def tick():
@@ -456,11 +462,11 @@ def test_a_federation_below_the_threshold_abandons_the_round_and_keeps_its_model
         fed.check_deadline()
 
     driver.run(timeout_s=30, tick=tick)
-    assert fed.version == version
-    for got, want in zip(fed.model.get_weights(), before):
+    assert fed.server.version == version
+    for got, want in zip(fed.server.model.get_weights(), before):
         np.testing.assert_array_equal(got, want)
     assert all(Action.UNMASK not in acts for acts in driver.actions.values())
-    assert fed.last_metrics["secagg_abandoned"] == 1
+    assert fed.reports.last_metrics["secagg_abandoned"] == 1
 
 
 def test_an_update_in_the_clear_is_refused_under_secure_aggregation():
@@ -469,10 +475,10 @@ def test_an_update_in_the_clear_is_refused_under_secure_aggregation():
     a = fed.assignment(w, 0)
     assert a.action is Action.TRAIN
     meta = UpdateMeta(w, a.round, a.version, a.unit, a.client_ids, len(a.client_ids), 1)
-    with pytest.raises(FailedPrecondition, match="masked input"):
+    with pytest.raises(InvalidArgument, match="masked input"):
         fed.push(meta, [np.zeros(s.shape, np.float32) for s in fed.task.update_specs])
     with pytest.raises(FailedPrecondition, match="advertise phase, not mask"):
-        fed.push_masked(meta, np.zeros(10, np.uint32))
+        fed.push(meta, [np.zeros(10, np.uint32)])
 
 
 def test_secure_aggregation_refuses_what_it_cannot_sum():

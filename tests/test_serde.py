@@ -91,7 +91,7 @@ def test_read_one_refuses_chunk_first_and_second_header():
         serde.read_one([])
 
 
-def test_read_one_runs_header_validation_before_reading_chunks():
+def test_open_one_reads_no_chunk_before_the_header_is_accepted():
     seen = []
 
     def stream():
@@ -99,9 +99,6 @@ def test_read_one_runs_header_validation_before_reading_chunks():
         seen.append("chunk read")
         yield coordinator_pb2.UpdateMessage(chunk=tensor_pb2.Chunk())
 
-    def refuse(header):
-        raise InvalidArgument("no")
-
-    with pytest.raises(InvalidArgument, match="no"):
-        serde.read_one(stream(), validate_header=refuse)
-    assert seen == []
+    header, read = serde.open_one(stream())
+    assert header.worker_id == "x" and seen == []  # a refused header stops here
+    assert read() == [] and seen == ["chunk read"]

@@ -62,10 +62,10 @@ def test_a_unit_holds_one_sites_clients_and_goes_only_to_that_sites_workers():
     assert all(min(x.client_ids) >= SITE_STRIDE for x in got_b)
     for worker, assignment in [(a, got_a[0]), (a, got_a[1]), (b, got_b[0])]:
         push(fed, worker, assignment)
-    assert fed.version == 1 and fed.round == 1  # site b's second unit is outstanding
+    assert fed.server.version == 1 and fed.round == 1  # site b's second unit is outstanding
     push(fed, b, got_b[1])
-    assert fed.version == 2
-    fed.flush_reports()
+    assert fed.server.version == 2
+    fed.reports.flush()
     sites = rows[0]["sites"]
     assert sites["a"]["clients"] == 4 and sites["b"]["clients"] == 2
     assert sites["a"]["push_bytes"] == 200 and sites["b"]["workers"] == 1
@@ -76,12 +76,12 @@ def test_a_push_for_another_sites_clients_is_permission_denied_and_changes_nothi
     a = fed.join("wa", "cpu", "a", site_data()).worker_id
     b = fed.join("wb", "cpu", "b", site_data()).worker_id
     unit_a = fed.assignment(a, 0)
-    before = weights_digest(fed.model)
+    before = weights_digest(fed.server.model)
     with pytest.raises(PermissionDenied, match="not of site 'b'"):
         push(fed, b, unit_a)
     with pytest.raises(PermissionDenied, match="not of site 'a'"):
         push(fed, a, unit_a, client_ids=(SITE_STRIDE,))
-    assert weights_digest(fed.model) == before and fed.version == 1
+    assert weights_digest(fed.server.model) == before and fed.server.version == 1
 
 
 @pytest.mark.parametrize("data, error, message", [
@@ -220,7 +220,7 @@ def test_a_resumed_run_goes_on_without_a_site_that_does_not_come_back(tmp_path):
     b = first.join("wb", "cpu", "b", site_data()).worker_id
     push(first, a, first.assignment(a, 0))
     push(first, b, first.assignment(b, 0))
-    first.flush_reports()
+    first.reports.flush()
     now = [0.0]
     model = tiny_model()
     resumed = Federation(config, model, sites=declared_sites(config, model, 10),
@@ -247,4 +247,4 @@ def test_a_site_whose_data_pool_is_unreachable_never_joins():
     fed, _ = make_federation()
     with pytest.raises(Unavailable, match="is it running"):
         WorkerLoop(fed, Unreachable(), name="w", device="/CPU:0", site="a", retry_s=0.3)
-    assert len(fed.sites) == 0 and fed.status().workers == () and fed.version == 1
+    assert len(fed.sites) == 0 and fed.status().workers == () and fed.server.version == 1

@@ -103,7 +103,7 @@ def test_another_sites_clients_and_unasked_evaluations_are_refused(sites):
     wb = b.join("wb", "cpu", "b", data()).worker_id
     unit_a = a.assignment(wa, 1.0)
     update = [np.ones(s.shape, np.float32) for s in federation.task.update_specs]
-    digest = weights_digest(federation.model)
+    digest = weights_digest(federation.server.model)
     meta = UpdateMeta(wb, unit_a.round, unit_a.version, unit_a.unit, unit_a.client_ids, 2.0, 20)
     with pytest.raises(PermissionDenied, match="not of site 'b'"):
         b.push(meta, update)
@@ -118,7 +118,7 @@ def test_another_sites_clients_and_unasked_evaluations_are_refused(sites):
             metadata=(("authorization", f"Bearer {B_TOKEN}"),))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "needs the metrics 'loss' and 'accuracy'" in refused.value.details()
-    assert weights_digest(federation.model) == digest and federation.version == 1
+    assert weights_digest(federation.server.model) == digest and federation.server.version == 1
 
 
 def test_a_worker_refuses_to_serve_another_sites_data_pool(serve):

@@ -68,7 +68,7 @@ def test_loop_trains_to_stop_and_every_unit_is_pushed_once():
     fed = Federation(config, tiny_model(), store.summary.client_sizes, on_metrics=rows.append)
     loop = WorkerLoop(fed, CountingStore(store), name="t", device="/CPU:0")
     loop.run()
-    assert fed.phase == "done" and loop.units_done == 8 and fed.version == 5
+    assert fed.phase == "done" and loop.units_done == 8 and fed.server.version == 5
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert all(r["fetch_bytes"] > 0 and r["push_bytes"] > 0 for r in rows)
     assert fed.assignment(loop.worker_id, 0).action is Action.STOP
@@ -105,6 +105,6 @@ def test_unavailable_services_are_retried_and_a_forgetful_coordinator_rejoined()
     loop = WorkerLoop(coordinator, data, name="t", device="/CPU:0", prefetch=False)
     first_id = loop.worker_id
     loop.run()
-    assert fed.phase == "done" and fed.version == 4
+    assert fed.phase == "done" and fed.server.version == 4
     assert loop.worker_id != first_id and coordinator.calls.count("join") == 2
     assert loop.units_done == 6

@@ -77,8 +77,8 @@ def run(config: SimulateConfig) -> dict:
     metrics.close()
     if config.save_weights:
         save_weights(config.save_weights, federation)
-    print(json.dumps(federation.last_metrics))
-    return federation.last_metrics
+    print(json.dumps(federation.reports.last_metrics))
+    return federation.reports.last_metrics
 
 
 def _run_sites(config: SimulateConfig, device: str, metrics):

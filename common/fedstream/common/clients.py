@@ -21,13 +21,11 @@ from fedstream.common.protocol import (
     Assignment,
     Batch,
     DatasetSummary,
-    EncryptedShare,
     EvaluationResult,
     FederationStatus,
     Joined,
-    PartyKeys,
+    PartyMessage,
     PushResult,
-    RevealedShare,
     SiteData,
     UpdateMeta,
     Weights,
@@ -92,8 +90,8 @@ class _Client:
 
 class CoordinatorClient(_Client):
     """The coordinator's RPCs as the methods of `Federation` (join, assignment, pull_weights,
-    push, leave, status, evaluate), so a `WorkerLoop` drives either; status codes come back
-    as the domain's errors."""
+    push, deliver, leave, report_evaluation, status, evaluate), so a `WorkerLoop` drives
+    either; status codes come back as the domain's errors."""
 
     def __init__(self, address: str, **connection):
         super().__init__(address, **connection)
@@ -108,7 +106,8 @@ class CoordinatorClient(_Client):
             request.site_data.CopyFrom(serde.site_data_to_proto(site_data))
         reply = self._stub.Join(request, metadata=self._md)
         task = serde.task_from_proto(reply.task)
-        self._update_names = [s.name for s in task.update_specs]
+        self._update_names = ([MASKED_TENSOR] if task.secure_aggregation
+                              else [s.name for s in task.update_specs])
         return Joined(reply.worker_id, task, reply.client_id_base)
 
     @_domain_errors
@@ -159,38 +158,11 @@ class CoordinatorClient(_Client):
         self._stub.ReportEvaluation(serde.evaluation_to_proto(result), timeout=30.0,
                                     metadata=self._md)
 
-    def push_masked(self, meta: UpdateMeta, masked: np.ndarray) -> PushResult:
-        """Secure aggregation: a party's masked input, PushUpdate's one uint32 tensor."""
-        return self.push(meta, [masked], names=(MASKED_TENSOR,))
-
     @_domain_errors
-    def advertise_keys(self, worker_id: str, round_number: int, unit: int,
-                       keys: PartyKeys) -> None:
-        self._stub.AdvertiseKeys(coordinator_pb2.AdvertiseKeysRequest(
-            worker_id=worker_id, round=round_number, unit=unit, share_key=keys.share_key,
-            mask_key=keys.mask_key, site=keys.site, signature=keys.signature), timeout=30.0,
-            metadata=self._md)
-
-    @_domain_errors
-    def share_keys(self, worker_id: str, round_number: int, unit: int,
-                   shares: Sequence[EncryptedShare]) -> None:
-        self._stub.ShareKeys(coordinator_pb2.ShareKeysRequest(
-            worker_id=worker_id, round=round_number, unit=unit,
-            shares=serde.shares_to_proto(shares)), timeout=30.0, metadata=self._md)
-
-    @_domain_errors
-    def confirm_survivors(self, worker_id: str, round_number: int, unit: int,
-                          signature: bytes) -> None:
-        self._stub.ConfirmSurvivors(coordinator_pb2.ConfirmSurvivorsRequest(
-            worker_id=worker_id, round=round_number, unit=unit, signature=signature),
-            timeout=30.0, metadata=self._md)
-
-    @_domain_errors
-    def reveal_shares(self, worker_id: str, round_number: int, unit: int,
-                      shares: Sequence[RevealedShare]) -> None:
-        self._stub.RevealShares(coordinator_pb2.RevealSharesRequest(
-            worker_id=worker_id, round=round_number, unit=unit,
-            shares=serde.revealed_to_proto(shares)), timeout=30.0, metadata=self._md)
+    def deliver(self, message: PartyMessage) -> None:
+        """A secure-aggregation party's message, on the RPC of its step."""
+        rpc, request = serde.PARTY_REQUESTS[type(message)]
+        getattr(self._stub, rpc)(request(message), timeout=30.0, metadata=self._md)
 
     @_domain_errors
     def evaluate(self) -> tuple[int, dict[str, float]]:

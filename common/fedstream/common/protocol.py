@@ -115,6 +115,35 @@ class RevealedShare:
 
 
 @dataclass(frozen=True)
+class PartyMessage:
+    """A secure-aggregation party's message to its round: from the worker that holds unit
+    `unit` of round `round`. One subclass per step of the protocol (Bonawitz et al. 2017)."""
+    worker_id: str
+    round: int
+    unit: int
+
+
+@dataclass(frozen=True)
+class KeysAdvert(PartyMessage):
+    keys: PartyKeys
+
+
+@dataclass(frozen=True)
+class KeyShares(PartyMessage):
+    shares: Sequence[EncryptedShare]
+
+
+@dataclass(frozen=True)
+class SurvivorsConfirmed(PartyMessage):
+    signature: bytes
+
+
+@dataclass(frozen=True)
+class SharesRevealed(PartyMessage):
+    shares: Sequence[RevealedShare]
+
+
+@dataclass(frozen=True)
 class SecureStep:
     """What a secure-aggregation party needs for one step of its round (party = unit + 1)."""
     party: int
@@ -286,25 +315,15 @@ class CoordinatorPort(Protocol):
     def pull_weights(self, worker_id: str, have_version: int) -> Weights: ...
 
     def push(self, meta: UpdateMeta, arrays: Sequence[np.ndarray],
-             encoded: Encoded | None = None) -> PushResult: ...
+             encoded: Encoded | None = None) -> PushResult:
+        """An update; under secure aggregation, the party's masked input (one tensor)."""
 
-    def push_masked(self, meta: UpdateMeta, masked: np.ndarray) -> PushResult: ...
+    def deliver(self, message: PartyMessage) -> None:
+        """A secure-aggregation party's key advert, key shares, confirmation or reveal."""
 
     def leave(self, worker_id: str) -> None: ...
 
     def report_evaluation(self, result: EvaluationResult) -> None: ...
-
-    def advertise_keys(self, worker_id: str, round_number: int, unit: int,
-                       keys: PartyKeys) -> None: ...
-
-    def share_keys(self, worker_id: str, round_number: int, unit: int,
-                   shares: Sequence[EncryptedShare]) -> None: ...
-
-    def confirm_survivors(self, worker_id: str, round_number: int, unit: int,
-                          signature: bytes) -> None: ...
-
-    def reveal_shares(self, worker_id: str, round_number: int, unit: int,
-                      shares: Sequence[RevealedShare]) -> None: ...
 
 
 class DataPort(Protocol):

@@ -22,12 +22,16 @@ from fedstream.common.protocol import (
     EncryptedShare,
     EvaluationResult,
     FederationStatus,
+    KeysAdvert,
+    KeyShares,
     LocalTraining,
     PartyKeys,
     PushResult,
     RevealedShare,
     SecureStep,
+    SharesRevealed,
     SiteData,
+    SurvivorsConfirmed,
     Task,
     UpdateKind,
     UpdateMeta,
@@ -123,28 +127,36 @@ def _assembler(header, max_bytes: int, accept: Sequence[Encoding]) -> TensorSetA
     return TensorSetAssembler(specs, total, encoding=encoding, max_bytes=max_bytes)
 
 
-def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
-             validate_header: Callable[[object], None] | None = None,
-             accept: Sequence[Encoding] = (Encoding.RAW,)) -> tuple[object, list[np.ndarray]]:
-    """Consume a stream holding exactly one tensor set in one of the `accept`ed encodings;
-    return (header message, decoded arrays).
+def open_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
+             accept: Sequence[Encoding] = (Encoding.RAW,)
+             ) -> tuple[object, Callable[[], list[np.ndarray]]]:
+    """A stream holding exactly one tensor set in one of the `accept`ed encodings, opened:
+    (its header message, a function that reads the rest and returns the decoded arrays).
 
-    `validate_header` runs before any buffer is allocated, so a header the caller would
-    refuse (unknown worker, wrong round) costs nothing more.
-    """
+    Nothing beyond the header is read until that function is called, so a header the caller
+    refuses (unknown worker, wrong round) costs no buffer."""
     it = iter(messages)
     first = next(it, None)
     if first is None or first.WhichOneof("kind") != "header":
         raise InvalidArgument("stream must start with a header message before any chunk")
     header = first.header
-    if validate_header is not None:
-        validate_header(header)
-    assembler = _assembler(header, max_bytes, accept)
-    for msg in it:
-        if msg.WhichOneof("kind") != "chunk":
-            raise InvalidArgument("a second header arrived in a one-tensor-set stream")
-        assembler.add(msg.chunk.offset, msg.chunk.data)
-    return header, assembler.finish()
+
+    def read() -> list[np.ndarray]:
+        assembler = _assembler(header, max_bytes, accept)
+        for msg in it:
+            if msg.WhichOneof("kind") != "chunk":
+                raise InvalidArgument("a second header arrived in a one-tensor-set stream")
+            assembler.add(msg.chunk.offset, msg.chunk.data)
+        return assembler.finish()
+
+    return header, read
+
+
+def read_one(messages: Iterable, *, max_bytes: int = MAX_TENSOR_SET_BYTES,
+             accept: Sequence[Encoding] = (Encoding.RAW,)) -> tuple[object, list[np.ndarray]]:
+    """Consume a stream holding exactly one tensor set; return (header, decoded arrays)."""
+    header, read = open_one(messages, max_bytes=max_bytes, accept=accept)
+    return header, read()
 
 
 _UPDATE_KIND = {UpdateKind.GRADIENT: coordinator_pb2.UPDATE_KIND_GRADIENT,
@@ -259,6 +271,39 @@ def revealed_to_proto(shares: Sequence[RevealedShare]) -> list[coordinator_pb2.R
 
 def revealed_from_proto(msgs) -> tuple[RevealedShare, ...]:
     return tuple(RevealedShare(m.party, m.self_mask_seed, m.mask_key) for m in msgs)
+
+
+def keys_advert_from_proto(msg) -> KeysAdvert:
+    return KeysAdvert(msg.worker_id, msg.round, msg.unit,
+                      PartyKeys(msg.unit + 1, msg.share_key, msg.mask_key, msg.site,
+                                msg.signature))
+
+
+def key_shares_from_proto(msg) -> KeyShares:
+    return KeyShares(msg.worker_id, msg.round, msg.unit, shares_from_proto(msg.shares))
+
+
+def confirmation_from_proto(msg) -> SurvivorsConfirmed:
+    return SurvivorsConfirmed(msg.worker_id, msg.round, msg.unit, msg.signature)
+
+
+def reveal_from_proto(msg) -> SharesRevealed:
+    return SharesRevealed(msg.worker_id, msg.round, msg.unit, revealed_from_proto(msg.shares))
+
+
+# each party message: the RPC that carries it, and its request
+PARTY_REQUESTS = {
+    KeysAdvert: ("AdvertiseKeys", lambda m: coordinator_pb2.AdvertiseKeysRequest(
+        worker_id=m.worker_id, round=m.round, unit=m.unit, share_key=m.keys.share_key,
+        mask_key=m.keys.mask_key, site=m.keys.site, signature=m.keys.signature)),
+    KeyShares: ("ShareKeys", lambda m: coordinator_pb2.ShareKeysRequest(
+        worker_id=m.worker_id, round=m.round, unit=m.unit, shares=shares_to_proto(m.shares))),
+    SurvivorsConfirmed: ("ConfirmSurvivors", lambda m: coordinator_pb2.ConfirmSurvivorsRequest(
+        worker_id=m.worker_id, round=m.round, unit=m.unit, signature=m.signature)),
+    SharesRevealed: ("RevealShares", lambda m: coordinator_pb2.RevealSharesRequest(
+        worker_id=m.worker_id, round=m.round, unit=m.unit,
+        shares=revealed_to_proto(m.shares))),
+}
 
 
 def update_meta_to_proto(meta: UpdateMeta, specs: Sequence[TensorSpec], total_bytes: int,

@@ -49,6 +49,6 @@ def build_site_federation(config: FederationConfig, num_classes: int, on_metrics
 
 
 def save_weights(path: str, federation: Federation) -> None:
-    arrays = {v.path: v.numpy() for v in federation.model.weights}
+    arrays = {v.path: v.numpy() for v in federation.server.model.weights}
     np.savez(path, **arrays)
-    log.info("saved weights of version %d to %s", federation.version, path)
+    log.info("saved weights of version %d to %s", federation.server.version, path)

@@ -16,9 +16,9 @@ from fedstream.coordinator.asynchronous import AsynchronousPolicy
 
 
 class FedAsync(AsynchronousPolicy):
-    def __init__(self, *args, update_kind: UpdateKind, **kwargs):
+    def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if update_kind is not UpdateKind.MODEL_DELTA:
+        if self.config.update is not UpdateKind.MODEL_DELTA:
             raise ValueError("fedasync mixes client models: use --update delta")
         self._history: deque = deque(maxlen=self.config.max_staleness + 1)
         self._pending = None

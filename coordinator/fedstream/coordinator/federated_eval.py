@@ -19,6 +19,8 @@ from typing import Sequence
 
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import EvaluationResult
+from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.sites import Sites
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,43 @@ class FederatedEvaluation:
                                "test_examples": r.num_examples}
                         for name, r in results.items()}
         return out
+
+
+class SiteEvaluations:
+    """The evaluations still open: which one a site's worker should run now, and where its
+    report goes."""
+
+    def __init__(self):
+        self._open: list[FederatedEvaluation] = []
+
+    def open(self, round_number: int, version: int, sites: Sites,
+             config: FederationConfig) -> FederatedEvaluation | None:
+        """Ask every site to evaluate `version` (None without sites: the coordinator's test
+        set evaluates)."""
+        if not sites.federated:
+            return None
+        evaluation = FederatedEvaluation(round_number, version, [s.name for s in sites],
+                                         lease_s=config.lease_s,
+                                         timeout_s=config.eval_timeout_s)
+        self._open.append(evaluation)
+        return evaluation
+
+    def lease(self, site: str, worker_id: str, now: float) -> FederatedEvaluation | None:
+        self._open = [e for e in self._open if not e.expired()]
+        return next((e for e in self._open if e.lease(site, worker_id, now)), None)
+
+    def record(self, site: str, result: EvaluationResult) -> None:
+        """A site's report of the evaluation its worker holds."""
+        check_result(result)
+        evaluation = next((e for e in self._open if e.holds(site, result.worker_id)), None)
+        if evaluation is None:
+            raise FailedPrecondition(
+                f"no evaluation is pending for worker {result.worker_id} of site {site!r} "
+                "(it timed out, or another worker of the site took it over): drop it and "
+                "ask GetAssignment for work")
+        evaluation.record(site, result)
+        log.info("site %r evaluated version %d: loss %.4f, accuracy %.4f on %d examples",
+                 site, result.version, result.loss, result.accuracy, result.num_examples)
 
 
 def check_result(result: EvaluationResult) -> None:

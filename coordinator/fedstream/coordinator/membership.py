@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 from fedstream.common.errors import NotFound
 from fedstream.common.protocol import WorkerStatus
@@ -25,8 +26,9 @@ class _Worker:
 
 
 class Membership:
-    def __init__(self, clock: Callable[[], float]):
+    def __init__(self, clock: Callable[[], float], changed: threading.Condition):
         self._clock = clock
+        self._changed = changed  # the federation's lock: workers stop under it
         self._workers: dict[str, _Worker] = {}
 
     def __len__(self) -> int:
@@ -42,11 +44,12 @@ class Membership:
     def site_of(self, worker_id: str) -> str:
         return self._workers[worker_id].site
 
-    def per_site(self, within_s: float) -> Counter:
-        """Workers of each site heard from within `within_s` and not stopped."""
+    def per_site(self, sites: Iterable[str], within_s: float) -> dict[str, int]:
+        """Workers of each of `sites` heard from within `within_s` and not stopped."""
         now = self._clock()
-        return Counter(w.site for w in self._workers.values()
+        live = Counter(w.site for w in self._workers.values()
                        if not w.stopped and now - w.last_seen <= within_s)
+        return {site: live.get(site, 0) for site in sites}
 
     def touch(self, worker_id: str) -> None:
         """Note that the worker called; NOT_FOUND for an id this coordinator never gave."""
@@ -62,8 +65,11 @@ class Membership:
     def stop(self, worker_id: str) -> None:
         self._workers[worker_id].stopped = True
 
-    def all_stopped(self) -> bool:
-        return all(w.stopped for w in self._workers.values())
+    def wait_all_stopped(self, timeout_s: float) -> bool:
+        """After training: whether every joined worker received STOP within `timeout_s`."""
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: all(w.stopped for w in self._workers.values()), timeout_s)
 
     def status(self) -> tuple[WorkerStatus, ...]:
         now = self._clock()

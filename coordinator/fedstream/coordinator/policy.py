@@ -1,9 +1,10 @@
 """Round policies: when work exists, which update fits it, and when the model steps.
 
-The `Federation` facade owns the lock and calls its policy; a policy owns its units and
-never calls back up. It reads and steps the `ServerModel` it was given, and writes only to
-the counters it was given. One implementation per file: synchronous rounds (`rounds`),
-FedBuff (`fedbuff`) and FedAsync (`fedasync`).
+The `Federation` facade owns the lock and the phase, and calls its policy; a policy owns its
+units and never calls back up. It reads and steps the `ServerModel` it was given, and writes
+only to the counters it was given. One implementation per file: synchronous rounds
+(`rounds`), the secure-aggregation round workflow (`secure_rounds`), FedBuff (`fedbuff`) and
+FedAsync (`fedasync`); `make_policy` picks one.
 """
 
 from __future__ import annotations
@@ -13,11 +14,21 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from fedstream.common.protocol import UpdateMeta
-from fedstream.coordinator.config import FederationConfig
+import numpy as np
+
+from fedstream.common.errors import FailedPrecondition
+from fedstream.common.protocol import Action, Assignment, PartyMessage, UpdateMeta
+from fedstream.common.tensors import TensorSpec
+from fedstream.coordinator.config import Aggregator, FederationConfig
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.sites import Sites
 from fedstream.coordinator.units import Contribution, Unit
+from fedstream.coordinator.validation import (
+    check_finite,
+    check_specs,
+    check_weight,
+    expected_specs,
+)
 
 
 def _everything(row: dict) -> dict:
@@ -42,10 +53,26 @@ class RoundPolicy(abc.ABC):
         self.sites = sites  # read only: the facade registers sites
         self.model = model
         self.counts = counts  # leases_expired is counted here
+        self.per_client = config.aggregator is not Aggregator.MEAN
+        self._update_specs = tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
+                                   for v in model.trainable)
+
+    phases_time_out = False  # whether phases close on a timer, waking the waiting workers
 
     @abc.abstractmethod
     def open(self, round_number: int) -> None:
         """Round (or, asynchronously, server step) `round_number` starts collecting."""
+
+    def assign(self, worker_id: str, site: str, now: float,
+               round_number: int) -> Assignment | None:
+        """The worker's next step of round `round_number`; None when there is none now."""
+        unit = self.lease(worker_id, site, now)
+        if unit is None:
+            return None
+        return Assignment(Action.TRAIN, round=round_number, version=self.model.version,
+                          unit=unit.index, client_ids=unit.client_ids,
+                          step=self.step_of(unit), dp_clip=self.clip,
+                          local_epochs=unit.local_epochs)
 
     @abc.abstractmethod
     def lease(self, worker_id: str, site: str, now: float) -> Unit | None:
@@ -60,8 +87,38 @@ class RoundPolicy(abc.ABC):
         """The unit an update header is for; raises when it does not fit the moment
         (wrong round, too stale, not outstanding) or the unit (other clients, lease)."""
 
+    def update_specs(self, meta: UpdateMeta) -> list[TensorSpec]:
+        """The tensors an update must carry: one per trainable variable, stacked
+        [clients, ...] for a rule over every client's own update."""
+        return expected_specs(self._update_specs, len(meta.client_ids),
+                              per_client=self.per_client)
+
+    def check_header(self, meta: UpdateMeta, specs: Sequence[TensorSpec]) -> Unit:
+        """Everything an update's header decides: the unit it is for, its weight, its
+        tensors; raises on the first problem."""
+        unit = self.admit(meta)
+        check_weight(meta, per_client=self.per_client)
+        check_specs(specs, self.update_specs(meta))
+        return unit
+
+    def contribution(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> Contribution:
+        """An admitted update's content as the aggregation takes it; raises on a NaN or a
+        claim its stages refuse."""
+        check_finite(self._update_specs, arrays)
+        self.check_update(meta, arrays)
+        return Contribution([np.asarray(a) for a in arrays], float(meta.weight),
+                            len(meta.client_ids), meta.base_version,
+                            {**meta.metrics, "weight": float(meta.weight),
+                             "examples": meta.num_examples},
+                            unclipped=meta.unclipped_clients)
+
     def check_update(self, meta: UpdateMeta, arrays: Sequence) -> None:  # noqa: B027
         """Checks of an admitted update's content that the policy's stages need."""
+
+    def deliver(self, message: PartyMessage, now: float) -> None:
+        """A secure-aggregation party's message: only a secure round workflow takes one."""
+        raise FailedPrecondition("this federation does not aggregate securely: push "
+                                 "updates in the clear")
 
     @property
     def site_evaluations(self) -> bool:

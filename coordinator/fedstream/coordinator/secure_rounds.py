@@ -13,27 +13,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedstream.common.errors import FailedPrecondition, PermissionDenied
+from fedstream.common.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from fedstream.common.protocol import (
     Action,
-    EncryptedShare,
-    PartyKeys,
-    RevealedShare,
-    SecureStep,
+    Assignment,
+    KeysAdvert,
+    KeyShares,
+    PartyMessage,
+    SharesRevealed,
+    SurvivorsConfirmed,
     UpdateMeta,
     Weighting,
 )
+from fedstream.common.secagg import MASKED_TENSOR
+from fedstream.common.tensors import TensorSpec
 from fedstream.coordinator.policy import Step
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.secure_sum import Phase, SecureSum
 from fedstream.coordinator.units import Contribution, Unit
+from fedstream.coordinator.validation import check_weight
 
 _ACTIONS = {"share_keys": Action.SHARE_KEYS, "mask": Action.MASK, "confirm": Action.CONFIRM,
             "unmask": Action.UNMASK}
 
 
+def _advertise(secure: SecureSum, party: int, message: KeysAdvert) -> None:
+    if message.keys.party != party:
+        raise InvalidArgument(f"keys for party {message.keys.party} sent for unit "
+                              f"{message.unit} (party {party}): advertise your own unit's keys")
+    secure.advertise(message.keys)
+
+
+# each party message, the secure sum's step that takes it
+_DELIVER = {
+    KeysAdvert: _advertise,
+    KeyShares: lambda secure, party, m: secure.share(party, list(m.shares)),
+    SurvivorsConfirmed: lambda secure, party, m: secure.confirm(party, m.signature),
+    SharesRevealed: lambda secure, party, m: secure.reveal(party, list(m.shares)),
+}
+
+
 class SecureRounds(SyncRounds):
     central_noise = False  # with client-level DP the parties add it
+    phases_time_out = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -60,52 +82,53 @@ class SecureRounds(SyncRounds):
         return (unit.free(now) and self.secure.phase is Phase.ADVERTISE
                 and not self.secure.advertised(unit.index + 1))
 
-    def secure_step(self, worker_id: str, now: float) -> tuple[Action, Unit, SecureStep] | None:
-        """The next secure-aggregation step of a party the worker holds."""
-        if self.secure is None:
-            return None
-        self.secure.advance(now)
-        for unit in self.units:
-            if unit.leased_to == worker_id:
-                step = self.secure.step_for(unit.index + 1)
-                if step is not None:
-                    return _ACTIONS[step[0]], unit, step[1]
-        return None
+    def assign(self, worker_id, site, now, round_number):
+        """A party's next secure-aggregation step first, else a unit to compute and
+        advertise."""
+        if self.secure is not None:
+            self.secure.advance(now)
+            for unit in self.units:
+                if unit.leased_to == worker_id:
+                    step = self.secure.step_for(unit.index + 1)
+                    if step is not None:
+                        return Assignment(_ACTIONS[step[0]], round=round_number,
+                                          version=self.model.version, unit=unit.index,
+                                          client_ids=unit.client_ids, secure=step[1])
+        return super().assign(worker_id, site, now, round_number)
 
-    def _holder(self, worker_id: str, round_number: int, unit: int) -> int:
-        if self.secure is None or round_number != self.round:
-            raise FailedPrecondition(f"round {round_number} is not open (round {self.round} "
+    def deliver(self, message: PartyMessage, now: float) -> None:
+        """A party's message to the round's secure sum, from the worker holding its unit."""
+        if self.secure is None or message.round != self.round:
+            raise FailedPrecondition(f"round {message.round} is not open (round {self.round} "
                                      "is): drop this message and ask GetAssignment for work")
-        if not 0 <= unit < len(self.units) or self.units[unit].leased_to != worker_id:
-            raise PermissionDenied(f"unit {unit} of round {round_number} is not leased to "
-                                   f"worker {worker_id}")
-        return unit + 1
-
-    def advertise(self, worker_id: str, round_number: int, keys: PartyKeys, now: float):
-        self._holder(worker_id, round_number, keys.party - 1)
-        self.secure.advertise(keys)
+        if not 0 <= message.unit < len(self.units) \
+                or self.units[message.unit].leased_to != message.worker_id:
+            raise PermissionDenied(f"unit {message.unit} of round {message.round} is not "
+                                   f"leased to worker {message.worker_id}")
+        _DELIVER[type(message)](self.secure, message.unit + 1, message)
         self.secure.advance(now)
 
-    def share(self, worker_id: str, round_number: int, unit: int,
-              shares: list[EncryptedShare], now: float):
-        self.secure.share(self._holder(worker_id, round_number, unit), shares)
-        self.secure.advance(now)
-
-    def confirm(self, worker_id: str, round_number: int, unit: int, signature: bytes,
-                now: float):
-        self.secure.confirm(self._holder(worker_id, round_number, unit), signature)
-        self.secure.advance(now)
-
-    def reveal(self, worker_id: str, round_number: int, unit: int,
-               shares: list[RevealedShare], now: float):
-        self.secure.reveal(self._holder(worker_id, round_number, unit), shares)
-        self.secure.advance(now)
-
-    def check_masked(self, meta: UpdateMeta, length: int) -> Unit:
+    def check_header(self, meta: UpdateMeta, specs) -> Unit:
+        """A party's masked input: one uint32 tensor "masked" of the secure sum's length."""
+        if len(specs) != 1 or specs[0].name != MASKED_TENSOR \
+                or specs[0].dtype != np.dtype("<u4") or len(specs[0].shape) != 1:
+            raise InvalidArgument("under secure aggregation an update is one uint32 tensor "
+                                  "named 'masked' of the party's masked input: mask it "
+                                  "(Assignment MASK) before pushing")
+        check_weight(meta, per_client=False)
         unit = self.admit(meta)
         if unit.update is None:
-            self.secure.check_masked(meta.unit + 1, length)
+            self.secure.check_masked(meta.unit + 1, specs[0].shape[0])
         return unit
+
+    def update_specs(self, meta):
+        return [TensorSpec(MASKED_TENSOR, np.dtype("<u4"), (self._length,))]
+
+    def contribution(self, meta, arrays):
+        return Contribution([np.array(arrays[0], dtype=np.uint32)], float(meta.weight),
+                            len(meta.client_ids), meta.base_version,
+                            {**meta.metrics, "weight": float(meta.weight),
+                             "examples": meta.num_examples})
 
     def receive(self, unit: Unit, contribution: Contribution) -> bool:
         self.secure.mask(unit.index + 1, contribution.arrays[0])

@@ -66,10 +66,10 @@ def serve(config: CoordinatorConfig) -> None:
     if federation.phase == "done":
         if config.save_weights:
             save_weights(config.save_weights, federation)
-        if not federation.wait_for_workers_to_stop(timeout_s=10.0):
+        if not federation.members.wait_all_stopped(timeout_s=10.0):
             log.warning("some workers did not collect STOP within 10 s")
         server.stop(STOP_GRACE_S)
     server.wait()
-    federation.flush_reports()
+    federation.reports.flush()
     metrics.close()
-    log.info("coordinator stopped at round %d, version %d", federation.round, federation.version)
+    log.info("coordinator stopped at round %d, version %d", federation.round, federation.server.version)

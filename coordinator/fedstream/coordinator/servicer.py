@@ -10,7 +10,7 @@ from fedstream.common.auth import caller, caller_site
 from fedstream.common.codecs import Encoding, encode
 from fedstream.common.errors import PermissionDenied
 from fedstream.common.grpc_server import handles_errors, handles_stream_errors
-from fedstream.common.protocol import PartyKeys, Weights
+from fedstream.common.protocol import Weights
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.identities import WorkerIdentities
 from fedstream.v1 import coordinator_pb2, coordinator_pb2_grpc
@@ -38,7 +38,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
     def __init__(self, federation: Federation):
         self._federation = federation
         self._identities = WorkerIdentities()
-        self._packed = PackedWeights(federation.image_encoding)
+        self._packed = PackedWeights(federation.server.image.full_encoding)
         self._update_encodings = (Encoding.RAW, federation.task.update_encoding)
 
     def _owned(self, worker_id: str) -> str:
@@ -86,19 +86,11 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     @handles_errors
     def PushUpdate(self, request_iterator, context):
-        def check(header):
-            self._owned(header.worker_id)
-            specs, _ = serde.header_from_proto(header.tensors)
-            self._federation.check_update(serde.update_meta_from_proto(header), specs)
-
-        header, arrays = serde.read_one(request_iterator, validate_header=check,
-                                        accept=self._update_encodings)
-        meta = serde.update_meta_from_proto(header)
-        if self._federation.task.secure_aggregation:
-            result = self._federation.push_masked(meta, arrays[0])
-        else:
-            result = self._federation.push(meta, arrays)
-        return serde.push_result_to_proto(result)
+        header, read = serde.open_one(request_iterator, accept=self._update_encodings)
+        self._owned(header.worker_id)
+        specs, _ = serde.header_from_proto(header.tensors)
+        return serde.push_result_to_proto(self._federation.push(
+            serde.update_meta_from_proto(header), read, specs=specs))
 
     @handles_errors
     def GetStatus(self, request, context):
@@ -115,31 +107,26 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self._federation.report_evaluation(serde.evaluation_from_proto(request))
         return coordinator_pb2.EvaluationReply(accepted=True)
 
+    def _deliver(self, message):
+        self._owned(message.worker_id)
+        self._federation.deliver(message)
+        return coordinator_pb2.SecureReply()
+
     @handles_errors
     def AdvertiseKeys(self, request, context):
-        self._federation.advertise_keys(
-            self._owned(request.worker_id), request.round, request.unit,
-            PartyKeys(request.unit + 1, request.share_key, request.mask_key, request.site,
-                      request.signature))
-        return coordinator_pb2.SecureReply()
+        return self._deliver(serde.keys_advert_from_proto(request))
 
     @handles_errors
     def ShareKeys(self, request, context):
-        self._federation.share_keys(self._owned(request.worker_id), request.round, request.unit,
-                                    serde.shares_from_proto(request.shares))
-        return coordinator_pb2.SecureReply()
+        return self._deliver(serde.key_shares_from_proto(request))
 
     @handles_errors
     def ConfirmSurvivors(self, request, context):
-        self._federation.confirm_survivors(self._owned(request.worker_id), request.round,
-                                           request.unit, request.signature)
-        return coordinator_pb2.SecureReply()
+        return self._deliver(serde.confirmation_from_proto(request))
 
     @handles_errors
     def RevealShares(self, request, context):
-        self._federation.reveal_shares(self._owned(request.worker_id), request.round,
-                                       request.unit, serde.revealed_from_proto(request.shares))
-        return coordinator_pb2.SecureReply()
+        return self._deliver(serde.reveal_from_proto(request))
 
     @handles_errors
     def Leave(self, request, context):

@@ -10,7 +10,7 @@ import numpy as np
 
 from fedstream.common.errors import InvalidArgument, PermissionDenied
 from fedstream.common.protocol import UpdateMeta
-from fedstream.common.tensors import TensorSpec
+from fedstream.common.tensors import TensorSpec, spec_of
 from fedstream.coordinator.units import Unit
 
 
@@ -41,6 +41,14 @@ def expected_specs(update_specs: Sequence[TensorSpec], n_clients: int, *,
     if not per_client:
         return list(update_specs)
     return [TensorSpec(s.name, s.dtype, (n_clients, *s.shape)) for s in update_specs]
+
+
+def specs_of(arrays: Sequence[np.ndarray], expected: Sequence[TensorSpec]) -> list[TensorSpec]:
+    """In process, what a header would say of `arrays`: the expected names in order (a
+    tensor beyond them is named by its position, so a count check still sees it)."""
+    names = [s.name for s in expected] + [f"tensor_{i}" for i in range(len(expected),
+                                                                          len(arrays))]
+    return [spec_of(name, np.asarray(a)) for name, a in zip(names, arrays)]
 
 
 def check_specs(got: Sequence[TensorSpec], expected: Sequence[TensorSpec]) -> None:

@@ -24,6 +24,10 @@ from fedstream.common.protocol import (
     CoordinatorPort,
     DataPort,
     EvaluationResult,
+    KeysAdvert,
+    KeyShares,
+    SharesRevealed,
+    SurvivorsConfirmed,
     UpdateMeta,
 )
 from fedstream.worker.compression import UpdateEncoder
@@ -228,8 +232,8 @@ class WorkerLoop:
         self._parties.add(party, dataclasses.replace(meta, metrics={
             k: v for k, v in meta.metrics.items() if k != "loss"}))  # the loss goes masked
         try:
-            self._retrying(lambda: self._coordinator.advertise_keys(
-                self.worker_id, a.round, a.unit, party.keys), "advertise keys")
+            self._retrying(lambda: self._coordinator.deliver(
+                KeysAdvert(self.worker_id, a.round, a.unit, party.keys)), "advertise keys")
         except FailedPrecondition as e:
             log.warning("round %d unit %d dropped: %s", a.round, a.unit, e)
 
@@ -247,22 +251,22 @@ class WorkerLoop:
         try:
             if a.action is Action.SHARE_KEYS:
                 shares = party.share(a.secure)
-                self._retrying(lambda: coordinator.share_keys(self.worker_id, a.round, a.unit,
-                                                              shares), "share keys")
+                self._retrying(lambda: coordinator.deliver(
+                    KeyShares(self.worker_id, a.round, a.unit, shares)), "share keys")
             elif a.action is Action.MASK:
                 masked = party.mask(a.secure)
                 meta = dataclasses.replace(meta, metrics={**meta.metrics,
                                                           "push_bytes": masked.nbytes})
-                self._retrying(lambda: coordinator.push_masked(meta, masked), "push")
+                self._retrying(lambda: coordinator.push(meta, [masked]), "push")
                 self.units_done += 1
             elif a.action is Action.CONFIRM:
                 signature = party.confirm(a.secure)
-                self._retrying(lambda: coordinator.confirm_survivors(
-                    self.worker_id, a.round, a.unit, signature), "confirm survivors")
+                self._retrying(lambda: coordinator.deliver(SurvivorsConfirmed(
+                    self.worker_id, a.round, a.unit, signature)), "confirm survivors")
             else:
                 shares = party.unmask(a.secure)
-                self._retrying(lambda: coordinator.reveal_shares(self.worker_id, a.round,
-                                                                 a.unit, shares), "reveal")
+                self._retrying(lambda: coordinator.deliver(
+                    SharesRevealed(self.worker_id, a.round, a.unit, shares)), "reveal")
         except ProtocolViolation as e:
             log.error("%s", e)
             self._parties.drop(a.round, a.unit)
