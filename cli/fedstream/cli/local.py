@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from fedstream.common.backend import backend_named, backend_option
+from fedstream.common.backend import BACKENDS, backend_named, backend_option
 from fedstream.common.options import add_options, from_args, option, section, to_argv
 from fedstream.common.tls import TlsConfig
 from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, MetricsConfig
@@ -278,7 +278,7 @@ def run(config: LocalRunConfig) -> int:
         backend = backend_named(config.backend)
         sinks = MetricsConfig(metrics=metrics_path,  # TensorBoard's files need TensorFlow
                               tensorboard=os.path.join(config.out, "tensorboard")
-                              if backend == "tensorflow" else None,
+                              if BACKENDS[backend].summaries else None,
                               prometheus_port=config.sinks.prometheus_port)
         reads = {"datapool": pools[""]} if "" in pools else {"num_classes": num_classes}
         coordinator_file = os.path.join(config.out, "coordinator.addr")  # workers read it

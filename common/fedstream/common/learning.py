@@ -12,6 +12,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from fedstream.common.backend import current
+
 log = logging.getLogger(__name__)
 
 SUPPORTED_LOSSES = ("categorical_crossentropy",)
@@ -71,7 +73,7 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, loss: str, num
     central evaluation and a site's federated one. The loss comes from the logits on every
     backend, as TensorFlow's Keras computes it."""
     logits = None
-    if keras.backend.backend() != "tensorflow":
+    if not current().keeps_logits:
         if model not in _LOGITS:
             _LOGITS[model] = logits_model(model)
         logits = _LOGITS[model]

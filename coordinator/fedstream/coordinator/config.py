@@ -205,21 +205,6 @@ class FederationConfig:
                                           "reports; a site later than that is left out of "
                                           "that round's row")
 
-    def _partial_work_problems(self) -> list[str]:
-        problems = []
-        if not 0 <= self.partial_work <= 1:
-            problems.append(f"partial_work={self.partial_work} must be a share in [0, 1]")
-        if self.update is not UpdateKind.MODEL_DELTA or self.mode is not Mode.SYNC:
-            problems.append("partial work is local training's: give --update delta, in sync "
-                            "rounds")
-        if self.partial_work_policy is PartialWorkPolicy.KEEP and self.local_epochs < 2:
-            problems.append("--partial-work-policy keep needs --local-epochs >= 2: a straggler "
-                            "does 1 to E-1 epochs")
-        if self.dp_clip > 0:
-            problems.append("partial work with client-level DP: dropping stragglers changes "
-                            "the sample the accountant assumes; use one or the other")
-        return problems
-
     @property
     def private(self) -> bool:
         """Client-level DP is on: updates are clipped per client."""
@@ -238,92 +223,145 @@ class FederationConfig:
         if self.units == 0:
             object.__setattr__(self, "units",
                                max(1, self.min_workers // max(1, len(self.site_names))))
-        if len(set(self.site_names)) != len(self.site_names):
-            problems.append(f"sites={self.sites!r} names a site twice")
-        bad = [name for name in self.site_names if not SITE_NAME.fullmatch(name)]
-        if bad:
-            problems.append(f"site names {bad} must be 1 to 64 letters, digits, '.', '_' or '-', "
-                            "starting with a letter or digit")
-        if self.rounds < 1:
-            problems.append(f"rounds={self.rounds} must be >= 1")
-        if self.units < 1 or self.min_workers < 1:
-            problems.append(f"units={self.units} and min_workers={self.min_workers} must "
-                            "be >= 1")
-        if self.batch_size < 1:
-            problems.append(f"batch_size={self.batch_size} must be >= 1")
-        if not self.server_lr > 0:
-            problems.append(f"server_lr={self.server_lr} must be > 0")
-        if not 0 <= self.trim_fraction < 0.5:
-            problems.append(f"trim_fraction={self.trim_fraction} must be in [0, 0.5)")
-        if not 0 < self.client_fraction <= 1:
-            problems.append(f"client_fraction={self.client_fraction} must be in (0, 1]")
-        if self.local_epochs < 1 or self.local_batch_size < 0 or self.client_lr <= 0:
-            problems.append("local training needs local_epochs >= 1, local_batch_size >= 0 "
-                            "(0: full batch) and client_lr > 0")
-        if self.partial_work:
-            problems += self._partial_work_problems()
-        if self.prox_mu < 0 or self.min_clients < 1:
-            problems.append("prox_mu must be >= 0 and min_clients >= 1")
-        if self.mode != Mode.SYNC and (self.buffer_size < 1 or self.clients_per_unit < 1
-                                       or self.max_staleness < 0
-                                       or not 0 < self.async_alpha <= 1):
-            problems.append("async needs buffer_size >= 1, clients_per_unit >= 1, "
-                            "max_staleness >= 0 and 0 < async_alpha <= 1")
-        if self.mode != Mode.SYNC and self.aggregator != Aggregator.MEAN:
-            problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
-        if not 0 <= self.quorum <= self.units * max(1, len(self.site_names)):
-            problems.append(f"quorum={self.quorum} must be between 0 (all units) and the "
-                            f"units of a round ({self.units} per site)")
-        if self.dp_clip < 0 or self.dp_noise_multiplier < 0 or not 0 < self.dp_delta < 1:
-            problems.append("dp_clip and dp_noise_multiplier must be >= 0, dp_delta in (0, 1)")
-        if self.dp_noise_multiplier > 0 and self.dp_clip == 0:
-            problems.append("DP noise needs --dp-clip: the noise is scaled to the clip")
-        if self.dp_clip > 0 and (self.mode is not Mode.SYNC or self.aggregator is not
-                                 Aggregator.MEAN or self.weighting is not Weighting.UNIFORM):
-            problems.append("client-level DP needs synchronous rounds, the mean aggregator and "
-                            "uniform weighting (every client's clipped update weighs 1)")
-        if not 0 <= self.dp_target_quantile < 1 or self.dp_clip_lr <= 0:
-            problems.append("dp_target_quantile must be in [0, 1) and dp_clip_lr > 0")
-        if self.dp_target_quantile and not self.dp_noise_multiplier:
-            problems.append("adaptive clipping estimates the quantile privately: it needs "
-                            "--dp-noise-multiplier")
-        if self.dp_target_epsilon < 0:
-            problems.append("dp_target_epsilon must be >= 0")
-        if self.dp_clip > 0 and self.update_encoding is not Encoding.RAW:
-            problems.append(f"client-level DP needs raw updates: {self.update_encoding.value} "
-                            "rounding or error feedback changes what a client adds after "
-                            "clipping, which the accountant does not cover")
-        if (self.dp_noise_multiplier > 0 and self.dp_accountant is Accountant.PLD
-                and self.client_fraction < 1 and self.sampling is Sampling.FIXED):
-            problems.append("the PLD accountant does not cover fixed-size sampling without "
-                            "replacement: use --sampling poisson or --dp-accountant rdp")
-        if self.secure_aggregation and self.dp_noise_multiplier > 0 \
-                and self.dp_accountant is Accountant.PLD:
-            problems.append("with secure aggregation the parties' Skellam noise is accounted "
-                            "by RDP: use --dp-accountant rdp")
-        if self.privacy_research_seed is not None and not self.private:
-            problems.append("privacy_research_seed seeds DP randomness: it needs --dp-clip")
-        if self.secure_aggregation and (
-                self.mode is not Mode.SYNC or self.aggregator is not Aggregator.MEAN
-                or self.update_encoding is not Encoding.RAW or self.dp_target_quantile):
-            problems.append("secure aggregation sums the units of synchronous rounds: it needs "
-                            "the mean aggregator, raw updates and a fixed --dp-clip")
-        if not 0.5 < self.secagg_threshold <= 1 or self.secagg_range <= 0 \
-                or self.secagg_timeout_s <= 0 or not 0 <= self.secagg_bits <= 30 \
-                or self.secagg_colluders < 0 or self.secagg_neighbours < 0 \
-                or self.secagg_neighbours % 2:
-            problems.append("secagg_threshold must be in (0.5, 1] (a coordinator that tells "
-                            "two halves of the parties different survivors must never reach "
-                            "the threshold with both), secagg_range and "
-                            "secagg_timeout_s > 0, secagg_bits in [0, 30], secagg_colluders "
-                            ">= 0, secagg_neighbours even and >= 0")
-        if not 0 < self.topk_fraction <= 1:
-            problems.append(f"topk_fraction={self.topk_fraction} must be in (0, 1]")
-        if self.round_deadline_s < 0 or self.rejoin_wait_s < 0:
-            problems.append(f"round_deadline_s={self.round_deadline_s} and rejoin_wait_s="
-                            f"{self.rejoin_wait_s} must be >= 0")
+        for rule in RULES:
+            problems += rule(self)
         if problems:
             raise ValueError("invalid federation config: " + "; ".join(problems))
+
+
+def round_rules(c: FederationConfig) -> list[str]:
+    """Rounds, sites, units, clients, deadlines."""
+    problems = []
+    if len(set(c.site_names)) != len(c.site_names):
+        problems.append(f"sites={c.sites!r} names a site twice")
+    bad = [name for name in c.site_names if not SITE_NAME.fullmatch(name)]
+    if bad:
+        problems.append(f"site names {bad} must be 1 to 64 letters, digits, '.', '_' or '-', "
+                        "starting with a letter or digit")
+    if c.rounds < 1:
+        problems.append(f"rounds={c.rounds} must be >= 1")
+    if c.units < 1 or c.min_workers < 1:
+        problems.append(f"units={c.units} and min_workers={c.min_workers} must be >= 1")
+    if c.batch_size < 1:
+        problems.append(f"batch_size={c.batch_size} must be >= 1")
+    if not c.server_lr > 0:
+        problems.append(f"server_lr={c.server_lr} must be > 0")
+    if not 0 < c.client_fraction <= 1:
+        problems.append(f"client_fraction={c.client_fraction} must be in (0, 1]")
+    if c.local_epochs < 1 or c.local_batch_size < 0 or c.client_lr <= 0:
+        problems.append("local training needs local_epochs >= 1, local_batch_size >= 0 "
+                        "(0: full batch) and client_lr > 0")
+    if c.prox_mu < 0 or c.min_clients < 1:
+        problems.append("prox_mu must be >= 0 and min_clients >= 1")
+    if not 0 <= c.quorum <= c.units * max(1, len(c.site_names)):
+        problems.append(f"quorum={c.quorum} must be between 0 (all units) and the "
+                        f"units of a round ({c.units} per site)")
+    if c.round_deadline_s < 0 or c.rejoin_wait_s < 0:
+        problems.append(f"round_deadline_s={c.round_deadline_s} and rejoin_wait_s="
+                        f"{c.rejoin_wait_s} must be >= 0")
+    return problems
+
+
+def aggregation_rules(c: FederationConfig) -> list[str]:
+    """The aggregator and the asynchronous modes."""
+    problems = []
+    if not 0 <= c.trim_fraction < 0.5:
+        problems.append(f"trim_fraction={c.trim_fraction} must be in [0, 0.5)")
+    if c.mode != Mode.SYNC and (c.buffer_size < 1 or c.clients_per_unit < 1
+                                or c.max_staleness < 0 or not 0 < c.async_alpha <= 1):
+        problems.append("async needs buffer_size >= 1, clients_per_unit >= 1, "
+                        "max_staleness >= 0 and 0 < async_alpha <= 1")
+    if c.mode != Mode.SYNC and c.aggregator != Aggregator.MEAN:
+        problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
+    return problems
+
+
+def partial_work_rules(c: FederationConfig) -> list[str]:
+    """Partial work: local training's, in sync rounds, and not under DP."""
+    if not c.partial_work:
+        return []
+    problems = []
+    if not 0 <= c.partial_work <= 1:
+        problems.append(f"partial_work={c.partial_work} must be a share in [0, 1]")
+    if c.update is not UpdateKind.MODEL_DELTA or c.mode is not Mode.SYNC:
+        problems.append("partial work is local training's: give --update delta, in sync "
+                        "rounds")
+    if c.partial_work_policy is PartialWorkPolicy.KEEP and c.local_epochs < 2:
+        problems.append("--partial-work-policy keep needs --local-epochs >= 2: a straggler "
+                        "does 1 to E-1 epochs")
+    if c.dp_clip > 0:
+        problems.append("partial work with client-level DP: dropping stragglers changes "
+                        "the sample the accountant assumes; use one or the other")
+    return problems
+
+
+def privacy_rules(c: FederationConfig) -> list[str]:
+    """Client-level DP, and what it cannot account for (compressed updates, PLD over
+    fixed-size samples)."""
+    problems = []
+    if c.dp_clip < 0 or c.dp_noise_multiplier < 0 or not 0 < c.dp_delta < 1:
+        problems.append("dp_clip and dp_noise_multiplier must be >= 0, dp_delta in (0, 1)")
+    if c.dp_noise_multiplier > 0 and c.dp_clip == 0:
+        problems.append("DP noise needs --dp-clip: the noise is scaled to the clip")
+    if c.dp_clip > 0 and (c.mode is not Mode.SYNC or c.aggregator is not Aggregator.MEAN
+                          or c.weighting is not Weighting.UNIFORM):
+        problems.append("client-level DP needs synchronous rounds, the mean aggregator and "
+                        "uniform weighting (every client's clipped update weighs 1)")
+    if not 0 <= c.dp_target_quantile < 1 or c.dp_clip_lr <= 0:
+        problems.append("dp_target_quantile must be in [0, 1) and dp_clip_lr > 0")
+    if c.dp_target_quantile and not c.dp_noise_multiplier:
+        problems.append("adaptive clipping estimates the quantile privately: it needs "
+                        "--dp-noise-multiplier")
+    if c.dp_target_epsilon < 0:
+        problems.append("dp_target_epsilon must be >= 0")
+    if c.dp_clip > 0 and c.update_encoding is not Encoding.RAW:
+        problems.append(f"client-level DP needs raw updates: {c.update_encoding.value} "
+                        "rounding or error feedback changes what a client adds after "
+                        "clipping, which the accountant does not cover")
+    if (c.dp_noise_multiplier > 0 and c.dp_accountant is Accountant.PLD
+            and c.client_fraction < 1 and c.sampling is Sampling.FIXED):
+        problems.append("the PLD accountant does not cover fixed-size sampling without "
+                        "replacement: use --sampling poisson or --dp-accountant rdp")
+    if c.secure_aggregation and c.dp_noise_multiplier > 0 \
+            and c.dp_accountant is Accountant.PLD:
+        problems.append("with secure aggregation the parties' Skellam noise is accounted "
+                        "by RDP: use --dp-accountant rdp")
+    if c.privacy_research_seed is not None and not c.private:
+        problems.append("privacy_research_seed seeds DP randomness: it needs --dp-clip")
+    return problems
+
+
+def secure_aggregation_rules(c: FederationConfig) -> list[str]:
+    """Secure aggregation: what it can sum, its threshold and ring."""
+    problems = []
+    if c.secure_aggregation and (
+            c.mode is not Mode.SYNC or c.aggregator is not Aggregator.MEAN
+            or c.update_encoding is not Encoding.RAW or c.dp_target_quantile):
+        problems.append("secure aggregation sums the units of synchronous rounds: it needs "
+                        "the mean aggregator, raw updates and a fixed --dp-clip")
+    if not 0.5 < c.secagg_threshold <= 1 or c.secagg_range <= 0 \
+            or c.secagg_timeout_s <= 0 or not 0 <= c.secagg_bits <= 30 \
+            or c.secagg_colluders < 0 or c.secagg_neighbours < 0 \
+            or c.secagg_neighbours % 2:
+        problems.append("secagg_threshold must be in (0.5, 1] (a coordinator that tells "
+                        "two halves of the parties different survivors must never reach "
+                        "the threshold with both), secagg_range and "
+                        "secagg_timeout_s > 0, secagg_bits in [0, 30], secagg_colluders "
+                        ">= 0, secagg_neighbours even and >= 0")
+    return problems
+
+
+def compression_rules(c: FederationConfig) -> list[str]:
+    """Update encodings."""
+    problems = []
+    if not 0 < c.topk_fraction <= 1:
+        problems.append(f"topk_fraction={c.topk_fraction} must be in (0, 1]")
+    return problems
+
+
+# every cross-feature rule of a federation config, by concern: a new feature adds its own
+RULES = (round_rules, aggregation_rules, partial_work_rules, privacy_rules,
+         secure_aggregation_rules, compression_rules)
 
 
 @dataclass(frozen=True)

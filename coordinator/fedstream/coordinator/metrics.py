@@ -8,7 +8,7 @@ import logging
 import os
 from typing import Mapping
 
-from fedstream.common.backend import backend_named
+from fedstream.common.backend import BACKENDS, backend_named
 from fedstream.coordinator.config import MetricsConfig
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class TensorBoardScalars:
 
     def __init__(self, logdir: str):
         backend = backend_named()  # the process's, once chosen
-        if backend != "tensorflow":
+        if not BACKENDS[backend].summaries:
             raise ValueError(f"--tensorboard writes through TensorFlow, which a process on the "
                              f"{backend} backend does not load: leave it off (--metrics "
                              f"writes the same figures as JSONL) or use --backend tensorflow")

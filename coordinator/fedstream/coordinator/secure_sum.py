@@ -211,7 +211,7 @@ class SecureSum:
         if party not in self.survivors:
             raise PermissionDenied(f"party {party} is not a survivor of round {self.round}")
         owners = sorted(s.party for s in shares)
-        asked = self._near(party, self.sharers)
+        asked = self.near(party, self.sharers)
         if owners != list(asked):
             raise InvalidArgument(f"shares of parties {owners}; one for each sharer "
                                   f"{list(asked)} is asked")
@@ -238,7 +238,7 @@ class SecureSum:
             roster = tuple(self.parties[q].keys for q in self.graph[party])
             return "share_keys", SecureStep(party, threshold=self.threshold, roster=roster)
         if self.phase is Phase.MASK and party in self.sharers and p.masked is None:
-            sharers = self._near(party, self.sharers)
+            sharers = self.near(party, self.sharers)
             inbox = tuple(EncryptedShare(q, self.parties[q].shares[party])
                           for q in sharers if q != party)
             return "mask", SecureStep(party, sharers=sharers, inbox=inbox,
@@ -250,7 +250,7 @@ class SecureSum:
             confirmations = tuple(Confirmation(q, self.parties[q].confirmation)
                                   for q in self.survivors
                                   if self.parties[q].confirmation is not None)
-            return "unmask", SecureStep(party, survivors=self._near(party, self.survivors),
+            return "unmask", SecureStep(party, survivors=self.near(party, self.survivors),
                                         confirmed=self.survivors, confirmations=confirmations)
         return None
 
@@ -323,7 +323,7 @@ class SecureSum:
         if not self._next(Phase.DONE, len(done), "revealed their shares"):
             return True
         try:
-            self.result = self._unmask(done)
+            self.result = unmask(self, done)
         except InvalidArgument as e:
             self.phase, self.failure = Phase.ABANDONED, str(e)
             log.error("round %d's secure sum is abandoned: %s", self.round, e)
@@ -340,42 +340,47 @@ class SecureSum:
         self.phase = phase
         return True
 
-    def _near(self, party: int, members: Sequence[int]) -> tuple[int, ...]:
+    def near(self, party: int, members: Sequence[int]) -> tuple[int, ...]:
         """Those of `members` in the party's neighbourhood (itself included)."""
         return tuple(q for q in members if q in self.graph[party])
 
-    def _revealers(self, owner: int, revealers: Sequence[int]) -> list[int]:
-        """`threshold` of the owner's neighbours that revealed its shares."""
-        near = [r for r in revealers if r in self.graph[owner]][:self.threshold]
-        if len(near) < self.threshold:
-            raise InvalidArgument(f"only {len(near)} of party {owner}'s neighbours revealed "
-                                  f"its shares; {self.threshold} are needed")
-        return near
 
-    def _unmask(self, revealers: Sequence[int]) -> SecureResult:
-        dropped = tuple(q for q in self.sharers if q not in self.survivors)
-        if set(dropped) & set(self.survivors):  # the protocol's rule, kept by construction
-            raise AssertionError("a party counted as survivor and dropped")
-        total = secagg.ring_sum([self.parties[q].masked for q in self.survivors])
-        for owner in self.survivors:
-            seed = secagg.combine_secret(
-                [(r, self.parties[r].revealed[owner].self_mask_seed)
-                 for r in self._revealers(owner, revealers)])
-            total -= secagg.prg(seed, self.length)
-        for owner in dropped:
-            key = secagg.combine_secret(
-                [(r, self.parties[r].revealed[owner].mask_key)
-                 for r in self._revealers(owner, revealers)])
-            if secagg.public_key(key) != self.parties[owner].keys.mask_key:
-                raise InvalidArgument(f"the shares revealed for dropped party {owner} do not "
-                                      "recover the mask key it advertised")
-            for q in self._near(owner, self.survivors):
-                mask = secagg.prg(secagg.pairwise_seed(key, self.parties[q].keys.mask_key,
-                                                       self.round), self.length)
-                if q < owner:  # q added +mask(q, owner); owner's -mask never arrived
-                    total -= mask
-                else:
-                    total += mask
-        values = self.fixed_point.decode(total[:-1])
-        loss = float(total[-1:].view(np.int32)[0]) / secagg.LOSS_SCALE
-        return SecureResult(values, loss, self.survivors, dropped)
+def _revealers(s: SecureSum, owner: int, revealers: Sequence[int]) -> list[int]:
+    """`threshold` of the owner's neighbours that revealed its shares."""
+    near = [r for r in revealers if r in s.graph[owner]][:s.threshold]
+    if len(near) < s.threshold:
+        raise InvalidArgument(f"only {len(near)} of party {owner}'s neighbours revealed "
+                              f"its shares; {s.threshold} are needed")
+    return near
+
+
+def unmask(s: SecureSum, revealers: Sequence[int]) -> SecureResult:
+    """The survivors' sum: their masked inputs, less each survivor's self mask (its seed
+    from `threshold` revealers) and each dropped neighbour's pairwise masks (its mask key
+    from theirs)."""
+    dropped = tuple(q for q in s.sharers if q not in s.survivors)
+    if set(dropped) & set(s.survivors):  # the protocol's rule, kept by construction
+        raise AssertionError("a party counted as survivor and dropped")
+    total = secagg.ring_sum([s.parties[q].masked for q in s.survivors])
+    for owner in s.survivors:
+        seed = secagg.combine_secret(
+            [(r, s.parties[r].revealed[owner].self_mask_seed)
+             for r in _revealers(s, owner, revealers)])
+        total -= secagg.prg(seed, s.length)
+    for owner in dropped:
+        key = secagg.combine_secret(
+            [(r, s.parties[r].revealed[owner].mask_key)
+             for r in _revealers(s, owner, revealers)])
+        if secagg.public_key(key) != s.parties[owner].keys.mask_key:
+            raise InvalidArgument(f"the shares revealed for dropped party {owner} do not "
+                                  "recover the mask key it advertised")
+        for q in s.near(owner, s.survivors):
+            mask = secagg.prg(secagg.pairwise_seed(key, s.parties[q].keys.mask_key,
+                                                   s.round), s.length)
+            if q < owner:  # q added +mask(q, owner); owner's -mask never arrived
+                total -= mask
+            else:
+                total += mask
+    values = s.fixed_point.decode(total[:-1])
+    loss = float(total[-1:].view(np.int32)[0]) / secagg.LOSS_SCALE
+    return SecureResult(values, loss, s.survivors, dropped)

@@ -118,12 +118,16 @@ class _Torch:
         return one_by_one
 
 
+# each backend these programs serve, its function transforms (a new backend adds one here)
+TRANSFORMS = {"jax": _Jax, "torch": _Torch}
+
+
 def _row(tree, i: int):
     return keras.tree.map_structure(lambda t: t[i], tree)
 
 
 def _transforms():
-    return _Jax() if keras.backend.backend() == "jax" else _Torch()
+    return TRANSFORMS[keras.backend.backend()]()
 
 
 class _Loss:

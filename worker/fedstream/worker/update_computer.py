@@ -9,12 +9,12 @@ from __future__ import annotations
 import abc
 import importlib
 from dataclasses import dataclass
-from types import ModuleType
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import keras
 import numpy as np
 
+from fedstream.common.backend import current
 from fedstream.common.learning import model_from_json
 from fedstream.common.protocol import Batch, Task, Weighting
 from fedstream.worker.device import keras_device
@@ -35,11 +35,39 @@ def client_weights(task: Task, batches: Sequence[Batch]) -> np.ndarray:
     return np.ones(len(batches), np.float32)
 
 
-def backend_steps() -> ModuleType:
-    """The compiled programs of Keras' backend: `tf_steps` on TensorFlow, `functional_steps`
-    (`jax.jit`, `vmap`; `torch.func`) on JAX and PyTorch."""
-    name = "tf_steps" if keras.backend.backend() == "tensorflow" else "functional_steps"
-    return importlib.import_module(f"fedstream.worker.{name}")
+class LocalTrainer(Protocol):
+    def train(self, batches: Sequence[Batch], start: list[np.ndarray], round_number: int,
+              weights: np.ndarray | None, epochs: Sequence[int]
+              ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every client's local training from `start`: (the weighted sum of their model
+        deltas, or [clients, ...] stacked when `weights` is None; each client's loss)."""
+
+
+class Gradients(Protocol):
+    def weighted(self, x, y, example_weights) -> tuple[list, object]:
+        """sum_i example_weights[i] * grad loss_i at the model's weights; the weighted loss."""
+
+    def per_client(self, x, y) -> tuple[list, object]:
+        """Every client's own gradient, stacked [clients, ...], and each one's loss."""
+
+
+class StepsModule(Protocol):
+    """What a backend's steps module provides (`Backend.steps`): the compiled programs the
+    update computers run. `tf_steps` on TensorFlow; `functional_steps` (`jax.jit`, `vmap`;
+    `torch.func`) on JAX and PyTorch."""
+
+    def GradientSteps(self, task: Task, model: keras.Model) -> Gradients:  # noqa: N802
+        """FedSGD's gradients over `model`'s variables."""
+
+    def local_training(self, task: Task, model: keras.Model
+                       ) -> tuple[LocalTrainer | None, LocalTrainer]:
+        """(clients trained together in one program, or None where the model does not
+        vectorise; clients trained in turn)."""
+
+
+def backend_steps() -> StepsModule:
+    """The compiled programs of the process's Keras backend."""
+    return importlib.import_module(current().steps)
 
 
 class UpdateComputer(abc.ABC):
