@@ -12,9 +12,10 @@ import pytest
 
 from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import Action, UpdateMeta
+from fedstream.coordinator.aggregation import RoundContext
+from fedstream.coordinator.aggregation.mean import WeightedMean
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
-from fedstream.coordinator.pipeline import WeightedMean
 from fedstream.coordinator.privacy import ClientLevelPrivacy
 from fedstream.coordinator.units import Contribution, sample_round
 from fedstream.worker.computers import make_computer
@@ -54,27 +55,47 @@ def dp_stage(expected=4.0, **options):
                               population=lambda: int(expected))
 
 
+def dp_step(stage, contributions, version):
+    """One private step from the stage's initial state: (result, measurements)."""
+    out = stage.next(stage.init(), contributions, RoundContext(version))
+    return out.result, out.measurements
+
+
 def test_the_noise_has_the_stated_standard_deviation():
     """sigma * C on the sum, then divided by the expected clients. The noise is the OS's, so
     the bounds are six standard errors of 200,000 draws: the sample standard deviation
     within 1% of 0.75 (its error is about 0.16%), the mean within 0.01 of 0 (its error is
     0.75 / sqrt(200,000) = 0.0017); a wrong sigma, C or divisor moves them far more."""
     zeros = Contribution([np.zeros((400, 500), F32)], 4.0, 4, base_version=3)
-    (noisy,), _ = dp_stage().next([zeros], version=3)
+    (noisy,), _ = dp_step(dp_stage(), [zeros], version=3)
     assert abs(noisy.std() / (1.5 * 2.0 / 4.0) - 1) < 0.01 and abs(noisy.mean()) < 0.01
-    (fresh,), _ = dp_stage().next([zeros], version=3)
+    (fresh,), _ = dp_step(dp_stage(), [zeros], version=3)
     assert not np.array_equal(noisy, fresh)  # the OS's randomness: never drawn twice
-    seeded = [dp_stage(privacy_research_seed=7).next([zeros], version=3)[0][0]
+    seeded = [dp_step(dp_stage(privacy_research_seed=7), [zeros], version=3)[0][0]
               for _ in range(2)]
     np.testing.assert_array_equal(*seeded)  # a research seed repeats it: run = simulate
+
+
+def test_the_privacy_stage_keeps_its_state_explicit_and_checkpoints_it():
+    """The clip and the ledger live in the state a step returns, never in the stage: two
+    steps from one state agree, and the state survives a checkpoint's JSON."""
+    stage = dp_stage(privacy_research_seed=3, dp_target_quantile=0.5, dp_quantile_noise=2.0)
+    unit = Contribution([np.zeros((400, 500), F32)], 4.0, 4, 3, unclipped=4)
+    start = stage.init()
+    first = stage.next(start, [unit], RoundContext(3))
+    again = stage.next(start, [unit], RoundContext(3))
+    assert first.result[0].tobytes() == again.result[0].tobytes() and first.state == again.state
+    assert first.state.clip > start.clip  # every client within the clip: it grows
+    assert len(first.state.ledger.releases) == 1 and start.ledger.releases == ()
+    assert stage.load(json.loads(json.dumps(stage.save(first.state)))) == first.state
 
 
 def test_no_noise_and_every_client_is_the_plain_mean_bit_for_bit():
     rng = np.random.default_rng(0)
     contributions = [Contribution([rng.normal(size=(30, 7)).astype(F32)], 5.0, 5, 2)
                      for _ in range(3)]
-    plain = WeightedMean()(contributions)
-    (private,), _ = dp_stage(expected=15.0, dp_noise_multiplier=0.0).next(contributions, 2)
+    plain = WeightedMean().next(None, contributions, RoundContext(2)).result
+    (private,), _ = dp_step(dp_stage(expected=15.0, dp_noise_multiplier=0.0), contributions, 2)
     assert plain[0].tobytes() == private.tobytes()
 
 
@@ -193,7 +214,7 @@ def test_adaptive_clipping_splits_the_noise_without_changing_the_privacy():
                               dp_quantile_noise=2.0)
     schedule = schedule_of(config)
     z_u = schedule.update_multiplier()
-    assert z_u > 1.1 and schedule.noise_std() == pytest.approx(z_u * 1.0)
+    assert z_u > 1.1 and schedule.noise_std(1.0) == pytest.approx(z_u * 1.0)
 
     def eps(event):
         accountant = dp_accounting.rdp.RdpAccountant()

@@ -17,6 +17,7 @@ from scipy import optimize, stats
 from fedstream.common.errors import InvalidArgument
 from fedstream.common.protocol import Action, UpdateMeta
 from fedstream.common.randomness import SEEDED
+from fedstream.coordinator.aggregation import RoundContext
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.federation import Federation
 from fedstream.coordinator.privacy import ClientLevelPrivacy
@@ -139,7 +140,7 @@ def test_the_adaptive_clips_count_moves_by_at_most_half_a_client():
         stage = ClientLevelPrivacy(config, shapes=[(3,)], expected_clients=lambda: 10.0,
                                    population=lambda: 100)
         unit = Contribution([np.zeros(3, F32)], clients, clients, 1, unclipped=within)
-        _, measured = stage.next([unit], version=1)
+        measured = stage.next(stage.init(), [unit], RoundContext(1)).measurements
         return measured["dp_unclipped_fraction"] * 10.0
 
     base = count(4, 2)
@@ -334,7 +335,7 @@ def test_distributed_noise_is_skellam_on_the_ring_and_accounted_after_rounding()
 
     driver.run(timeout_s=30, tick=tick)
     fed.reports.flush()
-    (release,) = fed.policy.privacy.ledger.releases
+    (release,) = fed.policy.aggregation_state.ledger.releases
     assert release.mechanism == SKELLAM and release.dims == sum(
         int(np.prod(s.shape)) for s in fed.task.update_specs)
     bits = round(math.log2(release.clip_steps))  # the clip is 1

@@ -160,24 +160,24 @@ def _epsilon(releases: tuple[RoundRelease, ...], delta: float, accountant: Accou
     return float(acc.get_epsilon(delta))
 
 
+@dataclass(frozen=True)
 class PrivacyLedger:
-    """Every round's release, in order; part of the checkpoint."""
+    """Every round's release, in order; part of the checkpoint. Immutable: a stage's state."""
+    delta: float
+    accountant: Accountant
+    releases: tuple[RoundRelease, ...] = ()
 
-    def __init__(self, delta: float, accountant: Accountant):
-        self.delta = delta
-        self.accountant = accountant
-        self.releases: list[RoundRelease] = []
-
-    def record(self, release: RoundRelease) -> None:
-        epsilon(self.releases + [release], self.delta, self.accountant)  # refuses a mix
-        self.releases.append(release)
+    def recorded(self, release: RoundRelease) -> PrivacyLedger:
+        """This ledger with one more round released."""
+        epsilon([*self.releases, release], self.delta, self.accountant)  # refuses a mix
+        return dataclasses.replace(self, releases=(*self.releases, release))
 
     def spent(self) -> float:
-        return epsilon(self.releases, self.delta, self.accountant)
+        return epsilon(list(self.releases), self.delta, self.accountant)
 
     def spent_after(self, release: RoundRelease) -> float:
         """What one more such round would bring the total to."""
-        return epsilon(self.releases + [release], self.delta, self.accountant)
+        return epsilon([*self.releases, release], self.delta, self.accountant)
 
     @property
     def seeded(self) -> bool:
@@ -187,8 +187,8 @@ class PrivacyLedger:
     def state(self) -> list[dict]:
         return [dataclasses.asdict(r) for r in self.releases]
 
-    def restore(self, state: Sequence[dict]) -> None:
-        self.releases = [RoundRelease(**r) for r in state]
+    def restored(self, state: Sequence[dict]) -> PrivacyLedger:
+        return dataclasses.replace(self, releases=tuple(RoundRelease(**r) for r in state))
 
 
 def noise_for(target_epsilon: float, config: FederationConfig, population: int,

@@ -21,7 +21,7 @@ WEIGHTS_ENCODINGS = tuple(e.value for e in (Encoding.RAW, Encoding.FLOAT16, Enco
 
 
 class Aggregator(str, enum.Enum):
-    """See fedstream.coordinator.aggregate and .pipeline."""
+    """The rules of fedstream.coordinator.aggregation.RULES (one name each)."""
     MEAN = "mean"
     MEDIAN = "median"
     TRIMMED_MEAN = "trimmed_mean"

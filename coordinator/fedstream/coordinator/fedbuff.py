@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import time
 
+from fedstream.coordinator.aggregation import RoundContext, rule_of
 from fedstream.coordinator.asynchronous import AsynchronousPolicy
-from fedstream.coordinator.pipeline import build_aggregator
 
 
 class FedBuff(AsynchronousPolicy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._aggregate = build_aggregator(self.config)
+        self.aggregation = rule_of(self.config)  # staleness-weighted
+        self.aggregation_state = self.aggregation.init()
         self._buffer = []
 
     def receive(self, unit, contribution):
@@ -24,7 +25,9 @@ class FedBuff(AsynchronousPolicy):
     def step(self):
         t0 = time.perf_counter()
         buffered, self._buffer = self._buffer, []
-        mean = self._aggregate([u.update for u in buffered])
+        out = self.aggregation.next(self.aggregation_state, [u.update for u in buffered],
+                                    RoundContext(self.model.version))
+        self.aggregation_state = out.state
         t1 = time.perf_counter()
-        self.model.apply(mean)
+        self.model.apply(out.result)
         return self._applied(buffered, t0, t1)

@@ -7,7 +7,7 @@ and never calls back up:
 - `Membership`: who joined (for which site) and was told to stop;
 - `Sites`: which site owns which client, as the sites published it;
 - a `RoundPolicy` (`SyncRounds`, the `SecureRounds` workflow, `FedBuff`, `FedAsync`): units,
-  leases, which update fits, when the model steps, through the aggregation pipeline;
+  leases, which update fits, when the model steps, through its aggregation stage;
 - `Reporter`: evaluation, checkpoint and metrics sinks of each step, off the lock;
 - `SiteEvaluations`: with sites, each site's evaluation of a version on its own data;
 - `Snapshots`: the checkpoint written after a round and resumed from.

@@ -19,7 +19,8 @@ import numpy as np
 from fedstream.common.errors import FailedPrecondition
 from fedstream.common.protocol import Action, Assignment, PartyMessage, UpdateMeta
 from fedstream.common.tensors import TensorSpec
-from fedstream.coordinator.config import Aggregator, FederationConfig
+from fedstream.coordinator.aggregation import rule_of
+from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.sites import Sites
 from fedstream.coordinator.units import Contribution, Unit
@@ -53,7 +54,7 @@ class RoundPolicy(abc.ABC):
         self.sites = sites  # read only: the facade registers sites
         self.model = model
         self.counts = counts  # leases_expired is counted here
-        self.per_client = config.aggregator is not Aggregator.MEAN
+        self.per_client = rule_of(config).per_client  # robust rules take clients' own updates
         self._update_specs = tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
                                    for v in model.trainable)
 

@@ -1,5 +1,6 @@
 """Client-level differential privacy as one aggregation stage (DP-FedAvg, McMahan et al.
 2018; adaptive clipping, Andrew et al. 2021): everything the guarantee rests on lives here.
+Its state (`PrivacyState`): the clip, which adaptive clipping moves, and the privacy ledger.
 
 Per round, the stage
 - draws the client sample's randomness (`sampling_generator`),
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import numpy as np
@@ -31,6 +33,7 @@ from fedstream.common.protocol import UpdateMeta
 from fedstream.common.randomness import SEEDED, private_generator
 from fedstream.coordinator import aggregate
 from fedstream.coordinator.accounting import PrivacyLedger, RoundRelease
+from fedstream.coordinator.aggregation.stage import Output, RoundContext, Stage
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.units import Contribution
 
@@ -48,7 +51,15 @@ RELEASED = frozenset({
 _NOISE, _COUNT_NOISE = 0, 1  # streams of a research seed, with the version
 
 
-class ClientLevelPrivacy:
+@dataclass(frozen=True)
+class PrivacyState:
+    clip: float
+    ledger: PrivacyLedger
+
+
+class ClientLevelPrivacy(Stage):
+    per_client = False
+
     def __init__(self, config: FederationConfig, *, shapes: Sequence[tuple[int, ...]],
                  expected_clients: Callable[[], float], population: Callable[[], int],
                  central_noise: bool = True):
@@ -60,8 +71,10 @@ class ClientLevelPrivacy:
         self._population = population
         self._central_noise = central_noise
         self._seed = config.privacy_research_seed
-        self.clip = config.dp_clip
-        self.ledger = PrivacyLedger(config.dp_delta, config.dp_accountant)
+
+    def init(self) -> PrivacyState:
+        return PrivacyState(self._config.dp_clip,
+                            PrivacyLedger(self._config.dp_delta, self._config.dp_accountant))
 
     @property
     def adaptive(self) -> bool:
@@ -97,12 +110,13 @@ class ClientLevelPrivacy:
                              f"above the noise multiplier ({z:g}): raise --dp-quantile-noise")
         return (z ** -2 - (2 * sigma_b) ** -2) ** -0.5
 
-    def noise_std(self) -> float:
-        """Standard deviation of the noise on this round's sum of clipped updates."""
-        return self.update_multiplier() * self.clip
+    def noise_std(self, clip: float) -> float:
+        """Standard deviation of the noise on a round's sum of updates clipped to `clip`."""
+        return self.update_multiplier() * clip
 
     # -- admission ---------------------------------------------------------------------
-    def check(self, meta: UpdateMeta, arrays: Sequence[np.ndarray]) -> None:
+    def check(self, state: PrivacyState, meta: UpdateMeta,
+              arrays: Sequence[np.ndarray]) -> None:
         """A unit's claims are bounded before they move anything."""
         clients = len(meta.client_ids)
         if not 0 <= meta.unclipped_clients <= clients:
@@ -110,69 +124,74 @@ class ClientLevelPrivacy:
                                   f"{clients} clients: report how many of them were within "
                                   "the clip, between 0 and the unit's clients")
         norm = math.sqrt(sum(float(np.square(a, dtype=np.float64).sum()) for a in arrays))
-        if norm > clients * self.clip * (1 + 1e-4):  # float32 rounding allowed
+        if norm > clients * state.clip * (1 + 1e-4):  # float32 rounding allowed
             raise InvalidArgument(
-                f"update of L2 norm {norm:.6g} for {clients} clients clipped to {self.clip}: "
-                f"at most {clients * self.clip:.6g}; clip every client's update "
+                f"update of L2 norm {norm:.6g} for {clients} clients clipped to {state.clip}: "
+                f"at most {clients * state.clip:.6g}; clip every client's update "
                 "(Task.dp_clip) before summing")
 
     # -- the stage ---------------------------------------------------------------------
-    def next(self, contributions: Sequence[Contribution], version: int,
-             ring: tuple[float, int] | None = None) -> tuple[list[np.ndarray], dict]:
-        """The round's released step and its measurements; the ledger grows by one round.
-        `ring`: the parties added Skellam noise on the fixed point (clip in its steps,
-        values), which the ledger accounts as such."""
+    def next(self, state: PrivacyState, contributions: Sequence[Contribution],
+             context: RoundContext) -> Output:
+        """The round's released step and its measurements; the ledger grows by one round,
+        and training stops when one more round would pass --dp-target-epsilon. Under secure
+        aggregation `context.ring` says the parties added Skellam noise on the fixed point
+        (clip in its steps, values), which the ledger accounts as such."""
         if contributions:
             total = aggregate.sum_in_order([c.arrays for c in contributions])
         else:
             total = [np.zeros(s, np.float32) for s in self._shapes]
-        std = self.noise_std() if self._central_noise else 0.0
+        std = self.noise_std(state.clip) if self._central_noise else 0.0
         if std > 0:
-            rng = private_generator(self._seed, version, _NOISE)
+            rng = private_generator(self._seed, context.version, _NOISE)
             for t in total:
                 t += rng.normal(0.0, std, t.shape).astype(np.float32)
         step = [t / np.float32(self._expected()) for t in total]
-        measurements = {"dp_clip": self.clip}
+        measurements = {"dp_clip": state.clip}
+        clip = state.clip
         if self.adaptive:
-            measurements["dp_unclipped_fraction"] = self._move_clip(contributions, version)
-        self.ledger.record(RoundRelease.of(self._config, self._population(),
-                                           self._config.dp_noise_multiplier, self.seeded,
-                                           ring))
+            clip, measurements["dp_unclipped_fraction"] = self._moved_clip(
+                state.clip, contributions, context.version)
+        ledger = state.ledger.recorded(RoundRelease.of(
+            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded,
+            context.ring))
         if self._config.dp_noise_multiplier > 0:
-            measurements.update(self._epsilon())
-        return step, measurements
+            measurements.update(self._epsilon(ledger))
+        return Output(step, PrivacyState(clip, ledger), measurements,
+                      stop=self._exhausted(ledger))
 
-    def _move_clip(self, contributions: Sequence[Contribution], version: int) -> float:
+    def _moved_clip(self, clip: float, contributions: Sequence[Contribution],
+                    version: int) -> tuple[float, float]:
         """Andrew et al.'s geometric update from the noised fraction of clients within the
-        clip, centred: sum_i (b_i - 1/2) + noise, so one client moves it by at most 1/2."""
+        clip, centred: sum_i (b_i - 1/2) + noise, so one client moves it by at most 1/2.
+        (the next clip, the fraction)"""
         within = sum(c.unclipped for c in contributions)
         clients = sum(c.clients for c in contributions)
         rng = private_generator(self._seed, version, _COUNT_NOISE)
         noised = within - clients / 2 + rng.normal(0.0, self.count_noise())
         fraction = noised / self._expected() + 0.5
-        self.clip *= float(np.exp(-self._config.dp_clip_lr *
-                                  (fraction - self._config.dp_target_quantile)))
-        return fraction
+        return clip * float(np.exp(-self._config.dp_clip_lr *
+                                   (fraction - self._config.dp_target_quantile))), fraction
 
-    def _epsilon(self) -> dict:
-        out = {"dp_epsilon": self.ledger.spent(), "dp_delta": self.ledger.delta}
-        if self.ledger.seeded:
+    def _epsilon(self, ledger: PrivacyLedger) -> dict:
+        out = {"dp_epsilon": ledger.spent(), "dp_delta": ledger.delta}
+        if ledger.seeded:
             out["dp_guarantee"] = SEEDED
         return out
 
-    def exhausted(self) -> bool:
+    def _exhausted(self, ledger: PrivacyLedger) -> bool:
         """One more round would take epsilon past --dp-target-epsilon."""
         target = self._config.dp_target_epsilon
         if not target or not self._config.dp_noise_multiplier:
             return False
-        last = self.ledger.releases[-1] if self.ledger.releases else None
+        last = ledger.releases[-1] if ledger.releases else None
         ring = None if last is None or not last.dims else (last.clip_steps, last.dims)
-        after = self.ledger.spent_after(RoundRelease.of(  # one more round like the last
+        after = ledger.spent_after(RoundRelease.of(  # one more round like the last
             self._config, self._population(), self._config.dp_noise_multiplier, self.seeded,
             ring))
         if after > target:
             log.warning("training ends: one more round would take epsilon past "
-                        "--dp-target-epsilon %g (now %.4g)", target, self.ledger.spent())
+                        "--dp-target-epsilon %g (now %.4g)", target, ledger.spent())
             return True
         return False
 
@@ -184,12 +203,13 @@ class ClientLevelPrivacy:
         return {k: v for k, v in row.items() if k in RELEASED or k.startswith("dp_")}
 
     # -- checkpoint --------------------------------------------------------------------
-    def state(self) -> dict:
-        return {"dp_clip": self.clip, "dp_ledger": self.ledger.state()}
+    def save(self, state: PrivacyState) -> dict:
+        return {"dp_clip": state.clip, "dp_ledger": state.ledger.state()}
 
-    def restore(self, state: dict) -> None:
-        self.clip = float(state.get("dp_clip", self.clip))
-        self.ledger.restore(state.get("dp_ledger", []))
+    def load(self, saved: dict) -> PrivacyState:
+        fresh = self.init()
+        return PrivacyState(float(saved.get("dp_clip", fresh.clip)),
+                            fresh.ledger.restored(saved.get("dp_ledger", [])))
 
 
 def check_resume(config: FederationConfig, state: dict) -> None:

@@ -3,7 +3,7 @@
 A round asks every sampled client for the update of its next batch. The round's clients are
 split into `units` contiguous work units; a worker leases one unit at a time and pushes one
 update for it. When every unit is in (or the deadline passed with a quorum), the units'
-contributions go through the aggregation pipeline in unit order, so arrival order never
+contributions go through the aggregation stage in unit order, so arrival order never
 changes a bit, and the server optimizer applies the result.
 """
 
@@ -17,8 +17,8 @@ import numpy as np
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator import partial_work
+from fedstream.coordinator.aggregation import Output, RoundContext, rule_of
 from fedstream.coordinator.config import Sampling
-from fedstream.coordinator.pipeline import build_aggregator
 from fedstream.coordinator.policy import RoundPolicy, Step
 from fedstream.coordinator.privacy import ClientLevelPrivacy
 from fedstream.coordinator.units import Contribution, Unit, fixed_sample_size, sample_round
@@ -35,7 +35,9 @@ class SyncRounds(RoundPolicy):
             expected_clients=self.expected_clients,
             population=lambda: len(self.sites.table()[0]), central_noise=self.central_noise)
             if self.config.private else None)
-        self._aggregate = build_aggregator(self.config)
+        # the aggregation stage and its state (client-level DP is the stage when it is on)
+        self.aggregation = self.privacy or rule_of(self.config)
+        self.aggregation_state = self.aggregation.init()
         self.round = 0
         self.units: list[Unit] = []
         self.work: partial_work.RoundWork | None = None
@@ -107,7 +109,7 @@ class SyncRounds(RoundPolicy):
 
     def check_update(self, meta: UpdateMeta, arrays) -> None:
         if self.privacy is not None:
-            self.privacy.check(meta, arrays)
+            self.privacy.check(self.aggregation_state, meta, arrays)
 
     @property
     def site_evaluations(self) -> bool:
@@ -133,20 +135,26 @@ class SyncRounds(RoundPolicy):
         if stragglers:
             log.warning("round %d closes at its deadline without %d unit(s): their updates "
                         "will be refused", self.round, stragglers)
-        version = self.model.version
         measurements = self.work.measurements() if self.config.partial_work else {}
-        if self.privacy is not None:  # an empty sample, too, releases a (noise) step
-            mean, measurements = self.privacy.next([u.update for u in received], version)
-        elif not received:  # nobody sampled (Poisson), or every one dropped: no step
+        if not received and self.privacy is None:  # nobody sampled (Poisson), or all dropped
             return Step([], {**measurements, "stragglers": 0, "empty_round": 1})
-        else:
-            mean = self._aggregate([u.update for u in received])
+        # under DP an empty sample, too, releases a (noise) step
+        out = self.aggregate([u.update for u in received], RoundContext(self.model.version))
         t1 = time.perf_counter()
-        self.model.apply(mean)
-        return Step(received, {**measurements, "stragglers": stragglers, "aggregate_s": t1 - t0,
-                               "apply_s": time.perf_counter() - t1},
-                    **({} if self.privacy is None else
-                       {"final": self.privacy.exhausted(), "released": self.privacy.released}))
+        self.model.apply(out.result)
+        return Step(received, {**measurements, **out.measurements, "stragglers": stragglers,
+                               "aggregate_s": t1 - t0, "apply_s": time.perf_counter() - t1},
+                    final=out.stop, **self.publication())
+
+    def aggregate(self, contributions, context: RoundContext) -> Output:
+        """The aggregation stage's step; its state moves on."""
+        out = self.aggregation.next(self.aggregation_state, contributions, context)
+        self.aggregation_state = out.state
+        return out
+
+    def publication(self) -> dict:
+        """What of a step's row may be published (client-level DP withholds the rest)."""
+        return {} if self.privacy is None else {"released": self.privacy.released}
 
     def release(self, worker_id):
         for unit in self.units:
@@ -158,14 +166,14 @@ class SyncRounds(RoundPolicy):
 
     @property
     def clip(self):
-        return self.config.dp_clip if self.privacy is None else self.privacy.clip
+        return self.config.dp_clip if self.privacy is None else self.aggregation_state.clip
 
     def state(self):
-        """Beyond the model's round and version (a round's units are resampled): client-level
-        DP's clip, which adaptive clipping moves, and its privacy ledger."""
-        return {} if self.privacy is None else self.privacy.state()
+        """Beyond the model's round and version (a round's units are resampled): the
+        aggregation stage's (client-level DP's clip, which adaptive clipping moves, and its
+        privacy ledger)."""
+        return self.aggregation.save(self.aggregation_state)
 
     def restore(self, state):
         """See `state`."""
-        if self.privacy is not None:
-            self.privacy.restore(state)
+        self.aggregation_state = self.aggregation.load(state)

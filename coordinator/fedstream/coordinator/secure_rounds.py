@@ -27,6 +27,7 @@ from fedstream.common.protocol import (
 )
 from fedstream.common.secagg import MASKED_TENSOR
 from fedstream.common.tensors import TensorSpec
+from fedstream.coordinator.aggregation import RoundContext
 from fedstream.coordinator.policy import Step
 from fedstream.coordinator.rounds import SyncRounds
 from fedstream.coordinator.secure_sum import Phase, SecureSum
@@ -146,10 +147,9 @@ class SecureRounds(SyncRounds):
             return super().step()
         secure = self.secure
         stats = {"secagg_parties": len(self.units), "secagg_threshold": secure.threshold}
-        released = {} if self.privacy is None else {"released": self.privacy.released}
         if secure.phase is Phase.ABANDONED:  # nothing revealed, nothing spent
             return Step([], {**stats, "secagg_abandoned": 1, "stragglers": len(self.units)},
-                        **released)
+                        **self.publication())
         result = secure.result
         units = [self.units[p - 1] for p in result.survivors]
         weight = sum(u.update.weight for u in units)
@@ -160,16 +160,15 @@ class SecureRounds(SyncRounds):
             offset += n
         total = [Contribution(arrays, weight, sum(u.update.clients for u in units),
                               self.model.version)]
-        measurements = {"train_loss": result.loss_sum / weight}
-        if self.privacy is not None:  # parties add noise and send no loss
-            ring = (self.clip * 2.0 ** secure.fixed_point.bits, self._length - 1)
-            mean, measurements = self.privacy.next(total, self.model.version, ring)
-            released["final"] = self.privacy.exhausted()
-        else:
-            mean = self._aggregate(total)
-        self.model.apply(mean)
+        # parties under DP add the noise on the ring and send no loss
+        ring = (self.clip * 2.0 ** secure.fixed_point.bits, self._length - 1)
+        out = self.aggregate(total, RoundContext(self.model.version,
+                                                 ring if self.privacy is not None else None))
+        measurements = (out.measurements if self.privacy is not None
+                        else {"train_loss": result.loss_sum / weight})
+        self.model.apply(out.result)
         return Step(units, {**stats, **measurements, "secagg_dropped": len(result.dropped),
                             "secagg_abandoned": 0,
                             "stragglers": len(self.units) - len(units),
-                            "secagg_precision": secure.fixed_point.step}, **released)
-
+                            "secagg_precision": secure.fixed_point.step},
+                    final=out.stop, **self.publication())

@@ -10,7 +10,8 @@ import numpy as np
 
 from fedstream.common.protocol import LocalTraining, Task, UpdateKind, steps_per_pass
 from fedstream.common.tensors import TensorSpec
-from fedstream.coordinator.config import Aggregator, FederationConfig
+from fedstream.coordinator.aggregation import rule_of
+from fedstream.coordinator.config import FederationConfig
 
 
 def make_task(config: FederationConfig, model: keras.Model, *, loss: str,
@@ -26,7 +27,7 @@ def make_task(config: FederationConfig, model: keras.Model, *, loss: str,
         input_divisor=config.input_divisor,
         update_specs=tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
                            for v in model.trainable_variables),
-        rounds=config.rounds, per_client=config.aggregator is not Aggregator.MEAN,
+        rounds=config.rounds, per_client=rule_of(config).per_client,
         update_encoding=config.update_encoding, topk_fraction=config.topk_fraction,
         weights_encoding=config.weights_encoding, weights_delta=config.weights_delta,
         dp_clip=config.dp_clip, secure_aggregation=config.secure_aggregation,
