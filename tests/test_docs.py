@@ -171,3 +171,23 @@ def source_of_test(path: Path, name: str) -> str | None:
             start = min([d.lineno for d in node.decorator_list] + [node.lineno])
             return "\n".join(source.splitlines()[start - 1:node.end_lineno])
     return None
+
+
+def test_the_extension_recipes_name_files_and_registries_that_exist():
+    """Every repository path in 'Extend fedstream' exists (a `<name>` placeholder's folder),
+    and every registry it tells a newcomer to add a line to is where it says."""
+    page = (DOCS / "how-to" / "extend.md").read_text()
+    paths = set(re.findall(r"`((?:common|coordinator|worker|datapool|proto|tests|docs)/[\w/<>.-]+"
+                           r"|pyproject\.toml)`", page))
+    assert len(paths) >= 12
+    for path in paths:
+        target = ROOT / path.split("<")[0] if "<" in path else ROOT / path
+        assert target.exists(), path
+    sources = {"RULES": "coordinator/fedstream/coordinator/aggregation/__init__.py",
+               "CODECS": "common/fedstream/common/codecs.py",
+               "BACKENDS": "common/fedstream/common/backend.py",
+               "TRANSFORMS": "worker/fedstream/worker/functional_steps.py",
+               "LOADERS": "datapool/fedstream/datapool/server.py"}
+    for registry, path in sources.items():
+        assert f"`{registry}`" in page and re.search(rf"^{registry}\b.*=", (ROOT / path)
+                                                      .read_text(), re.M), registry

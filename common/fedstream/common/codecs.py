@@ -171,7 +171,8 @@ class TopK(Codec):
         return values, offset + 4 + 8 * k
 
 
-# the compressed encodings; a new one is a Codec above, a line here and a proto enum value
+# the compressed encodings; a new one is a Codec above, its Encoding member, a line here and
+# its ENCODING_<NAME> value in tensor.proto (serde maps the two by name)
 CODECS: dict[Encoding, Codec] = {
     Encoding.FLOAT16: Float16(),
     Encoding.BFLOAT16: BFloat16(),

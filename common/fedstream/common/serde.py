@@ -82,12 +82,8 @@ def spec_from_proto(msg: tensor_pb2.TensorSpec) -> TensorSpec:
     return TensorSpec(msg.name, dtype, tuple(int(d) for d in msg.shape))
 
 
-_ENCODING = {Encoding.RAW: tensor_pb2.ENCODING_RAW,
-             Encoding.FLOAT16: tensor_pb2.ENCODING_FLOAT16,
-             Encoding.BFLOAT16: tensor_pb2.ENCODING_BFLOAT16,
-             Encoding.INT8: tensor_pb2.ENCODING_INT8,
-             Encoding.INT8_BLOCK: tensor_pb2.ENCODING_INT8_BLOCK,
-             Encoding.TOPK: tensor_pb2.ENCODING_TOPK}
+# each encoding and its wire value: ENCODING_<NAME> of tensor.proto's enum
+_ENCODING = {e: tensor_pb2.Encoding.Value(f"ENCODING_{e.name}") for e in Encoding}
 
 
 def header_to_proto(specs: Sequence[TensorSpec], total_bytes: int,

@@ -223,7 +223,7 @@ class FederationConfig:
         if self.units == 0:
             object.__setattr__(self, "units",
                                max(1, self.min_workers // max(1, len(self.site_names))))
-        for rule in RULES:
+        for rule in CHECKS:
             problems += rule(self)
         if problems:
             raise ValueError("invalid federation config: " + "; ".join(problems))
@@ -360,7 +360,7 @@ def compression_rules(c: FederationConfig) -> list[str]:
 
 
 # every cross-feature rule of a federation config, by concern: a new feature adds its own
-RULES = (round_rules, aggregation_rules, partial_work_rules, privacy_rules,
+CHECKS = (round_rules, aggregation_rules, partial_work_rules, privacy_rules,
          secure_aggregation_rules, compression_rules)
 
 
