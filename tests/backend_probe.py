@@ -68,7 +68,8 @@ def server_steps(folder: Path, backend: str) -> None:
     for name, options in spec["optimizers"].items():
         model = model_from_json(spec["model_json"])
         model.set_weights([start[f"w{i}"] for i in range(len(start.files))])
-        server = ServerModel(model, FederationConfig(**options))
+        config = FederationConfig(**options)
+        server = ServerModel(model, config.server, config.encodings)
         for k in range(spec["steps"]):
             server.apply([steps[f"s{k}_{i}"] for i in range(len(server.trainable))])
         np.savez(folder / f"{backend}-server-{name}.npz",

@@ -92,7 +92,8 @@ def test_a_stateless_stage_keeps_no_state_and_saves_none():
 
 
 def test_every_version_keeps_a_read_only_snapshot():
-    server = ServerModel(tiny_model(), FederationConfig(server_optimizer="sgd", server_lr=1.0))
+    config = FederationConfig(server_optimizer="sgd", server_lr=1.0)
+    server = ServerModel(tiny_model(), config.server, config.encodings)
     first = server.weights
     with pytest.raises(ValueError):
         first[0][0, 0] = 5.0

@@ -133,7 +133,8 @@ def server_steps(folder: Path, steps: int = 3) -> dict[str, list[np.ndarray]]:
     after = {}
     for name, options in SERVER_OPTIMIZERS.items():
         model.set_weights(start)
-        server = ServerModel(model, FederationConfig(**options))
+        config = FederationConfig(**options)
+        server = ServerModel(model, config.server, config.encodings)
         for step in arrays:
             server.apply(step)
         after[name] = server.trainable_arrays()

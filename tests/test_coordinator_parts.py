@@ -27,7 +27,8 @@ POOL = Sites.single_pool(SiteData(tuple([10] * 6), (28, 28), None, 10))
 
 def secure_round(parties=3):
     config = FederationConfig(units=parties, secure_aggregation=True, server_optimizer="sgd")
-    policy = SecureRounds(config, POOL, ServerModel(tiny_model(), config), Counter())
+    server = ServerModel(tiny_model(), config.server, config.encodings)
+    policy = SecureRounds(config, POOL, server, Counter())
     policy.open(1)
     units = [policy.lease(f"w{i}", "", 0.0) for i in range(parties)]
     return policy, units
@@ -52,7 +53,8 @@ def test_a_party_message_reaches_the_secure_sum_only_from_its_units_holder():
 
 def test_rounds_in_the_clear_take_no_party_message():
     config = FederationConfig(units=2, server_optimizer="sgd")
-    policy = SyncRounds(config, POOL, ServerModel(tiny_model(), config), Counter())
+    server = ServerModel(tiny_model(), config.server, config.encodings)
+    policy = SyncRounds(config, POOL, server, Counter())
     policy.open(1)
     with pytest.raises(FailedPrecondition, match="does not aggregate securely"):
         policy.deliver(SurvivorsConfirmed("w0", 1, 0, b""), 0.0)
@@ -105,7 +107,7 @@ def test_snapshots_resume_the_model_the_round_and_the_policys_state(tmp_path):
                               dp_quantile_noise=2.0)
 
     def parts():
-        server = ServerModel(tiny_model(), config)
+        server = ServerModel(tiny_model(), config.server, config.encodings)
         policy = SyncRounds(config, POOL, server, Counter())
         return server, policy, Snapshots(str(tmp_path), config, "{}", server, policy)
 

@@ -1,16 +1,24 @@
 """Configuration declared once: flags, experiment-file keys and the argv a launcher passes on
 all derive from the dataclasses, and parse back to the same configuration."""
 
+import argparse
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from fedstream.cli import local
 from fedstream.cli.main import build_parser, parse
-from fedstream.common.options import from_args, to_argv
+from fedstream.common.options import add_options, from_args, to_argv
 from fedstream.common.tls import TlsConfig
-from fedstream.coordinator.config import CoordinatorConfig, FederationConfig, Mode, ServerOptimizer
+from fedstream.coordinator.config import (
+    CoordinatorConfig,
+    FederationConfig,
+    Mode,
+    Sampling,
+    ServerOptimizer,
+)
 from fedstream.datapool.partition import Partitioner
 from fedstream.datapool.server import DataConfig, DataPoolConfig
 from fedstream.worker.config import WorkerConfig
@@ -43,6 +51,29 @@ def test_choices_are_enums_and_strings_are_accepted():
         DataConfig(partitioner="pathological")
     with pytest.raises(ValueError, match="mode='fedsync': choose one of sync, fedbuff, fedasync"):
         FederationConfig(mode="fedsync")
+
+
+def test_a_federation_config_is_sections_read_flat_or_by_section():
+    """Each part is handed its section; a knob reads the same flat, and a config is built
+    from flat values, sections or both."""
+    c = FederationConfig(rounds=3, dp_clip=1.0, dp_noise_multiplier=1.0, sampling="poisson",
+                         client_fraction=0.1)
+    assert c.rounds == c.schedule.rounds == 3 and c.dp_clip == c.privacy.dp_clip == 1.0
+    assert c.sampling is Sampling.POISSON is c.client_sampling.sampling  # coerced in place
+    assert c.private and c.privacy.private and c.site_names == ()
+    again = dataclasses.replace(c, rounds=5)
+    assert again.rounds == 5 and again.privacy == c.privacy
+    assert FederationConfig(privacy=c.privacy, rounds=4).dp_clip == 1.0
+    assert c.flat()["dp_clip"] == 1.0 and "privacy" not in c.flat()
+    parser = argparse.ArgumentParser()
+    add_options(parser, FederationConfig)
+    assert set(c.flat()) == {a.dest for a in parser._actions if a.dest != "help"}
+    with pytest.raises(TypeError, match="no option dp_clipp"):
+        FederationConfig(dp_clipp=1.0)
+    with pytest.raises(AttributeError, match="no option 'dp_clipp'"):
+        _ = c.dp_clipp
+    with pytest.raises(ValueError, match="DP noise needs --dp-clip"):  # rules across sections
+        FederationConfig(dp_noise_multiplier=1.0)
 
 
 def test_units_default_to_one_per_awaited_worker():

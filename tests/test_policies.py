@@ -26,7 +26,7 @@ def policy_of(kind, clients=6, **options):
     delta = {"update": UpdateKind.MODEL_DELTA} if kind is FedAsync else {}
     config = FederationConfig(**{"server_optimizer": "sgd", "server_lr": 1.0, **delta,
                                  **options})
-    model = ServerModel(tiny_model(), config)
+    model = ServerModel(tiny_model(), config.server, config.encodings)
     sites = Sites.single_pool(SiteData(tuple([10] * clients), (28, 28), None, 10))
     return kind(config, sites, model, Counter()), model
 

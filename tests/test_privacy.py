@@ -51,7 +51,8 @@ def test_every_clients_contribution_respects_the_clip():
 
 def dp_stage(expected=4.0, **options):
     config = FederationConfig(**{"dp_clip": 2.0, "dp_noise_multiplier": 1.5, **options})
-    return ClientLevelPrivacy(config, shapes=[(400, 500)], expected_clients=lambda: expected,
+    return ClientLevelPrivacy(config.privacy, config.client_sampling,
+                              shapes=[(400, 500)], expected_clients=lambda: expected,
                               population=lambda: int(expected))
 
 
@@ -207,7 +208,8 @@ def test_adaptive_clipping_splits_the_noise_without_changing_the_privacy():
     """The count's mechanism (multiplier 2 sigma_b) and the updates' (z_u) compose to
     exactly the stated z: dp-accounting gives the pair and a single z the same epsilon."""
     def schedule_of(config):
-        return ClientLevelPrivacy(config, shapes=[], expected_clients=lambda: 40.0,
+        return ClientLevelPrivacy(config.privacy, config.client_sampling, shapes=[],
+                                  expected_clients=lambda: 40.0,
                                   population=lambda: 40)
 
     config = FederationConfig(dp_clip=1.0, dp_noise_multiplier=1.1, dp_target_quantile=0.5,

@@ -137,8 +137,8 @@ def test_the_adaptive_clips_count_moves_by_at_most_half_a_client():
     def count(clients, within):
         config = FederationConfig(dp_clip=0.1, dp_noise_multiplier=1.0, dp_target_quantile=0.5,
                                   dp_quantile_noise=2.0, privacy_research_seed=5)
-        stage = ClientLevelPrivacy(config, shapes=[(3,)], expected_clients=lambda: 10.0,
-                                   population=lambda: 100)
+        stage = ClientLevelPrivacy(config.privacy, config.client_sampling,
+                                   shapes=[(3,)], expected_clients=lambda: 10.0, population=lambda: 100)
         unit = Contribution([np.zeros(3, F32)], clients, clients, 1, unclipped=within)
         measured = stage.next(stage.init(), [unit], RoundContext(1)).measurements
         return measured["dp_unclipped_fraction"] * 10.0

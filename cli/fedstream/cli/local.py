@@ -60,7 +60,7 @@ class LocalRunConfig:
 
 # the launcher writes the coordinator's metrics and TensorBoard files into the run folder,
 # makes the coordinator wait for the workers it starts, and names the sites it splits
-LAUNCHER_SETS = ("min_workers", "metrics", "tensorboard", "FederationConfig.sites")
+LAUNCHER_SETS = ("min_workers", "metrics", "tensorboard", "RoundsConfig.sites")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

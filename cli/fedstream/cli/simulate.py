@@ -40,7 +40,7 @@ class SimulateConfig:
 # One in-process worker loop computes every unit, so the first round opens on its join; by
 # default a round has the 2 units of `fedstream run`'s 2 workers, so both give the same model.
 # With --sites, the sites are named by the split.
-SET_HERE = ("min_workers", "FederationConfig.sites")
+SET_HERE = ("min_workers", "RoundsConfig.sites")
 DEFAULTS = {"units": 2}
 
 

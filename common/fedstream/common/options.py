@@ -108,11 +108,13 @@ def _default_note(default) -> str:
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
     """The dataclass the parsed flags stand for. Fields without a flag in `args` keep their
-    defaults; `overrides` set fields (a dict for a section sets fields inside it)."""
+    defaults; `overrides` set fields (a dict for a section sets fields inside it; a field
+    of a section may also be named directly)."""
     values = {}
     for f, kind in _fields(cls):
         if f.metadata.get(_SECTION):
             inner = overrides.pop(f.name, {})
+            inner.update({k: overrides.pop(k) for k in _leaf_names(kind) if k in overrides})
             values[f.name] = from_args(kind, args, **inner)
         elif f.name in overrides:
             values[f.name] = overrides.pop(f.name)
@@ -123,6 +125,14 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any):
     if overrides:
         raise TypeError(f"{cls.__name__} has no fields {sorted(overrides)}")
     return cls(**values)
+
+
+def _leaf_names(cls: type) -> set[str]:
+    """The option names of `cls` and of its sections."""
+    names = set()
+    for f, kind in _fields(cls):
+        names |= _leaf_names(kind) if f.metadata.get(_SECTION) else {f.name}
+    return names
 
 
 def to_argv(config, *, exclude: Iterable[str] = ()) -> list[str]:

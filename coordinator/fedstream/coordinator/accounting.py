@@ -35,7 +35,7 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from fedstream.coordinator.config import Accountant, FederationConfig, Sampling
+from fedstream.coordinator.config import Accountant, FederationConfig, Sampling, SamplingConfig
 from fedstream.coordinator.units import fixed_sample_size
 
 ALL, POISSON, FIXED = "all", "poisson", "fixed"
@@ -66,7 +66,7 @@ class RoundRelease:
     dims: int = 0  # SKELLAM: values in one party's input
 
     @classmethod
-    def of(cls, config: FederationConfig, population: int, noise_multiplier: float,
+    def of(cls, config: SamplingConfig, population: int, noise_multiplier: float,
            seeded: bool, ring: tuple[float, int] | None = None) -> "RoundRelease":
         """`ring`: (clip in fixed-point steps, values) when the parties add Skellam noise."""
         skellam = {} if ring is None else {"mechanism": SKELLAM, "clip_steps": ring[0],

@@ -5,6 +5,7 @@ No TensorFlow here, so the CLI parses arguments without loading it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import enum
 from dataclasses import dataclass
 
@@ -64,10 +65,9 @@ class Staleness(str, enum.Enum):
 
 
 @dataclass(frozen=True)
-class FederationConfig:
-    """What the coordinator is told: one field per flag, with its default and help
-    (`fedstream coordinator --help`, or the command-line reference)."""
-
+class RoundsConfig:
+    """Rounds: how many, their units and workers, the sites they wait for, what a round's
+    clients compute, when a round closes."""
     rounds: int = option(57, "rounds to train (19 = one pass over the reference's client data)")
     units: int = option(0, "work units per round (0: one per worker the first round waits "
                            "for); equal units give bit-identical models in every run mode")
@@ -80,135 +80,22 @@ class FederationConfig:
                                   "(the reference's plain mean) or its number of examples")
     update: UpdateKind = option(UpdateKind.GRADIENT, "gradient: FedSGD; delta: clients train "
                                 "locally and push w_start - w_end (the FedAvg family)")
-    local_epochs: int = option(1, "delta: local passes over each client's data")
-    local_batch_size: int = option(10, "delta: local minibatch size (0: a client's whole data)")
-    client_lr: float = option(0.1, "delta: the clients' SGD learning rate")
-    client_momentum: float = option(0.0, "delta: the clients' SGD momentum (fresh per client)")
-    prox_mu: float = option(0.0, "delta: FedProx proximal coefficient (0: FedAvg)")
-    partial_work: float = option(0.0, "delta, systems heterogeneity (the FedProx paper): this "
-                                      "share of each round's sampled clients are stragglers "
-                                      "that manage only a uniformly random 1..E-1 of their E "
-                                      "local epochs (seeded by --sampling-seed and the round)")
-    partial_work_policy: PartialWorkPolicy = option(
-        PartialWorkPolicy.DROP, "what becomes of the stragglers: drop (FedAvg: left out of "
-        "the round) or keep (FedProx: their partial updates count)")
-    client_fraction: float = option(1.0, "share C of the clients sampled each round (seeded)")
-    min_clients: int = option(1, "sample at least this many clients per round")
-    sampling_seed: int = option(0, "seeds the client sample of each round or unit (under "
-                                   "client-level DP the sample is drawn from the OS's CSPRNG)")
-    sampling: Sampling = option(Sampling.FIXED, "fixed: max(min_clients, C*N) clients without "
-                                "replacement; poisson: each client with probability C (what "
-                                "the DP accountant's Poisson event assumes)")
-    dp_clip: float = option(0.0, "client-level differential privacy: clip every client's "
-                                 "update to this L2 norm (0: off)")
-    dp_noise_multiplier: float = option(0.0, "DP: Gaussian noise of standard deviation "
-                                             "multiplier * clip on the sum of clipped updates")
-    dp_delta: float = option(1e-5, "DP: the delta the accountant reports epsilon at")
-    dp_target_epsilon: float = option(0.0, "DP: end training before a round would take "
-                                           "epsilon past this (0: no limit)")
-    dp_target_quantile: float = option(0.0, "DP, adaptive clipping (Andrew et al. 2021): the "
-                                            "clip follows this quantile of the clients' update "
-                                            "norms, estimated privately (0: --dp-clip fixed)")
-    dp_clip_lr: float = option(0.2, "adaptive clipping: the clip's geometric learning rate")
-    dp_quantile_noise: float = option(0.0, "adaptive clipping: standard deviation of the "
-                                           "noise on the count of unclipped clients (0: "
-                                           "expected clients per round / 20)")
-    dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
-    dp_release_metrics: bool = option(False, "DP: also publish what is computed from the "
-                                      "clients' data without noise (training loss, sample "
-                                      "sizes, worker reports, per-site tables and "
-                                      "evaluations); these are outside the DP guarantee")
-    dp_resume_without_privacy: bool = option(False, "resume a checkpoint written under DP "
-                                             "without DP: its later rounds are not private")
-    privacy_research_seed: int | None = option(None, "research only, NOT private: seeds the "
-                                               "DP noise, the client sample under DP and the "
-                                               "clip's count noise so runs repeat; every "
-                                               "epsilon then says 'not private: seeded'. "
-                                               "Unset, they come from the OS's CSPRNG")
-    secure_aggregation: bool = option(False, "secure aggregation (Bonawitz et al. 2017): "
-                                      "each unit is a party whose update travels masked, and "
-                                      "the coordinator learns only the sum of a round's "
-                                      "units; needs a worker per unit")
-    secagg_threshold: float = option(0.6, "secure aggregation: any ceil(this * parties) (at "
-                                          "least 2) parties recover a dropped party's masks; "
-                                          "a round with fewer survivors is abandoned")
-    secagg_colluders: int = option(0, "secure aggregation: parties that may collude with "
-                                      "the coordinator; the threshold stays above (parties "
-                                      "+ this) / 2, and with DP each party's noise is sized "
-                                      "so that the others' alone reach z * C")
-    secagg_neighbours: int = option(0, "secure aggregation, SecAgg+ (Bell et al. 2020): each "
-                                       "party shares with and masks against this many others "
-                                       "(even; a Harary graph), so its cost grows with this "
-                                       "rather than with the parties; about 2 log2(parties) "
-                                       "or more. 0: every other party")
-    secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
-                                       "client's update per unit of its weight (with DP: "
-                                       "the clip); values beyond it saturate")
-    secagg_bits: int = option(0, "secure aggregation: fixed-point precision, values as "
-                                 "round(x * 2^bits); 0 or more than the ring holds: the most "
-                                 "that keeps a round's sum in 2^32")
-    secagg_timeout_s: float = option(60.0, "secure aggregation: a phase closes this long "
-                                           "after it opened with the parties that answered")
-    server_optimizer: ServerOptimizer = option(ServerOptimizer.ADAM,
-                                               "sgd (FedAvg, FedAvgM), adam, adagrad, yogi")
-    server_lr: float = option(1e-4, "server learning rate (the reference: Adam 1e-4)")
-    server_momentum: float = option(0.0, "sgd: momentum (FedAvgM)")
-    server_epsilon: float = option(0.0, "adam, adagrad, yogi: epsilon (tau); 0: the "
-                                        "optimizer's default")
     dropout: bool = option(False, "apply dropout in client training (the reference never does)")
     normalize: bool = option(False, "divide pixels by 255 (the reference feeds raw 0..255)")
     eval_every: int = option(0, "rounds between test evaluations (0: after each pass over "
                                 "the data)")
     lease_s: float = option(120.0, "seconds a worker may hold a unit before it is given to "
                                    "another")
-    aggregator: Aggregator = option(Aggregator.MEAN, "mean: weighted mean of fused unit sums; "
-                                    "median, trimmed_mean, krum: robust, from every client's "
-                                    "own update")
-    trim_fraction: float = option(0.1, "trimmed_mean: share of values dropped at each end")
-    krum_byzantine: int = option(1, "krum: the number f of faulty clients tolerated")
-    krum_select: int = option(1, "krum: average this many best-scored updates (Multi-Krum "
-                                 "when > 1)")
     mode: Mode = option(Mode.SYNC, "sync rounds, or asynchronous: fedbuff (buffered) or "
                                    "fedasync (mixing), no round barrier")
-    clients_per_unit: int = option(10, "async: clients in each piece of work")
-    buffer_size: int = option(4, "fedbuff: updates buffered per server step (K)")
-    max_staleness: int = option(8, "async: refuse updates computed more versions ago")
-    staleness: Staleness = option(Staleness.POLYNOMIAL, "async down-weighting of stale "
-                                  "updates")
-    staleness_a: float = option(0.5, "polynomial: (1 + s)^-a (0.5: FedBuff's 1/sqrt(1+s)); "
-                                     "hinge: slope")
-    staleness_b: float = option(4.0, "hinge: staleness up to which updates keep full weight")
-    async_alpha: float = option(0.6, "fedasync: mixing weight of a fresh update")
     round_deadline_s: float = option(0.0, "close a round this long after it opened with the "
                                           "units received, if at least --quorum (0: never)")
     quorum: int = option(0, "units a round needs to close at its deadline (0: all)")
     rejoin_wait_s: float = option(30.0, "resumed from a checkpoint: wait this long for "
                                         "--min-workers to be back, then go on with those that are")
-    model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
-                                      "returning a Keras model")
-    model_seed: int = option(0, "initial-weights seed")
-    model_input_shape: str = option("", "the example shape the built-in models take, e.g. 60 "
-                                        "or 28,28 (default: the data pool's; 28,28 for a "
-                                        "federation of sites)")
-    update_encoding: Encoding = option(Encoding.RAW, "how workers send updates: raw "
-                                       "float32, float16, bfloat16, int8 (a scale per "
-                                       "tensor), int8-block (a scale per 256 values; both "
-                                       "rounded stochastically) or topk (with error feedback)")
-    topk_fraction: float = option(0.01, "topk: the share of each tensor's values sent")
-    weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights (whole "
-                                        "versions, and with --weights-delta the changes): "
-                                        "raw, float16 or bfloat16",
-                                        choices=WEIGHTS_ENCODINGS)
-    weights_delta: bool = option(False, "send a worker holding the previous version only the "
-                                        "change, in --weights-encoding")
     eval_timeout_s: float = option(120.0, "sites: how long an evaluation waits for the sites' "
                                           "reports; a site later than that is left out of "
                                           "that round's row")
-
-    @property
-    def private(self) -> bool:
-        """Client-level DP is on: updates are clipped per client."""
-        return self.dp_clip > 0
 
     @property
     def site_names(self) -> tuple[str, ...]:
@@ -219,14 +106,9 @@ class FederationConfig:
         return input_divisor(self.normalize)
 
     def __post_init__(self):
-        problems = coerce_choices(self)
         if self.units == 0:
             object.__setattr__(self, "units",
                                max(1, self.min_workers // max(1, len(self.site_names))))
-        for rule in CHECKS:
-            problems += rule(self)
-        if problems:
-            raise ValueError("invalid federation config: " + "; ".join(problems))
 
 
 def round_rules(c: FederationConfig) -> list[str]:
@@ -262,18 +144,34 @@ def round_rules(c: FederationConfig) -> list[str]:
     return problems
 
 
-def aggregation_rules(c: FederationConfig) -> list[str]:
-    """The aggregator and the asynchronous modes."""
-    problems = []
-    if not 0 <= c.trim_fraction < 0.5:
-        problems.append(f"trim_fraction={c.trim_fraction} must be in [0, 0.5)")
-    if c.mode != Mode.SYNC and (c.buffer_size < 1 or c.clients_per_unit < 1
-                                or c.max_staleness < 0 or not 0 < c.async_alpha <= 1):
-        problems.append("async needs buffer_size >= 1, clients_per_unit >= 1, "
-                        "max_staleness >= 0 and 0 < async_alpha <= 1")
-    if c.mode != Mode.SYNC and c.aggregator != Aggregator.MEAN:
-        problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
-    return problems
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Which clients a round (or an asynchronous unit) asks for."""
+    client_fraction: float = option(1.0, "share C of the clients sampled each round (seeded)")
+    min_clients: int = option(1, "sample at least this many clients per round")
+    sampling_seed: int = option(0, "seeds the client sample of each round or unit (under "
+                                   "client-level DP the sample is drawn from the OS's CSPRNG)")
+    sampling: Sampling = option(Sampling.FIXED, "fixed: max(min_clients, C*N) clients without "
+                                "replacement; poisson: each client with probability C (what "
+                                "the DP accountant's Poisson event assumes)")
+
+
+@dataclass(frozen=True)
+class LocalTrainingConfig:
+    """Local training (--update delta): the FedAvg family and FedProx, and stragglers'
+    partial work."""
+    local_epochs: int = option(1, "delta: local passes over each client's data")
+    local_batch_size: int = option(10, "delta: local minibatch size (0: a client's whole data)")
+    client_lr: float = option(0.1, "delta: the clients' SGD learning rate")
+    client_momentum: float = option(0.0, "delta: the clients' SGD momentum (fresh per client)")
+    prox_mu: float = option(0.0, "delta: FedProx proximal coefficient (0: FedAvg)")
+    partial_work: float = option(0.0, "delta, systems heterogeneity (the FedProx paper): this "
+                                      "share of each round's sampled clients are stragglers "
+                                      "that manage only a uniformly random 1..E-1 of their E "
+                                      "local epochs (seeded by --sampling-seed and the round)")
+    partial_work_policy: PartialWorkPolicy = option(
+        PartialWorkPolicy.DROP, "what becomes of the stragglers: drop (FedAvg: left out of "
+        "the round) or keep (FedProx: their partial updates count)")
 
 
 def partial_work_rules(c: FederationConfig) -> list[str]:
@@ -293,6 +191,82 @@ def partial_work_rules(c: FederationConfig) -> list[str]:
         problems.append("partial work with client-level DP: dropping stragglers changes "
                         "the sample the accountant assumes; use one or the other")
     return problems
+
+
+@dataclass(frozen=True)
+class AggregationConfig:
+    """The aggregation rule (`fedstream.coordinator.aggregation.RULES`) and its knobs."""
+    aggregator: Aggregator = option(Aggregator.MEAN, "mean: weighted mean of fused unit sums; "
+                                    "median, trimmed_mean, krum: robust, from every client's "
+                                    "own update")
+    trim_fraction: float = option(0.1, "trimmed_mean: share of values dropped at each end")
+    krum_byzantine: int = option(1, "krum: the number f of faulty clients tolerated")
+    krum_select: int = option(1, "krum: average this many best-scored updates (Multi-Krum "
+                                 "when > 1)")
+
+
+def aggregation_rules(c: FederationConfig) -> list[str]:
+    """The aggregator and the asynchronous modes."""
+    problems = []
+    if not 0 <= c.trim_fraction < 0.5:
+        problems.append(f"trim_fraction={c.trim_fraction} must be in [0, 0.5)")
+    if c.mode != Mode.SYNC and (c.buffer_size < 1 or c.clients_per_unit < 1
+                                or c.max_staleness < 0 or not 0 < c.async_alpha <= 1):
+        problems.append("async needs buffer_size >= 1, clients_per_unit >= 1, "
+                        "max_staleness >= 0 and 0 < async_alpha <= 1")
+    if c.mode != Mode.SYNC and c.aggregator != Aggregator.MEAN:
+        problems.append("asynchronous modes aggregate by (staleness-weighted) mean only")
+    return problems
+
+
+@dataclass(frozen=True)
+class AsyncConfig:
+    """FedBuff and FedAsync: units, the buffer, staleness."""
+    clients_per_unit: int = option(10, "async: clients in each piece of work")
+    buffer_size: int = option(4, "fedbuff: updates buffered per server step (K)")
+    max_staleness: int = option(8, "async: refuse updates computed more versions ago")
+    staleness: Staleness = option(Staleness.POLYNOMIAL, "async down-weighting of stale "
+                                  "updates")
+    staleness_a: float = option(0.5, "polynomial: (1 + s)^-a (0.5: FedBuff's 1/sqrt(1+s)); "
+                                     "hinge: slope")
+    staleness_b: float = option(4.0, "hinge: staleness up to which updates keep full weight")
+    async_alpha: float = option(0.6, "fedasync: mixing weight of a fresh update")
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Client-level differential privacy."""
+    dp_clip: float = option(0.0, "client-level differential privacy: clip every client's "
+                                 "update to this L2 norm (0: off)")
+    dp_noise_multiplier: float = option(0.0, "DP: Gaussian noise of standard deviation "
+                                             "multiplier * clip on the sum of clipped updates")
+    dp_delta: float = option(1e-5, "DP: the delta the accountant reports epsilon at")
+    dp_target_epsilon: float = option(0.0, "DP: end training before a round would take "
+                                           "epsilon past this (0: no limit)")
+    dp_target_quantile: float = option(0.0, "DP, adaptive clipping (Andrew et al. 2021): the "
+                                            "clip follows this quantile of the clients' update "
+                                            "norms, estimated privately (0: --dp-clip fixed)")
+    dp_clip_lr: float = option(0.2, "adaptive clipping: the clip's geometric learning rate")
+    dp_quantile_noise: float = option(0.0, "adaptive clipping: standard deviation of the "
+                                           "noise on the count of unclipped clients (0: "
+                                           "expected clients per round / 20)")
+    dp_accountant: Accountant = option(Accountant.RDP, "DP: rdp or pld (dp-accounting)")
+    dp_release_metrics: bool = option(False, "DP: also publish what is computed from the "
+                                      "clients' data without noise (training loss, sample "
+                                      "sizes, worker reports, per-site tables and "
+                                      "evaluations); these are outside the DP guarantee")
+    dp_resume_without_privacy: bool = option(False, "resume a checkpoint written under DP "
+                                             "without DP: its later rounds are not private")
+    privacy_research_seed: int | None = option(None, "research only, NOT private: seeds the "
+                                               "DP noise, the client sample under DP and the "
+                                               "clip's count noise so runs repeat; every "
+                                               "epsilon then says 'not private: seeded'. "
+                                               "Unset, they come from the OS's CSPRNG")
+
+    @property
+    def private(self) -> bool:
+        """Client-level DP is on: updates are clipped per client."""
+        return self.dp_clip > 0
 
 
 def privacy_rules(c: FederationConfig) -> list[str]:
@@ -331,6 +305,35 @@ def privacy_rules(c: FederationConfig) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class SecureAggregationConfig:
+    """Secure aggregation."""
+    secure_aggregation: bool = option(False, "secure aggregation (Bonawitz et al. 2017): "
+                                      "each unit is a party whose update travels masked, and "
+                                      "the coordinator learns only the sum of a round's "
+                                      "units; needs a worker per unit")
+    secagg_threshold: float = option(0.6, "secure aggregation: any ceil(this * parties) (at "
+                                          "least 2) parties recover a dropped party's masks; "
+                                          "a round with fewer survivors is abandoned")
+    secagg_colluders: int = option(0, "secure aggregation: parties that may collude with "
+                                      "the coordinator; the threshold stays above (parties "
+                                      "+ this) / 2, and with DP each party's noise is sized "
+                                      "so that the others' alone reach z * C")
+    secagg_neighbours: int = option(0, "secure aggregation, SecAgg+ (Bell et al. 2020): each "
+                                       "party shares with and masks against this many others "
+                                       "(even; a Harary graph), so its cost grows with this "
+                                       "rather than with the parties; about 2 log2(parties) "
+                                       "or more. 0: every other party")
+    secagg_range: float = option(64.0, "secure aggregation: bound on each value of one "
+                                       "client's update per unit of its weight (with DP: "
+                                       "the clip); values beyond it saturate")
+    secagg_bits: int = option(0, "secure aggregation: fixed-point precision, values as "
+                                 "round(x * 2^bits); 0 or more than the ring holds: the most "
+                                 "that keeps a round's sum in 2^32")
+    secagg_timeout_s: float = option(60.0, "secure aggregation: a phase closes this long "
+                                           "after it opened with the parties that answered")
+
+
 def secure_aggregation_rules(c: FederationConfig) -> list[str]:
     """Secure aggregation: what it can sum, its threshold and ring."""
     problems = []
@@ -351,6 +354,44 @@ def secure_aggregation_rules(c: FederationConfig) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class ServerOptimizerConfig:
+    """The server optimizer that applies each aggregate."""
+    server_optimizer: ServerOptimizer = option(ServerOptimizer.ADAM,
+                                               "sgd (FedAvg, FedAvgM), adam, adagrad, yogi")
+    server_lr: float = option(1e-4, "server learning rate (the reference: Adam 1e-4)")
+    server_momentum: float = option(0.0, "sgd: momentum (FedAvgM)")
+    server_epsilon: float = option(0.0, "adam, adagrad, yogi: epsilon (tau); 0: the "
+                                        "optimizer's default")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The model every client trains."""
+    model: str = option("reference", f"{', '.join(MODELS)}, or package.module:function "
+                                      "returning a Keras model")
+    model_seed: int = option(0, "initial-weights seed")
+    model_input_shape: str = option("", "the example shape the built-in models take, e.g. 60 "
+                                        "or 28,28 (default: the data pool's; 28,28 for a "
+                                        "federation of sites)")
+
+
+@dataclass(frozen=True)
+class EncodingConfig:
+    """How updates and weights travel."""
+    update_encoding: Encoding = option(Encoding.RAW, "how workers send updates: raw "
+                                       "float32, float16, bfloat16, int8 (a scale per "
+                                       "tensor), int8-block (a scale per 256 values; both "
+                                       "rounded stochastically) or topk (with error feedback)")
+    topk_fraction: float = option(0.01, "topk: the share of each tensor's values sent")
+    weights_encoding: Encoding = option(Encoding.RAW, "how workers receive the weights (whole "
+                                        "versions, and with --weights-delta the changes): "
+                                        "raw, float16 or bfloat16",
+                                        choices=WEIGHTS_ENCODINGS)
+    weights_delta: bool = option(False, "send a worker holding the previous version only the "
+                                        "change, in --weights-encoding")
+
+
 def compression_rules(c: FederationConfig) -> list[str]:
     """Update encodings."""
     problems = []
@@ -359,9 +400,68 @@ def compression_rules(c: FederationConfig) -> list[str]:
     return problems
 
 
-# every cross-feature rule of a federation config, by concern: a new feature adds its own
+# every cross-feature rule of a federation config, beside the section it relates to: a new
+# feature adds its own
 CHECKS = (round_rules, aggregation_rules, partial_work_rules, privacy_rules,
-         secure_aggregation_rules, compression_rules)
+          secure_aggregation_rules, compression_rules)
+
+
+@dataclass(frozen=True, init=False)
+class FederationConfig:
+    """What the coordinator is told, one section per part: each part is given its own
+    (`config.privacy`, `config.secagg`, `config.server`, ...). Flags and experiment-file keys
+    are the sections' fields, flat, so a flag means one thing everywhere; a knob also reads
+    flat (`config.dp_clip`), and a config is built from flat values
+    (`FederationConfig(rounds=3, dp_clip=1.0)`), from sections, or both."""
+
+    schedule: RoundsConfig = section(RoundsConfig)
+    client_sampling: SamplingConfig = section(SamplingConfig)
+    local: LocalTrainingConfig = section(LocalTrainingConfig)
+    aggregation: AggregationConfig = section(AggregationConfig)
+    asynchronous: AsyncConfig = section(AsyncConfig)
+    privacy: PrivacyConfig = section(PrivacyConfig)
+    secagg: SecureAggregationConfig = section(SecureAggregationConfig)
+    server: ServerOptimizerConfig = section(ServerOptimizerConfig)
+    net: ModelConfig = section(ModelConfig)
+    encodings: EncodingConfig = section(EncodingConfig)
+
+    def __init__(self, **values):
+        for name, kind in _SECTIONS.items():
+            given = values.pop(name, None)
+            own = {k: values.pop(k) for k in _FIELDS[name] if k in values}
+            part = kind(**own) if given is None else dataclasses.replace(given, **own)
+            object.__setattr__(self, name, part)
+        if values:
+            raise TypeError(f"FederationConfig has no option {', '.join(sorted(values))}")
+        self.__post_init__()
+
+    def __getattr__(self, name: str):
+        """A knob by its flat name, from the section that declares it."""
+        owner = _OWNER.get(name)
+        if owner is None:
+            raise AttributeError(f"FederationConfig has no option {name!r}")
+        return getattr(object.__getattribute__(self, owner), name)
+
+    def flat(self) -> dict:
+        """Every knob by its flat name (a checkpoint's record of the config)."""
+        return {k: v for name in _SECTIONS
+                for k, v in dataclasses.asdict(getattr(self, name)).items()}
+
+    def __post_init__(self):
+        problems = [p for name in _SECTIONS for p in coerce_choices(getattr(self, name))]
+        if not problems:
+            for rule in CHECKS:
+                problems += rule(self)
+        if problems:
+            raise ValueError("invalid federation config: " + "; ".join(problems))
+
+
+_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(FederationConfig)}
+_FIELDS = {name: {f.name for f in dataclasses.fields(kind)} for name, kind in _SECTIONS.items()}
+_OWNER = {k: name for name, kind in _SECTIONS.items()
+          for k in [*_FIELDS[name], *(a for a, v in vars(kind).items()
+                                      if isinstance(v, property))]}
+assert not set(_SECTIONS) & set(_OWNER), "a section is named like a knob: its flat read breaks"
 
 
 @dataclass(frozen=True)

@@ -115,7 +115,7 @@ class Federation:
         self._clock = clock
         self._cond = threading.Condition()
         self._counts: Counter = Counter()  # updates accepted/duplicate/rejected, leases expired
-        self.server = ServerModel(model, config)
+        self.server = ServerModel(model, config.server, config.encodings)
         self._specs = tuple(spec_of(n, w) for n, w in zip(self.server.names, self.server.weights))
         self.policy = make_policy(config, self.sites, self.server, self._counts)
         self.members = Membership(clock, self._cond)
@@ -212,8 +212,10 @@ class Federation:
                 return PushResult(False, True, self.round, self.server.version)
             self._counts["updates_accepted"] += 1
             self.members.credit(meta.worker_id)
-            if (self.policy.receive(unit, contribution)
-                    or self.policy.due(self._clock(), self._opened_at)):
+            due = self.policy.receive(unit, contribution)
+            if self.policy.phased:
+                self._cond.notify_all()  # the next phase may have opened
+            if due or self.policy.due(self._clock(), self._opened_at):
                 self._close_round()
             return PushResult(True, False, self.round, self.server.version)
 
@@ -245,13 +247,12 @@ class Federation:
             self._evaluations.record(self.members.site_of(result.worker_id), result)
 
     def check_deadline(self) -> bool:
-        """The phase machine's tick: open the first round once --min-workers joined and every
-        declared site published its clients; step when the policy says a deadline passed
-        (units pushed later are refused as for a closed round). A run resumed from a
-        checkpoint waits for its workers at most --rejoin-wait-s after the first is back,
-        then goes on with those that are: a worker (or a whole site) that died with the old
-        coordinator must not stall it; a site back later takes part from the next round.
-        The coordinator calls this periodically; True when the model stepped."""
+        """The phase machine's tick, called periodically: open the first round once
+        --min-workers joined and every declared site published its clients; step when the
+        policy says a deadline passed (later pushes are refused as for a closed round). A
+        resumed run waits for its workers at most --rejoin-wait-s after the first is back,
+        then goes on: a worker (or a site) that died with the old coordinator must not stall
+        it; one back later takes part from the next round. True when the model stepped."""
         with self._cond:
             if self.phase == "waiting_for_workers" and len(self.members) and len(self.sites):
                 resumed_and_waited = (self.round > 0 and self._clock() - self._first_join
@@ -269,7 +270,7 @@ class Federation:
             if self.phase == "training" and self.policy.due(self._clock(), self._opened_at):
                 self._close_round()
                 return True
-            if self.policy.phases_time_out:
+            if self.policy.phased:
                 self._cond.notify_all()  # a phase may have closed at its timeout
             return False
 

@@ -58,7 +58,9 @@ class RoundPolicy(abc.ABC):
         self._update_specs = tuple(TensorSpec(v.path, np.dtype("<f4"), tuple(v.shape))
                                    for v in model.trainable)
 
-    phases_time_out = False  # whether phases close on a timer, waking the waiting workers
+    # the round moves through phases that any message or a timeout may close: the facade wakes
+    # the waiting workers after each
+    phased = False
 
     @abc.abstractmethod
     def open(self, round_number: int) -> None:

@@ -34,7 +34,7 @@ from fedstream.common.randomness import SEEDED, private_generator
 from fedstream.coordinator import aggregate
 from fedstream.coordinator.accounting import PrivacyLedger, RoundRelease
 from fedstream.coordinator.aggregation.stage import Output, RoundContext, Stage
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import PrivacyConfig, SamplingConfig
 from fedstream.coordinator.units import Contribution
 
 log = logging.getLogger(__name__)
@@ -60,25 +60,27 @@ class PrivacyState:
 class ClientLevelPrivacy(Stage):
     per_client = False
 
-    def __init__(self, config: FederationConfig, *, shapes: Sequence[tuple[int, ...]],
-                 expected_clients: Callable[[], float], population: Callable[[], int],
-                 central_noise: bool = True):
-        """`central_noise` False: the parties add the noise themselves (distributed DP under
+    def __init__(self, privacy: PrivacyConfig, sampling: SamplingConfig, *,
+                 shapes: Sequence[tuple[int, ...]], expected_clients: Callable[[], float],
+                 population: Callable[[], int], central_noise: bool = True):
+        """`sampling`: how rounds sample clients, which the accountant's event follows.
+        `central_noise` False: the parties add the noise themselves (distributed DP under
         secure aggregation), and the stage only divides, accounts and reports."""
-        self._config = config
+        self._privacy = privacy
+        self._sampling = sampling
         self._shapes = list(shapes)
         self._expected = expected_clients
         self._population = population
         self._central_noise = central_noise
-        self._seed = config.privacy_research_seed
+        self._seed = privacy.privacy_research_seed
 
     def init(self) -> PrivacyState:
-        return PrivacyState(self._config.dp_clip,
-                            PrivacyLedger(self._config.dp_delta, self._config.dp_accountant))
+        return PrivacyState(self._privacy.dp_clip,
+                            PrivacyLedger(self._privacy.dp_delta, self._privacy.dp_accountant))
 
     @property
     def adaptive(self) -> bool:
-        return self._config.dp_target_quantile > 0
+        return self._privacy.dp_target_quantile > 0
 
     @property
     def seeded(self) -> bool:
@@ -92,7 +94,7 @@ class ClientLevelPrivacy(Stage):
     # -- noise split -------------------------------------------------------------------
     def count_noise(self) -> float:
         """Standard deviation of the noise on the centred count of clients within the clip."""
-        return self._config.dp_quantile_noise or self._expected() / 20
+        return self._privacy.dp_quantile_noise or self._expected() / 20
 
     def update_multiplier(self) -> float:
         """The updates' share z_u of the stated multiplier z. The centred count has
@@ -101,7 +103,7 @@ class ClientLevelPrivacy(Stage):
         as one Gaussian mechanism of multiplier z, which is what the ledger records. Under
         replace-one (fixed-size sampling) both sensitivities double and the identity holds
         at z / 2."""
-        z = self._config.dp_noise_multiplier
+        z = self._privacy.dp_noise_multiplier
         if not self.adaptive or z == 0:
             return z
         sigma_b = self.count_noise()
@@ -153,9 +155,9 @@ class ClientLevelPrivacy(Stage):
             clip, measurements["dp_unclipped_fraction"] = self._moved_clip(
                 state.clip, contributions, context.version)
         ledger = state.ledger.recorded(RoundRelease.of(
-            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded,
+            self._sampling, self._population(), self._privacy.dp_noise_multiplier, self.seeded,
             context.ring))
-        if self._config.dp_noise_multiplier > 0:
+        if self._privacy.dp_noise_multiplier > 0:
             measurements.update(self._epsilon(ledger))
         return Output(step, PrivacyState(clip, ledger), measurements,
                       stop=self._exhausted(ledger))
@@ -170,8 +172,8 @@ class ClientLevelPrivacy(Stage):
         rng = private_generator(self._seed, version, _COUNT_NOISE)
         noised = within - clients / 2 + rng.normal(0.0, self.count_noise())
         fraction = noised / self._expected() + 0.5
-        return clip * float(np.exp(-self._config.dp_clip_lr *
-                                   (fraction - self._config.dp_target_quantile))), fraction
+        return clip * float(np.exp(-self._privacy.dp_clip_lr *
+                                   (fraction - self._privacy.dp_target_quantile))), fraction
 
     def _epsilon(self, ledger: PrivacyLedger) -> dict:
         out = {"dp_epsilon": ledger.spent(), "dp_delta": ledger.delta}
@@ -181,13 +183,13 @@ class ClientLevelPrivacy(Stage):
 
     def _exhausted(self, ledger: PrivacyLedger) -> bool:
         """One more round would take epsilon past --dp-target-epsilon."""
-        target = self._config.dp_target_epsilon
-        if not target or not self._config.dp_noise_multiplier:
+        target = self._privacy.dp_target_epsilon
+        if not target or not self._privacy.dp_noise_multiplier:
             return False
         last = ledger.releases[-1] if ledger.releases else None
         ring = None if last is None or not last.dims else (last.clip_steps, last.dims)
         after = ledger.spent_after(RoundRelease.of(  # one more round like the last
-            self._config, self._population(), self._config.dp_noise_multiplier, self.seeded,
+            self._sampling, self._population(), self._privacy.dp_noise_multiplier, self.seeded,
             ring))
         if after > target:
             log.warning("training ends: one more round would take epsilon past "
@@ -198,7 +200,7 @@ class ClientLevelPrivacy(Stage):
     def released(self, row: dict) -> dict:
         """What of a step's row may be published: unless the user chose to release them,
         only the schedule, the coordinator's counters and the DP measurements."""
-        if self._config.dp_release_metrics:
+        if self._privacy.dp_release_metrics:
             return row
         return {k: v for k, v in row.items() if k in RELEASED or k.startswith("dp_")}
 
@@ -212,7 +214,7 @@ class ClientLevelPrivacy(Stage):
                             fresh.ledger.restored(saved.get("dp_ledger", [])))
 
 
-def check_resume(config: FederationConfig, state: dict) -> None:
+def check_resume(config: PrivacyConfig, state: dict) -> None:
     """A checkpoint written under client-level DP resumes only under DP (its ledger goes
     on), unless the user chose to go on without privacy."""
     if state.get("dp_ledger") and not config.private and not config.dp_resume_without_privacy:

@@ -31,7 +31,8 @@ class SyncRounds(RoundPolicy):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.privacy = (ClientLevelPrivacy(
-            self.config, shapes=[tuple(v.shape) for v in self.model.trainable],
+            self.config.privacy, self.config.client_sampling,
+            shapes=[tuple(v.shape) for v in self.model.trainable],
             expected_clients=self.expected_clients,
             population=lambda: len(self.sites.table()[0]), central_noise=self.central_noise)
             if self.config.private else None)

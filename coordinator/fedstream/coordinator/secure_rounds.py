@@ -56,7 +56,7 @@ _DELIVER = {
 
 class SecureRounds(SyncRounds):
     central_noise = False  # with client-level DP the parties add it
-    phases_time_out = True
+    phased = True
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -68,16 +68,17 @@ class SecureRounds(SyncRounds):
         super().open(round_number)
         _, sizes = self.sites.table()
         size_of = dict(zip(self.sites.table()[0].tolist(), sizes.tolist()))
-        c = self.config
-        weights = {u.index + 1: (float(len(u.client_ids)) if c.weighting is Weighting.UNIFORM
+        uniform = self.config.weighting is Weighting.UNIFORM
+        weights = {u.index + 1: (float(len(u.client_ids)) if uniform
                                  else float(sum(size_of[i] for i in u.client_ids)))
                    for u in self.units}
+        s, dp = self.config.secagg, self.config.privacy
         self.secure = SecureSum(
-            round_number, weights, self._length, c.secagg_threshold,
-            value_range=self.clip if c.private else c.secagg_range,
-            noise_std=c.dp_noise_multiplier * self.clip, timeout_s=c.secagg_timeout_s,
-            opened_at=None, bits=c.secagg_bits, colluders=c.secagg_colluders,
-            neighbours=c.secagg_neighbours)
+            round_number, weights, self._length, s.secagg_threshold,
+            value_range=self.clip if dp.private else s.secagg_range,
+            noise_std=dp.dp_noise_multiplier * self.clip, timeout_s=s.secagg_timeout_s,
+            opened_at=None, bits=s.secagg_bits, colluders=s.secagg_colluders,
+            neighbours=s.secagg_neighbours)
 
     def leasable(self, unit: Unit, now: float) -> bool:
         return (unit.free(now) and self.secure.phase is Phase.ADVERTISE

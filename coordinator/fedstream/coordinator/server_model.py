@@ -15,7 +15,7 @@ from keras import ops
 
 from fedstream.common.backend import current
 from fedstream.coordinator.checkpoint import Checkpoint
-from fedstream.coordinator.config import FederationConfig
+from fedstream.coordinator.config import EncodingConfig, ServerOptimizerConfig
 from fedstream.coordinator.optimizers import make_server_optimizer
 from fedstream.coordinator.weights_image import WeightsImage
 
@@ -28,18 +28,19 @@ def _frozen(variables) -> tuple[np.ndarray, ...]:
 
 
 class ServerModel:
-    def __init__(self, model: keras.Model, config: FederationConfig):
+    def __init__(self, model: keras.Model, server: ServerOptimizerConfig,
+                 encodings: EncodingConfig):
         self.model = model
-        self._config = config
-        self.optimizer = make_server_optimizer(config.server_optimizer, config.server_lr,
-                                               momentum=config.server_momentum,
-                                               epsilon=config.server_epsilon or None)
+        self._server = server
+        self.optimizer = make_server_optimizer(server.server_optimizer, server.server_lr,
+                                               momentum=server.server_momentum,
+                                               epsilon=server.server_epsilon or None)
         self.trainable = list(model.trainable_variables)
         self.names = tuple(v.path for v in model.weights)
         self._apply = current().compile_step(self.optimizer, self.trainable)
         self.version = 1
         self.weights = _frozen(model.weights)
-        self.image = WeightsImage(config.weights_encoding, config.weights_delta)
+        self.image = WeightsImage(encodings.weights_encoding, encodings.weights_delta)
         self.image.advance(self.version, self.weights)
 
     def apply(self, step: list[np.ndarray]) -> None:
@@ -75,7 +76,7 @@ class ServerModel:
         self.optimizer.build(self.trainable)
         if len(ckpt.optimizer) != len(self.optimizer.variables):
             raise ValueError("the checkpoint's optimizer state does not fit "
-                             f"--server-optimizer {self._config.server_optimizer}")
+                             f"--server-optimizer {self._server.server_optimizer}")
         for variable, value in zip(self.optimizer.variables, ckpt.optimizer):
             variable.assign(value)
         self.version = ckpt.version

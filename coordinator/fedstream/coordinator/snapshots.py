@@ -5,7 +5,6 @@ state (the privacy ledger, adaptive clip, the asynchronous unit counter), as one
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 from fedstream.coordinator import checkpoint
@@ -32,7 +31,7 @@ class Snapshots:
             return None
         return checkpoint.Checkpoint(
             round=completed_round, version=self._server.version, model_json=self._model_json,
-            config=dataclasses.asdict(self._config), weights=list(self._server.weights),
+            config=self._config.flat(), weights=list(self._server.weights),
             optimizer=self._server.optimizer_state(), state=self._policy.state())
 
     def resume(self) -> int:
@@ -45,7 +44,7 @@ class Snapshots:
             log.warning("checkpoint was written with %s units, resuming with %d: the model "
                         "will differ from an uninterrupted run by float rounding",
                         ckpt.config.get("units"), self._config.units)
-        check_resume(self._config, ckpt.state)
+        check_resume(self._config.privacy, ckpt.state)
         self._server.restore(ckpt, self.directory)
         self._policy.restore(ckpt.state)
         log.info("resumed from %s after round %d (version %d); the next round opens when %d "

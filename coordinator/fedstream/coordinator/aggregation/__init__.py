@@ -24,7 +24,7 @@ from fedstream.coordinator.aggregation.stage import Output, RoundContext, Stage
 from fedstream.coordinator.aggregation.staleness import StalenessWeighted
 from fedstream.coordinator.config import Mode
 
-# --aggregator's name -> the stage, from the federation config
+# --aggregator's name -> the stage, from the aggregation section of the config
 RULES: dict[str, Callable[..., Stage]] = {
     "mean": lambda config: WeightedMean(),
     "median": lambda config: Median(),
@@ -35,7 +35,7 @@ RULES: dict[str, Callable[..., Stage]] = {
 
 def rule_of(config) -> Stage:
     """The configuration's aggregation rule (staleness-weighted under FedBuff)."""
-    stage = RULES[config.aggregator.value](config)
+    stage = RULES[config.aggregation.aggregator.value](config.aggregation)
     return StalenessWeighted(stage) if config.mode is Mode.FEDBUFF else stage
 
 
