@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import keras
 import numpy as np
 
-from fedstream.common.codecs import Encoded, encoded_size
+from fedstream.common.codecs import Encoded
 from fedstream.common.errors import FailedPrecondition, FedstreamError
 from fedstream.common.protocol import (
     Action,
@@ -176,21 +176,10 @@ class Federation:
                 self._cond.wait(min(remaining, self.config.lease_s))
 
     def pull_weights(self, worker_id: str, have_version: int) -> Weights:
-        """The current version as workers hold it (pinned); arrays None when `have_version`
-        is current; with weights deltas, also the change from `have_version` when it is the
-        previous version."""
+        """The current version as workers hold it (pinned): see `WeightsImage.pull`."""
         with self._cond:
             self.members.touch(worker_id)
-            image = self.server.image
-            version, arrays, delta = image.version, image.arrays, image.delta_from(have_version)
-        if have_version == version:
-            return Weights(version, self._specs, None)
-        if delta is None:
-            return Weights(version, self._specs, list(arrays),
-                           wire_bytes=encoded_size(image.full_encoding, self._specs))
-        change, encoded = delta
-        return Weights(version, self._specs, list(arrays), delta_from=have_version, delta=change,
-                       encoded_delta=encoded, wire_bytes=len(encoded.payload))
+            return self.server.image.pull(have_version, self._specs)
 
     def push(self, meta: UpdateMeta,
              arrays: Sequence[np.ndarray] | Callable[[], Sequence[np.ndarray]], *,

@@ -16,7 +16,9 @@ from typing import Sequence
 
 import numpy as np
 
-from fedstream.common.codecs import F32, Encoded, Encoding, transmit
+from fedstream.common.codecs import F32, Encoded, Encoding, encoded_size, transmit
+from fedstream.common.protocol import Weights
+from fedstream.common.tensors import TensorSpec
 
 
 class WeightsImage:
@@ -57,3 +59,16 @@ class WeightsImage:
         if self._delta is None or self._delta[0] != have_version:
             return None
         return self._delta[1], self._delta[2]
+
+    def pull(self, have_version: int, specs: Sequence[TensorSpec]) -> Weights:
+        """What a worker holding `have_version` pulls: nothing when it is current; with
+        weights deltas, the change from the previous version too; else the whole image."""
+        if have_version == self.version:
+            return Weights(self.version, tuple(specs), None)
+        delta = self.delta_from(have_version)
+        if delta is None:
+            return Weights(self.version, tuple(specs), list(self.arrays),
+                           wire_bytes=encoded_size(self.full_encoding, specs))
+        change, encoded = delta
+        return Weights(self.version, tuple(specs), list(self.arrays), delta_from=have_version,
+                       delta=change, encoded_delta=encoded, wire_bytes=len(encoded.payload))
