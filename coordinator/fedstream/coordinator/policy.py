@@ -4,7 +4,7 @@ The `Federation` facade owns the lock and the phase, and calls its policy; a pol
 units and never calls back up. It reads and steps the `ServerModel` it was given, and writes
 only to the counters it was given. One implementation per file: synchronous rounds
 (`rounds`), the secure-aggregation round workflow (`secure_rounds`), FedBuff (`fedbuff`) and
-FedAsync (`fedasync`); `make_policy` picks one.
+FedAsync (`fedasync`); `federation.make_policy` picks one.
 """
 
 from __future__ import annotations
