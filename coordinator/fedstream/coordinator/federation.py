@@ -272,12 +272,13 @@ class Federation:
                 step = self.policy.step()
                 final = self.round >= self.config.rounds or step.final
                 due = self.round % self.eval_every == 0 or final
-                live = self.members.per_site([s.name for s in self.sites], self.config.lease_s)
                 self.reports.submit(Report(
                     step_metrics(step, self._counts, round_number=self.round,
                                  version=self.server.version, opened_at=self._opened_at,
                                  started=self._started, now=self._clock(),
-                                 site_workers=live if self.sites.federated else None),
+                                 site_workers=self.members.per_site(
+                                     [s.name for s in self.sites], self.config.lease_s)
+                                 if self.sites.federated else None),
                     evaluate=self.server.weights if due and self.reports.evaluates else None,
                     checkpoint=self._snapshots.take(self.round),
                     federated=self._evaluations.open(

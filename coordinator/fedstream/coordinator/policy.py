@@ -109,11 +109,8 @@ class RoundPolicy(abc.ABC):
         claim its stages refuse."""
         check_finite(self._update_specs, arrays)
         self.check_update(meta, arrays)
-        return Contribution([np.asarray(a) for a in arrays], float(meta.weight),
-                            len(meta.client_ids), meta.base_version,
-                            {**meta.metrics, "weight": float(meta.weight),
-                             "examples": meta.num_examples},
-                            unclipped=meta.unclipped_clients)
+        return Contribution.of(meta, [np.asarray(a) for a in arrays],
+                               unclipped=meta.unclipped_clients)
 
     def check_update(self, meta: UpdateMeta, arrays: Sequence) -> None:  # noqa: B027
         """Checks of an admitted update's content that the policy's stages need."""

@@ -127,10 +127,7 @@ class SecureRounds(SyncRounds):
         return [TensorSpec(MASKED_TENSOR, np.dtype("<u4"), (self._length,))]
 
     def contribution(self, meta, arrays):
-        return Contribution([np.array(arrays[0], dtype=np.uint32)], float(meta.weight),
-                            len(meta.client_ids), meta.base_version,
-                            {**meta.metrics, "weight": float(meta.weight),
-                             "examples": meta.num_examples})
+        return Contribution.of(meta, [np.array(arrays[0], dtype=np.uint32)])
 
     def receive(self, unit: Unit, contribution: Contribution) -> bool:
         self.secure.mask(unit.index + 1, contribution.arrays[0])

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator.config import FederationConfig, Sampling
 from fedstream.coordinator.sites import POOL_SITE
 
@@ -23,6 +24,14 @@ class Contribution:
     metrics: dict[str, float] = field(default_factory=dict)  # the worker's report, and weight
     staleness_factor: float = 1.0  # asynchronous modes: its down-weighting
     unclipped: int = 0  # client-level DP: its clients within the clip, as the worker counts
+
+    @classmethod
+    def of(cls, meta: UpdateMeta, arrays: Sequence[np.ndarray],
+           unclipped: int = 0) -> Contribution:
+        """An admitted update's arrays with its header's weight, clients and report."""
+        return cls(list(arrays), float(meta.weight), len(meta.client_ids), meta.base_version,
+                   {**meta.metrics, "weight": float(meta.weight), "examples": meta.num_examples},
+                   unclipped=unclipped)
 
 
 @dataclass
