@@ -25,9 +25,7 @@ class FedBuff(AsynchronousPolicy):
     def step(self):
         t0 = time.perf_counter()
         buffered, self._buffer = self._buffer, []
-        out = self.aggregation.next(self.aggregation_state, [u.update for u in buffered],
-                                    RoundContext(self.model.version))
-        self.aggregation_state = out.state
+        out = self.aggregate([u.update for u in buffered], RoundContext(self.model.version))
         t1 = time.perf_counter()
         self.model.apply(out.result)
         return self._applied(buffered, t0, t1)

@@ -19,7 +19,7 @@ import numpy as np
 from fedstream.common.errors import FailedPrecondition
 from fedstream.common.protocol import Action, Assignment, PartyMessage, UpdateMeta
 from fedstream.common.tensors import TensorSpec
-from fedstream.coordinator.aggregation import rule_of
+from fedstream.coordinator.aggregation import Output, RoundContext, rule_of
 from fedstream.coordinator.config import FederationConfig
 from fedstream.coordinator.server_model import ServerModel
 from fedstream.coordinator.sites import Sites
@@ -138,6 +138,13 @@ class RoundPolicy(abc.ABC):
     def due(self, now: float, opened_at: float) -> bool:
         """A server step is due without a new update (a deadline passed)."""
         return False
+
+    def aggregate(self, contributions: Sequence[Contribution], context: RoundContext) -> Output:
+        """A step of the policy's aggregation stage (`self.aggregation`, set by a policy that
+        aggregates through one); the stage's state moves on."""
+        out = self.aggregation.next(self.aggregation_state, contributions, context)
+        self.aggregation_state = out.state
+        return out
 
     @abc.abstractmethod
     def step(self) -> Step:

@@ -17,7 +17,7 @@ import numpy as np
 from fedstream.common.errors import FailedPrecondition, InvalidArgument
 from fedstream.common.protocol import UpdateMeta
 from fedstream.coordinator import partial_work
-from fedstream.coordinator.aggregation import Output, RoundContext, rule_of
+from fedstream.coordinator.aggregation import RoundContext, rule_of
 from fedstream.coordinator.config import Sampling
 from fedstream.coordinator.policy import RoundPolicy, Step
 from fedstream.coordinator.privacy import ClientLevelPrivacy
@@ -146,12 +146,6 @@ class SyncRounds(RoundPolicy):
         return Step(received, {**measurements, **out.measurements, "stragglers": stragglers,
                                "aggregate_s": t1 - t0, "apply_s": time.perf_counter() - t1},
                     final=out.stop, **self.publication())
-
-    def aggregate(self, contributions, context: RoundContext) -> Output:
-        """The aggregation stage's step; its state moves on."""
-        out = self.aggregation.next(self.aggregation_state, contributions, context)
-        self.aggregation_state = out.state
-        return out
 
     def publication(self) -> dict:
         """What of a step's row may be published (client-level DP withholds the rest)."""
